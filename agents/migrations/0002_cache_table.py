@@ -1,0 +1,15 @@
+"""Create the database cache table (CACHES["default"]) with the schema, so every
+database that is migrated, including the test database, has it."""
+
+from django.core.management import call_command
+from django.db import migrations
+
+
+def create_cache_table(apps, schema_editor):
+    call_command("createcachetable", database=schema_editor.connection.alias, verbosity=0)
+
+
+class Migration(migrations.Migration):
+    dependencies = [("agents", "0001_initial")]
+
+    operations = [migrations.RunPython(create_cache_table, migrations.RunPython.noop)]

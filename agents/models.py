@@ -1,0 +1,159 @@
+"""Agents as Ops-Core knows them: identity from AgentKit, live state from their own reports."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class AgentQuerySet(models.QuerySet["Agent"]):
+    def active(self) -> AgentQuerySet:
+        """Agents that are not deregistered."""
+        return self.filter(deregistered_at__isnull=True)
+
+    def stale(self, *, now=None) -> AgentQuerySet:
+        """Registered agents whose last report is older than OPSCORE_AGENT_STALE_SECONDS."""
+        cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSCORE_AGENT_STALE_SECONDS)
+        return self.active().filter(Q(last_seen_at__lt=cutoff) | Q(last_seen_at__isnull=True))
+
+
+class Agent(models.Model):
+    """An agent registered with AgentKit; its current state is denormalised from its reports."""
+
+    class State(models.TextChoices):
+        INITIALIZING = "initializing"
+        IDLE = "idle"
+        ACTIVE = "active"
+        ERROR = "error"
+        FINISHED = "finished"
+
+    id = models.CharField(primary_key=True, max_length=255, help_text="Agent id as given by AgentKit.")
+    name = models.CharField(max_length=255, blank=True)
+    version = models.CharField(max_length=64, blank=True)
+    capabilities = models.JSONField(default=list, blank=True)
+    contact_endpoint = models.CharField(max_length=2048, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    registered_at = models.DateTimeField(
+        null=True, blank=True, help_text="When AgentKit's registration webhook last arrived."
+    )
+    last_seen_at = models.DateTimeField(
+        null=True, blank=True, help_text="Server receive time of the latest report."
+    )
+
+    # Current state: the newest report by the agent's own timestamp (newer wins).
+    state = models.CharField(max_length=16, choices=State.choices, null=True, blank=True)
+    state_timestamp = models.DateTimeField(null=True, blank=True, help_text="Agent's clock.")
+    state_received_at = models.DateTimeField(null=True, blank=True, help_text="Server's clock.")
+    state_details = models.JSONField(null=True, blank=True)
+
+    deregistered_at = models.DateTimeField(null=True, blank=True)
+    drained_at = models.DateTimeField(
+        null=True, blank=True, help_text="While set, no new task is dispatched to this agent."
+    )
+    drained_reason = models.CharField(max_length=500, blank=True)
+
+    objects = AgentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["state"], name="agent_state_idx"),
+            models.Index(fields=["last_seen_at"], name="agent_last_seen_idx"),
+            models.Index(fields=["deregistered_at"], name="agent_deregistered_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or self.id
+
+    @property
+    def is_deregistered(self) -> bool:
+        return self.deregistered_at is not None
+
+    @property
+    def is_drained(self) -> bool:
+        return self.drained_at is not None
+
+    def is_stale(self, *, now=None) -> bool:
+        if self.last_seen_at is None:
+            return True
+        cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSCORE_AGENT_STALE_SECONDS)
+        return self.last_seen_at < cutoff
+
+
+class AgentState(models.Model):
+    """One state report, as received. Append-only: the history behind the agent timeline."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="state_history")
+    state = models.CharField(max_length=16, choices=Agent.State.choices)
+    details = models.JSONField(null=True, blank=True)
+    timestamp = models.DateTimeField(help_text="The agent's timestamp.")
+    received_at = models.DateTimeField(default=timezone.now, help_text="The server's receive time.")
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [
+            models.Index(fields=["agent", "-received_at"], name="agentstate_agent_recv_idx"),
+            models.Index(fields=["received_at"], name="agentstate_received_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} {self.state} @ {self.timestamp.isoformat()}"
+
+
+class ApiKey(models.Model):
+    """A Bearer key for the agent API, stored as a SHA-256 hash behind a lookup prefix.
+
+    A service key may act for any agent id; an agent-bound key only for `agent_id`
+    (a plain id, so a key can be made before the agent first reports).
+    """
+
+    class Kind(models.TextChoices):
+        SERVICE = "service"
+        AGENT = "agent"
+
+    PREFIX_LENGTH = 12
+
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.SERVICE)
+    agent_id = models.CharField(max_length=255, blank=True, help_text="Only for agent-bound keys.")
+    prefix = models.CharField(max_length=PREFIX_LENGTH, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # Lookups go by prefix among active keys; a revoked key may share it.
+            models.UniqueConstraint(
+                fields=["prefix"], condition=Q(revoked_at__isnull=True), name="apikey_active_prefix_unique"
+            ),
+            models.CheckConstraint(
+                name="apikey_agent_bound_has_agent",
+                condition=(Q(kind="service", agent_id="") | (Q(kind="agent") & ~Q(agent_id=""))),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    @staticmethod
+    def hash_secret(raw_key: str) -> str:
+        # Keys are 256-bit random strings, so a fast hash is as safe as a slow one here
+        # and keeps the hottest endpoint cheap.
+        return hashlib.sha256(raw_key.encode()).hexdigest()

@@ -1,0 +1,82 @@
+"""Typed configuration read from the environment (12-factor).
+
+Every setting Ops-Core reads from the environment is declared here once, with
+its type and default; `settings.py` turns it into Django settings. A value of
+the wrong type stops start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing import Annotated
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+class OpscoreEnv(BaseSettings):
+    """All environment variables Ops-Core understands (see README "Configuration")."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    DEBUG: bool = False
+    SECRET_KEY: str = ""
+    ALLOWED_HOSTS: Annotated[list[str], NoDecode] = ["localhost", "127.0.0.1", "[::1]"]
+    CSRF_TRUSTED_ORIGINS: Annotated[list[str], NoDecode] = []
+    # An embedded SQLite file is the zero-setup default for the local demo only;
+    # tests and production use PostgreSQL.
+    DATABASE_URL: str = f"sqlite:///{BASE_DIR / 'var' / 'opscore.sqlite3'}"
+    DB_CONN_MAX_AGE: int = Field(default=60, ge=0)
+    SECURE_SSL_REDIRECT: bool = True
+    SECURE_HSTS_SECONDS: int = Field(default=31536000, ge=0)
+    LOG_LEVEL: str = "INFO"
+
+    # Agent-facing API
+    OPSCORE_API_KEY: str = ""
+    OPSCORE_WEBHOOK_SECRET: str = ""
+    OPSCORE_WEBHOOK_ALLOW_UNSIGNED: bool = False
+    OPSCORE_WEBHOOK_TOLERANCE_SECONDS: int = Field(default=300, ge=1)
+    OPSCORE_STATE_MAX_FUTURE_SECONDS: int = Field(default=300, ge=0)
+    OPSCORE_MAX_BODY_BYTES: int = Field(default=1_048_576, ge=1024)
+    OPSCORE_THROTTLE_RATE: str = "6000/min"
+    OPSCORE_IDEMPOTENCY_TTL_HOURS: int = Field(default=24, ge=1)
+
+    # Fleet and engine
+    OPSCORE_AGENT_STALE_SECONDS: int = Field(default=300, ge=1)
+    OPSCORE_RETENTION_DAYS: int = Field(default=30, ge=1)
+    OPSCORE_SCHEDULER_INTERVAL_SECONDS: float = Field(default=1.0, gt=0)
+    OPSCORE_LOST_JOB_SECONDS: int = Field(default=120, ge=1)
+
+    # AgentKit
+    AGENTKIT_API_URL: str = ""
+    AGENTKIT_API_KEY: str = ""
+    AGENTKIT_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
+
+    # django-q2
+    Q_WORKERS: int = Field(default=4, ge=1)
+    Q_TIMEOUT: int = Field(default=60, ge=1)
+    Q_RETRY: int = Field(default=300, ge=2)
+    Q_QUEUE_LIMIT: int = Field(default=4, ge=1)
+    Q_MAX_RSS_KB: int = Field(default=262_144, ge=1024)
+
+    @field_validator("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+
+def load_env() -> OpscoreEnv:
+    """Read the environment, or stop with one line per bad variable."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return OpscoreEnv()
+    except ValidationError as exc:
+        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors()]
+        raise ImproperlyConfigured(
+            "Invalid environment configuration:\n  " + "\n  ".join(lines)
+        ) from None

@@ -1,0 +1,246 @@
+"""Django settings for Ops-Core, all driven by the environment (see opscore_site/env.py)."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from opscore_site.env import BASE_DIR, load_env
+
+ENV = load_env()
+
+DEBUG = ENV.DEBUG
+SECRET_KEY = ENV.SECRET_KEY
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Production mode (DEBUG unset or false) needs SECRET_KEY "
+            "in the environment; for local development set DEBUG=1."
+        )
+    SECRET_KEY = "insecure-development-only-key-do-not-use-in-production"
+
+OPSCORE_WEBHOOK_SECRET = ENV.OPSCORE_WEBHOOK_SECRET
+OPSCORE_WEBHOOK_ALLOW_UNSIGNED = ENV.OPSCORE_WEBHOOK_ALLOW_UNSIGNED
+if not DEBUG and not OPSCORE_WEBHOOK_SECRET:
+    raise ImproperlyConfigured(
+        "OPSCORE_WEBHOOK_SECRET is not set. Production mode needs the secret shared with "
+        "AgentKit to verify its registration webhook."
+    )
+if not DEBUG and OPSCORE_WEBHOOK_ALLOW_UNSIGNED:
+    raise ImproperlyConfigured(
+        "OPSCORE_WEBHOOK_ALLOW_UNSIGNED is a development setting and needs DEBUG=1."
+    )
+
+ALLOWED_HOSTS = ENV.ALLOWED_HOSTS
+CSRF_TRUSTED_ORIGINS = ENV.CSRF_TRUSTED_ORIGINS
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_q",
+    "agents",
+    "workflows",
+    "sessions.apps.SessionsConfig",
+]
+
+MIDDLEWARE = [
+    "opscore_site.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "opscore_site.urls"
+WSGI_APPLICATION = "opscore_site.wsgi.application"
+ASGI_APPLICATION = "opscore_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: persistent connections with health checks. Never Django's pool option:
+# it breaks the forked qcluster worker processes.
+DATABASES = {
+    "default": dj_database_url.parse(
+        ENV.DATABASE_URL,
+        conn_max_age=ENV.DB_CONN_MAX_AGE,
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The demo runs web, qcluster, scheduler and stand-in against one file: WAL and
+    # IMMEDIATE transactions keep concurrent writers from failing with "database is locked".
+    (BASE_DIR / "var").mkdir(exist_ok=True)
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# A shared cache, so qinfo, throttles and every process see the same numbers.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "opscore_cache",
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+
+# Request bodies: one limit for the whole API (a larger body is a 413).
+DATA_UPLOAD_MAX_MEMORY_SIZE = ENV.OPSCORE_MAX_BODY_BYTES
+OPSCORE_MAX_BODY_BYTES = ENV.OPSCORE_MAX_BODY_BYTES
+
+# Security (production mode). `check --deploy` reads these.
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = ENV.SECURE_SSL_REDIRECT
+    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$"]
+    SECURE_HSTS_SECONDS = ENV.SECURE_HSTS_SECONDS
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Ops-Core API",
+    "DESCRIPTION": "Agent state, workflow sessions and operator actions for an AgentKit fleet.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Ops-Core settings (DESIGN.md "Stack and layout").
+OPSCORE_API_KEY = ENV.OPSCORE_API_KEY
+OPSCORE_WEBHOOK_TOLERANCE_SECONDS = ENV.OPSCORE_WEBHOOK_TOLERANCE_SECONDS
+OPSCORE_STATE_MAX_FUTURE_SECONDS = ENV.OPSCORE_STATE_MAX_FUTURE_SECONDS
+OPSCORE_THROTTLE_RATE = ENV.OPSCORE_THROTTLE_RATE
+OPSCORE_IDEMPOTENCY_TTL_HOURS = ENV.OPSCORE_IDEMPOTENCY_TTL_HOURS
+OPSCORE_AGENT_STALE_SECONDS = ENV.OPSCORE_AGENT_STALE_SECONDS
+OPSCORE_RETENTION_DAYS = ENV.OPSCORE_RETENTION_DAYS
+OPSCORE_SCHEDULER_INTERVAL_SECONDS = ENV.OPSCORE_SCHEDULER_INTERVAL_SECONDS
+OPSCORE_LOST_JOB_SECONDS = ENV.OPSCORE_LOST_JOB_SECONDS
+AGENTKIT_API_URL = ENV.AGENTKIT_API_URL.rstrip("/")
+AGENTKIT_API_KEY = ENV.AGENTKIT_API_KEY
+AGENTKIT_TIMEOUT_SECONDS = ENV.AGENTKIT_TIMEOUT_SECONDS
+
+# django-q2 on the ORM broker of the default database. django-q2 delivers at least
+# once, so every job is safe to run twice. The lease (`retry`) must outlast a job's
+# `timeout` plus the time it can wait in the prefetch queue:
+#   retry > timeout * (1 + ceil((queue_limit + bulk) / workers))
+_Q_BULK = 1
+Q_CLUSTER = {
+    "name": "opscore",
+    "orm": "default",
+    "workers": ENV.Q_WORKERS,
+    "timeout": ENV.Q_TIMEOUT,
+    "retry": ENV.Q_RETRY,
+    "queue_limit": ENV.Q_QUEUE_LIMIT,
+    "bulk": _Q_BULK,
+    "max_attempts": 3,
+    "ack_failures": True,
+    # 0 keeps every success row; pruning under a lock inside the cluster costs up to
+    # 10x throughput, so `opscore_prune` deletes old rows in batches instead.
+    "save_limit": 0,
+    "catch_up": False,
+    "poll": 1,
+    "cache": "default",
+    "max_rss": ENV.Q_MAX_RSS_KB,
+    "recycle": 500,
+    "label": "Django Q2",
+}
+_lease_floor = ENV.Q_TIMEOUT * (1 + math.ceil((ENV.Q_QUEUE_LIMIT + _Q_BULK) / ENV.Q_WORKERS))
+if ENV.Q_RETRY <= _lease_floor:
+    raise ImproperlyConfigured(
+        f"Q_RETRY ({ENV.Q_RETRY}s) must exceed Q_TIMEOUT * (1 + ceil((Q_QUEUE_LIMIT + bulk) / "
+        f"Q_WORKERS)) = {_lease_floor}s, or a job waiting in the prefetch queue is delivered twice."
+    )
+
+# JSON logs to stdout, each line with the request id of the request that wrote it.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "opscore_site.middleware.RequestIdFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        }
+    },
+    "handlers": {
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "stream": sys.stdout,
+            "formatter": "json",
+            "filters": ["request_id"],
+        }
+    },
+    "root": {"handlers": ["stdout"], "level": ENV.LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "django_q": {"handlers": ["stdout"], "level": ENV.LOG_LEVEL, "propagate": False},
+    },
+}

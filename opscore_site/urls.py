@@ -1,0 +1,15 @@
+"""Top-level URLs. The agent API is served at the root of the host (AGENTKIT.md section 2)."""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from opscore_site import views
+
+urlpatterns = [
+    path("health", views.health, name="health"),
+    path("ready", views.ready, name="ready"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,101 @@
+"""Admin for sessions, tasks, attempts and events. Statuses are read-only here."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+
+from sessions.models import Session, Task, TaskAttempt, TaskEvent
+
+
+class TaskInline(admin.TabularInline):
+    model = Task
+    fields = ("sequence", "step_id", "status", "attempt", "last_error", "dispatched_at", "finished_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ("sequence",)
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Session)
+class SessionAdmin(admin.ModelAdmin):
+    list_display = ("id", "workflow_id", "agent", "status", "created_at", "ended_at")
+    list_filter = ("status", "workflow_id")
+    search_fields = ("=id", "workflow_id", "agent__id")
+    raw_id_fields = ("agent", "definition", "created_by")
+    list_select_related = ("agent",)
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    readonly_fields = (
+        "id", "status", "workflow_id", "definition", "definition_revision", "agent", "spec_snapshot",
+        "initial_payload", "result", "error", "idempotency_key", "request_fingerprint", "created_by",
+        "created_at", "started_at", "updated_at", "ended_at",
+    )
+    inlines = [TaskInline]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # sessions are started through the engine (API, UI or command)
+
+
+class AttemptInline(admin.TabularInline):
+    model = TaskAttempt
+    fields = ("number", "outcome", "reference_at", "http_status", "error", "started_at", "ended_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = ("id", "step_id", "session", "agent", "status", "attempt", "updated_at")
+    list_filter = ("status",)
+    search_fields = ("=id", "=session__id", "step_id", "agent__id", "last_error")
+    raw_id_fields = ("session", "agent", "fallback_for")
+    list_select_related = ("session", "agent")
+    show_full_result_count = False
+    readonly_fields = (
+        "id", "session", "agent", "step_id", "name", "sequence", "fallback_for", "payload", "status",
+        "attempt", "max_retries", "timeout_seconds", "retry_backoff_seconds", "next_attempt_at",
+        "timeout_at", "reference_at", "enqueued_at", "last_error", "result", "created_at", "updated_at",
+        "dispatched_at", "started_at", "finished_at",
+    )
+    inlines = [AttemptInline]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(TaskAttempt)
+class TaskAttemptAdmin(admin.ModelAdmin):
+    list_display = ("task", "number", "outcome", "http_status", "started_at", "ended_at")
+    list_filter = ("outcome",)
+    search_fields = ("=task__id", "error")
+    raw_id_fields = ("task",)
+    readonly_fields = ("task", "number", "outcome", "reference_at", "http_status", "error", "started_at", "ended_at")
+    show_full_result_count = False
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(TaskEvent)
+class TaskEventAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "session", "task", "old_status", "new_status", "actor", "actor_user", "reason")
+    list_filter = ("actor", "new_status")
+    search_fields = ("=session__id", "=task__id", "reason", "actor_agent_id")
+    raw_id_fields = ("session", "task", "actor_user")
+    list_select_related = ("actor_user",)
+    readonly_fields = (
+        "session", "task", "old_status", "new_status", "actor", "actor_user", "actor_agent_id",
+        "attempt", "reason", "created_at",
+    )
+    show_full_result_count = False
+
+    def has_add_permission(self, request) -> bool:
+        return False

@@ -1,0 +1,234 @@
+"""Sessions (one run of a workflow for one agent), their Tasks, attempts and events.
+
+Statuses are decided only by `sessions/engine.py`; nothing else writes `status`.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Actor(models.TextChoices):
+    """Who caused a change."""
+
+    AGENT = "agent"
+    OPERATOR = "operator"
+    SYSTEM = "system"
+
+
+class Session(models.Model):
+    """One run of a workflow definition for one agent, with the spec snapshot it started with."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    definition = models.ForeignKey(
+        "workflows.WorkflowDefinition", null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="sessions",
+    )
+    workflow_id = models.CharField(max_length=100, help_text="The definition id, kept if it is deleted.")
+    definition_revision = models.PositiveIntegerField(default=1)
+    spec_snapshot = models.JSONField()
+    agent = models.ForeignKey("agents.Agent", on_delete=models.PROTECT, related_name="sessions")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    initial_payload = models.JSONField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    # Idempotency-Key of the trigger request and a hash of its body.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="session_idempotency_key_unique",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "-created_at"], name="session_status_created_idx"),
+            models.Index(fields=["agent", "-created_at"], name="session_agent_created_idx"),
+            models.Index(fields=["workflow_id", "-created_at"], name="session_workflow_created_idx"),
+            models.Index(fields=["-created_at"], name="session_created_idx"),
+            models.Index(fields=["ended_at"], name="session_ended_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} for {self.agent_id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class Task(models.Model):
+    """One step of one session, sent to one agent through AgentKit."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        QUEUED = "queued"
+        DISPATCHED = "dispatched"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        RETRY_SCHEDULED = "retry_scheduled"
+        DEAD = "dead"
+        CANCELLED = "cancelled"
+
+    TERMINAL = frozenset({Status.COMPLETED, Status.DEAD, Status.CANCELLED})
+    IN_FLIGHT = frozenset({Status.DISPATCHED, Status.RUNNING})
+    # Waiting for an operator's decision (the failures queue).
+    NEEDS_DECISION = frozenset({Status.FAILED, Status.DEAD})
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="tasks")
+    agent = models.ForeignKey("agents.Agent", on_delete=models.PROTECT, related_name="tasks")
+    step_id = models.CharField(max_length=100)
+    name = models.CharField(max_length=255, blank=True)
+    sequence = models.PositiveIntegerField(default=1, help_text="Order of this task within its session.")
+    fallback_for = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="fallbacks",
+        help_text="The dead task this one runs as the fallback of.",
+    )
+    payload = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+
+    attempt = models.PositiveIntegerField(default=0, help_text="Number of the latest attempt (0: none yet).")
+    max_retries = models.PositiveIntegerField(default=3)
+    timeout_seconds = models.PositiveIntegerField(default=300)
+    retry_backoff_seconds = models.FloatField(default=5.0)
+
+    next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="When a scheduled retry is due.")
+    timeout_at = models.DateTimeField(null=True, blank=True, help_text="Deadline of the attempt in flight.")
+    reference_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="Reports received after this time count for the attempt in flight.",
+    )
+    enqueued_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the dispatch job was last enqueued (lost-job detection)."
+    )
+    last_error = models.TextField(blank=True)
+    result = models.JSONField(null=True, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["session", "sequence"]
+        constraints = [
+            # The final guard of "one task in flight per agent": an `idle` report is
+            # only attributable to a task when it is the agent's only one.
+            models.UniqueConstraint(
+                fields=["agent"],
+                condition=Q(status__in=["dispatched", "running"]),
+                name="task_one_in_flight_per_agent",
+            ),
+            models.UniqueConstraint(fields=["session", "sequence"], name="task_session_sequence_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="task_status_next_attempt_idx"),
+            models.Index(fields=["status", "timeout_at"], name="task_status_timeout_idx"),
+            models.Index(fields=["agent", "status"], name="task_agent_status_idx"),
+            models.Index(fields=["status", "-updated_at"], name="task_status_updated_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step_id} of {self.session_id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class TaskAttempt(models.Model):
+    """One dispatch attempt of a task, fenced in the database before AgentKit is called."""
+
+    class Outcome(models.TextChoices):
+        SENDING = "sending"  # fenced and committed; the POST is under way or was cut short
+        ACCEPTED = "accepted"  # AgentKit answered 2xx
+        COMPLETED = "completed"  # the agent reported idle
+        FAILED = "failed"  # transient dispatch error, error report or timeout
+        REJECTED = "rejected"  # permanent dispatch error (404/422/4xx)
+        CANCELLED = "cancelled"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.SENDING)
+    reference_at = models.DateTimeField(help_text="Taken before the POST; later reports count.")
+    http_status = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["task", "number"]
+        constraints = [
+            # A duplicate delivery of the dispatch job cannot fence the same attempt twice.
+            models.UniqueConstraint(fields=["task", "number"], name="taskattempt_task_number_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.task_id}: {self.outcome}"
+
+
+class TaskEvent(models.Model):
+    """An append-only record of a status change of a task or a session, and who caused it."""
+
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="events")
+    task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    old_status = models.CharField(max_length=16, blank=True)
+    new_status = models.CharField(max_length=16)
+    actor = models.CharField(max_length=16, choices=Actor.choices)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_agent_id = models.CharField(max_length=255, blank=True)
+    attempt = models.PositiveIntegerField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(fields=["session", "created_at"], name="taskevent_session_created_idx"),
+            models.Index(fields=["task", "created_at"], name="taskevent_task_created_idx"),
+            models.Index(fields=["created_at"], name="taskevent_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        subject = f"task {self.task_id}" if self.task_id else f"session {self.session_id}"
+        return f"{subject}: {self.old_status or '-'} -> {self.new_status} by {self.actor}"
+
+    @property
+    def actor_label(self) -> str:
+        if self.actor == Actor.OPERATOR and self.actor_user_id:
+            return f"operator {self.actor_user}"
+        if self.actor == Actor.AGENT and self.actor_agent_id:
+            return f"agent {self.actor_agent_id}"
+        return str(self.actor)

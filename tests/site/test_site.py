@@ -1,0 +1,103 @@
+"""Settings from the environment, health probes, request ids, start-up checks."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPSCORE_", "AGENTKIT_", "DJANGO_"))}
+    base.pop("SECRET_KEY", None)
+    base.pop("DEBUG", None)
+    base.pop("SECURE_SSL_REDIRECT", None)
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**base, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+PRODUCTION = {
+    "DJANGO_SETTINGS_MODULE": "opscore_site.settings",
+    "DATABASE_URL": os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/opscore"),
+    "SECRET_KEY": "a-long-random-production-secret-key-with-enough-entropy-0123456789-abcdefghij",
+    "OPSCORE_WEBHOOK_SECRET": "webhook-secret",
+    "ALLOWED_HOSTS": "opscore.example.com",
+    "AGENTKIT_API_URL": "http://agentkit.internal:8000",
+}
+
+
+def test_production_without_secret_key_stops_with_a_clear_message():
+    env = {k: v for k, v in PRODUCTION.items() if k != "SECRET_KEY"}
+    result = run_manage("check", env=env)
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_production_without_webhook_secret_stops_with_a_clear_message():
+    env = {k: v for k, v in PRODUCTION.items() if k != "OPSCORE_WEBHOOK_SECRET"}
+    result = run_manage("check", env=env)
+    assert result.returncode != 0
+    assert "OPSCORE_WEBHOOK_SECRET is not set" in result.stderr
+
+
+def test_a_mistyped_variable_is_named():
+    result = run_manage("check", env={**PRODUCTION, "Q_WORKERS": "many"})
+    assert result.returncode != 0
+    assert "Q_WORKERS" in result.stderr
+
+
+def test_a_lease_shorter_than_the_job_timeout_is_refused():
+    result = run_manage("check", env={**PRODUCTION, "Q_TIMEOUT": "100", "Q_RETRY": "120"})
+    assert result.returncode != 0
+    assert "Q_RETRY (120s) must exceed" in result.stderr
+
+
+def test_check_deploy_passes_with_production_settings():
+    result = run_manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_queue_settings_keep_the_lease_above_the_timeout(settings):
+    import math
+
+    q = settings.Q_CLUSTER
+    assert q["retry"] > q["timeout"] * (1 + math.ceil((q["queue_limit"] + q["bulk"]) / q["workers"]))
+    assert q["orm"] == "default" and q["max_attempts"] and q["save_limit"] == 0 and q["catch_up"] is False
+    assert settings.DATABASES["default"]["CONN_HEALTH_CHECKS"] is True
+    assert "pool" not in settings.DATABASES["default"].get("OPTIONS", {})
+
+
+def test_health_and_ready(client, db):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ok", "database": "ok"}
+
+
+def test_every_response_carries_a_request_id(client, db):
+    response = client.get("/health", HTTP_X_REQUEST_ID="abc-123")
+    assert response["X-Request-ID"] == "abc-123"
+    generated = client.get("/health", HTTP_X_REQUEST_ID="bad id with spaces")["X-Request-ID"]
+    assert generated != "bad id with spaces" and len(generated) == 32
+
+
+def test_log_lines_are_json_with_the_request_id():
+    import io
+    import json
+    import logging
+
+    from opscore_site.middleware import _request_id
+
+    handler = logging.getLogger().handlers[0]
+    buffer = io.StringIO()
+    previous = handler.setStream(buffer)
+    token = _request_id.set("req-42")
+    try:
+        logging.getLogger("opscore.test").warning("hello %s", "world")
+    finally:
+        _request_id.reset(token)
+        handler.setStream(previous)
+    record = json.loads(buffer.getvalue().strip().splitlines()[-1])
+    assert record["message"] == "hello world" and record["request_id"] == "req-42" and record["level"] == "WARNING"

@@ -1,0 +1,131 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from workflows.schema import SpecError, parse_document, validate_definition
+from tests.workflows.factories import two_step_spec
+
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "workflows" / "sample_workflow.json"
+
+
+def errors_of(document) -> dict[str, list[str]]:
+    with pytest.raises(SpecError) as excinfo:
+        validate_definition(document)
+    return excinfo.value.errors
+
+
+def test_it_loads_the_upstream_sample_unchanged():
+    raw = json.loads(SAMPLE.read_text())
+    spec = parse_document(SAMPLE.read_text())
+    assert spec.id == "sample_workflow_id"
+    assert spec.version == "1.0"
+    assert [s.taskId for s in spec.tasks] == ["step_1", "step_2"]
+    assert spec.first_step.nextTaskId == "step_2"
+    assert spec.step("step_2").parameters == {"value": 123}
+    document = spec.to_document()
+    # Every upstream field survives as it was; only our defaults are added.
+    for key in ("id", "name", "description", "version"):
+        assert document[key] == raw[key]
+    for ours, theirs in zip(document["tasks"], raw["tasks"], strict=True):
+        assert {k: ours[k] for k in theirs} == theirs
+        assert ours["maxRetries"] == 3 and ours["timeoutSeconds"] == 300
+
+
+def test_it_round_trips_through_yaml():
+    spec = parse_document(SAMPLE.read_text())
+    again = parse_document(spec.to_yaml(), fmt="yaml")
+    assert again.to_document() == spec.to_document()
+
+
+def test_it_keeps_unknown_upstream_fields():
+    document = two_step_spec()
+    document["tasks"][0]["extraHint"] = {"x": 1}
+    spec = validate_definition(document)
+    assert spec.to_document()["tasks"][0]["extraHint"] == {"x": 1}
+
+
+def test_it_reads_an_unquoted_yaml_version_as_text():
+    text = "id: y\nname: Y\nversion: 2.0\ntasks:\n  - taskId: only\n"
+    assert parse_document(text).version == "2.0"
+
+
+def test_it_requires_at_least_one_step():
+    document = two_step_spec()
+    document["tasks"] = []
+    assert errors_of(document) == {"tasks": ["a workflow needs at least one step"]}
+
+
+def test_it_refuses_duplicate_step_ids():
+    document = two_step_spec()
+    document["tasks"][1]["taskId"] = "step_1"
+    errors = errors_of(document)
+    assert errors["tasks.1.taskId"] == ["duplicate taskId 'step_1' (already used by tasks.0)"]
+
+
+def test_it_refuses_a_next_step_that_does_not_exist():
+    document = two_step_spec()
+    document["tasks"][1]["nextTaskId"] = "step_9"
+    errors = errors_of(document)
+    assert errors == {"tasks.1.nextTaskId": ["nextTaskId 'step_9' of step 'step_2' does not name a step in this workflow"]}
+
+
+def test_it_refuses_a_fallback_that_does_not_exist():
+    document = two_step_spec(fallbackTaskId="nowhere")
+    errors = errors_of(document)
+    assert errors == {"tasks.0.fallbackTaskId": ["fallbackTaskId 'nowhere' of step 'step_1' does not name a step in this workflow"]}
+
+
+def test_it_refuses_a_step_that_names_itself():
+    document = two_step_spec()
+    document["tasks"][1]["nextTaskId"] = "step_2"
+    assert errors_of(document) == {"tasks.1.nextTaskId": ["step 'step_2' names itself as its nextTaskId"]}
+
+
+def test_it_refuses_a_cycle():
+    document = two_step_spec()
+    document["tasks"][1]["nextTaskId"] = "step_1"
+    assert errors_of(document) == {"tasks": ["the steps form a cycle: step_1 -> step_2 -> step_1"]}
+
+
+def test_it_refuses_a_cycle_through_a_fallback():
+    document = two_step_spec()
+    document["tasks"][1]["fallbackTaskId"] = "step_1"
+    assert errors_of(document) == {"tasks": ["the steps form a cycle: step_1 -> step_2 -> step_1"]}
+
+
+def test_it_names_missing_and_mistyped_fields():
+    errors = errors_of({"id": "x", "tasks": [{"name": "no id"}, {"taskId": "b", "maxRetries": -1}]})
+    assert errors["name"] == ["Field required"]
+    assert errors["tasks.0.taskId"] == ["Field required"]
+    assert errors["tasks.1.maxRetries"] == ["Input should be greater than or equal to 0"]
+
+
+def test_it_refuses_an_id_with_odd_characters():
+    document = two_step_spec("bad id!")
+    assert errors_of(document) == {
+        "id": ["must start with a letter or digit and use only letters, digits, '_', '-' and '.'"]
+    }
+
+
+def test_it_refuses_a_document_that_is_not_an_object():
+    assert errors_of([1, 2]) == {"": ["a workflow definition must be a JSON object, not list"]}
+
+
+def test_it_reports_where_json_is_broken():
+    with pytest.raises(SpecError) as excinfo:
+        parse_document('{"id": "x",\n  "name": }')
+    assert excinfo.value.errors == {"": ["invalid JSON: Expecting value at line 2 column 11"]}
+
+
+def test_it_reports_where_yaml_is_broken():
+    with pytest.raises(SpecError) as excinfo:
+        parse_document("id: x\nname: [unclosed\n", fmt="yaml")
+    assert excinfo.value.errors[""][0].startswith("invalid YAML: ")
+    assert "line 3" in excinfo.value.errors[""][0]
+
+
+def test_it_refuses_bytes_that_are_not_utf8():
+    with pytest.raises(SpecError) as excinfo:
+        parse_document(b"\xff\xfe")
+    assert excinfo.value.errors == {"": ["the file is not UTF-8 text"]}

@@ -1,0 +1,243 @@
+"""The one validator of workflow definitions: the pydantic `WorkflowSpec`.
+
+It reads and writes the upstream JSON shape
+`{"id","name","description","version","tasks":[{"taskId","name","agentCapability",
+"parameters","nextTaskId", ...}]}` and YAML. The API, the admin, the HTML forms and the
+import command all call `validate_definition()` / `parse_document()`; nothing else
+decides whether a definition is valid.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class SpecError(ValueError):
+    """A workflow definition is invalid. `errors` maps a field path to its messages."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        self.errors = errors
+        summary = "; ".join(f"{path}: {' '.join(msgs)}" if path else " ".join(msgs)
+                            for path, msgs in errors.items())
+        super().__init__(summary)
+
+
+class StepSpec(BaseModel):
+    """One step of a workflow (upstream calls the list `tasks`)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    taskId: str = Field(min_length=1, max_length=100, pattern=ID_PATTERN)
+    name: str = Field(default="", max_length=255)
+    agentCapability: str | None = Field(default=None, max_length=255)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    nextTaskId: str | None = None
+    maxRetries: int = Field(default=3, ge=0, le=100)
+    timeoutSeconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    retryBackoffSeconds: float = Field(default=5.0, ge=0, le=24 * 3600)
+    fallbackTaskId: str | None = None
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _parameters_null_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("nextTaskId", "fallbackTaskId", "agentCapability", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
+class WorkflowSpec(BaseModel):
+    """A whole workflow definition; the first step in `tasks` is where a session starts."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, max_length=100, pattern=ID_PATTERN)
+    name: str = Field(min_length=1, max_length=255)
+    description: str = Field(default="", max_length=10_000)
+    version: str = Field(default="1.0", max_length=50)
+    tasks: list[StepSpec]
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        # Upstream writes "1.0"; YAML turns an unquoted 1.0 into a float.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @field_validator("description", mode="before")
+    @classmethod
+    def _description_null_is_empty(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @field_validator("tasks")
+    @classmethod
+    def _at_least_one_step(cls, tasks: list[StepSpec]) -> list[StepSpec]:
+        if not tasks:
+            raise ValueError("a workflow needs at least one step")
+        return tasks
+
+    @model_validator(mode="after")
+    def _graph_is_sound(self) -> WorkflowSpec:
+        errors: dict[str, list[str]] = {}
+        positions: dict[str, int] = {}
+        for index, step in enumerate(self.tasks):
+            if step.taskId in positions:
+                errors.setdefault(f"tasks.{index}.taskId", []).append(
+                    f"duplicate taskId '{step.taskId}' (already used by tasks.{positions[step.taskId]})"
+                )
+            else:
+                positions[step.taskId] = index
+        for index, step in enumerate(self.tasks):
+            for field in ("nextTaskId", "fallbackTaskId"):
+                target = getattr(step, field)
+                if target is None:
+                    continue
+                if target not in positions:
+                    errors.setdefault(f"tasks.{index}.{field}", []).append(
+                        f"{field} '{target}' of step '{step.taskId}' does not name a step in this workflow"
+                    )
+                elif target == step.taskId:
+                    errors.setdefault(f"tasks.{index}.{field}", []).append(
+                        f"step '{step.taskId}' names itself as its {field}"
+                    )
+        if not errors:
+            cycle = self._find_cycle()
+            if cycle:
+                errors.setdefault("tasks", []).append(
+                    "the steps form a cycle: " + " -> ".join(cycle)
+                )
+        if errors:
+            raise SpecError(errors)
+        return self
+
+    def _find_cycle(self) -> list[str] | None:
+        """A cycle over next and fallback links, as the list of step ids on it, or None."""
+        edges = {
+            step.taskId: [t for t in (step.nextTaskId, step.fallbackTaskId) if t is not None]
+            for step in self.tasks
+        }
+        WHITE, GREY, BLACK = 0, 1, 2
+        colour = dict.fromkeys(edges, WHITE)
+        path: list[str] = []
+
+        def visit(node: str) -> list[str] | None:
+            colour[node] = GREY
+            path.append(node)
+            for nxt in edges[node]:
+                if colour[nxt] == GREY:
+                    return path[path.index(nxt):] + [nxt]
+                if colour[nxt] == WHITE and (found := visit(nxt)):
+                    return found
+            path.pop()
+            colour[node] = BLACK
+            return None
+
+        for step in self.tasks:
+            if colour[step.taskId] == WHITE and (found := visit(step.taskId)):
+                return found
+        return None
+
+    # Reading helpers for the engine.
+    @property
+    def first_step(self) -> StepSpec:
+        return self.tasks[0]
+
+    def step(self, task_id: str) -> StepSpec:
+        for candidate in self.tasks:
+            if candidate.taskId == task_id:
+                return candidate
+        raise KeyError(task_id)
+
+    def ordered_steps(self) -> list[StepSpec]:
+        """Steps along the main path from the first step, then any others in file order."""
+        seen: list[str] = []
+        current: str | None = self.first_step.taskId
+        while current is not None and current not in seen:
+            seen.append(current)
+            current = self.step(current).nextTaskId
+        rest = [s.taskId for s in self.tasks if s.taskId not in seen]
+        return [self.step(task_id) for task_id in seen + rest]
+
+    def to_document(self) -> dict[str, Any]:
+        """The upstream JSON shape (defaults written out, so a snapshot is self-contained)."""
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_document(), indent=2, sort_keys=False) + "\n"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_document(), sort_keys=False, allow_unicode=True)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def validate_definition(document: Any) -> WorkflowSpec:
+    """Validate a parsed document (a dict) and return the spec, or raise SpecError.
+
+    Field errors are keyed by their path in the upstream shape (`tasks.1.nextTaskId`).
+    """
+    if not isinstance(document, dict):
+        raise SpecError({"": [f"a workflow definition must be a JSON object, not {type(document).__name__}"]})
+    try:
+        return WorkflowSpec.model_validate(document)
+    except SpecError:
+        raise
+    except ValidationError as exc:
+        errors: dict[str, list[str]] = {}
+        for err in exc.errors():
+            ctx_error = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_error, SpecError):
+                for path, messages in ctx_error.errors.items():
+                    errors.setdefault(path, []).extend(messages)
+                continue
+            message = err["msg"]
+            if err["type"] == "string_pattern_mismatch":
+                message = "must start with a letter or digit and use only letters, digits, '_', '-' and '.'"
+            elif message.startswith("Value error, "):
+                message = message.removeprefix("Value error, ")
+            errors.setdefault(_format_loc(err["loc"]), []).append(message)
+        raise SpecError(errors) from None
+
+
+def parse_document(text: str | bytes, *, fmt: str = "auto") -> WorkflowSpec:
+    """Parse JSON or YAML text (fmt "json", "yaml" or "auto") and validate it."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SpecError({"": ["the file is not UTF-8 text"]}) from None
+    fmt = fmt.lower()
+    if fmt not in {"auto", "json", "yaml", "yml"}:
+        raise SpecError({"": [f"unknown format '{fmt}': use json or yaml"]})
+    if fmt == "json" or (fmt == "auto" and text.lstrip().startswith(("{", "["))):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError({"": [f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]}) from None
+    else:
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise SpecError({"": [f"invalid YAML: {problem}{where}"]}) from None
+    return validate_definition(document)
