@@ -1,0 +1,67 @@
+"""The scheduler loop: the database is the source of truth for due and overdue work."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from django.core.cache import cache
+from django.core.management.base import BaseCommand, CommandError
+from django.db import close_old_connections
+from django.utils import timezone
+
+from sessions import engine
+
+HEARTBEAT_KEY = "opscore:scheduler:heartbeat"
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the Ops-Core scheduler loop: about once a second it dispatches due retries, "
+        "times out overdue attempts and re-enqueues queued tasks whose job was lost. Safe to "
+        "run on several hosts at once (rows are claimed with SKIP LOCKED). Stops on SIGINT/SIGTERM."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--interval", type=float, default=None,
+                            help="Seconds between passes (default OPSCORE_SCHEDULER_INTERVAL_SECONDS, 1).")
+        parser.add_argument("--once", action="store_true", help="Run one pass, print what it did, and exit.")
+
+    def handle(self, *args, interval: float | None, once: bool, **options) -> None:
+        from django.conf import settings
+
+        interval = settings.OPSCORE_SCHEDULER_INTERVAL_SECONDS if interval is None else interval
+        if interval <= 0:
+            raise CommandError("--interval must be a positive number of seconds")
+        if once:
+            counts = engine.scheduler_tick()
+            cache.set(HEARTBEAT_KEY, timezone.now().isoformat(), timeout=None)
+            self.stdout.write(" ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
+            if counts.errors:
+                raise CommandError("; ".join(counts.errors))
+            return
+
+        stopping = False
+
+        def stop(signum, frame) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self.stdout.write(f"scheduler: running every {interval}s")
+        while not stopping:
+            started = time.monotonic()
+            try:
+                close_old_connections()
+                counts = engine.scheduler_tick()
+                cache.set(HEARTBEAT_KEY, timezone.now().isoformat(), timeout=None)
+                if any(counts.as_dict()[k] for k in ("retries_due", "timed_out", "requeued")):
+                    self.stdout.write("scheduler: " + " ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
+            except Exception as exc:  # keep looping through a database blip
+                self.stderr.write(f"scheduler: pass failed: {exc.__class__.__name__}: {exc}")
+            remaining = interval - (time.monotonic() - started)
+            while remaining > 0 and not stopping:
+                time.sleep(min(remaining, 0.2))
+                remaining -= 0.2
+        self.stdout.write("scheduler: stopped")
