@@ -456,12 +456,12 @@ class StandIn:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         with self._lock:
             self._stats.reports_sent[state] += 1
-        status = self._post(url, json.dumps(body).encode(), headers)
-        ok = status is not None and 200 <= status < 300
-        if not ok:
+        status, problem = self._post(url, json.dumps(body).encode(), headers)
+        if problem:
             with self._lock:
                 self._stats.reports_failed[state] += 1
-        logger.info("report agent=%s state=%s -> %s", agent_id, state, status if status is not None else "unsent")
+        logger.info("report agent=%s state=%s -> %s%s", agent_id, state, status or "unsent",
+                    f" ({problem})" if problem else "")
         return status
 
     def _send_webhook(self, event_type: str, agent: Agent) -> None:
@@ -472,31 +472,33 @@ class StandIn:
             logger.info("webhook %s agent=%s skipped: no webhook secret", event_type, agent.agent_id)
             return
         body = wire.webhook_body(event_type, agent.details())
-        status = self._post(self.config.notify_url, body, wire.webhook_headers(body, self.config.webhook_secret))
+        headers = wire.webhook_headers(body, self.config.webhook_secret)
+        status, problem = self._post(self.config.notify_url, body, headers)
         with self._lock:
-            if status is not None and 200 <= status < 300:
-                self._stats.webhooks_sent[event_type] += 1
-            else:
+            if problem:
                 self._stats.webhooks_failed[event_type] += 1
-        logger.info("webhook %s agent=%s -> %s", event_type, agent.agent_id,
-                    status if status is not None else "unsent")
+            else:
+                self._stats.webhooks_sent[event_type] += 1
+        logger.info("webhook %s agent=%s -> %s%s", event_type, agent.agent_id, status or "unsent",
+                    f" ({problem})" if problem else "")
 
-    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int | None:
+    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str]:
+        """POST once, no redirects followed: (HTTP status or None if unsent, why it failed or "")."""
         if self._client is None or self._stopping.is_set():
-            return None
+            return None, "stand-in stopping"
         try:
             response = self._client.post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            logger.warning("POST %s failed: %s: %s", url, exc.__class__.__name__, exc)
-            return None
+            return None, f"{exc.__class__.__name__}: {exc}"
         except RuntimeError:  # the client was closed by stop() mid-flight
-            return None
+            return None, "stand-in stopping"
         if not 200 <= response.status_code < 300:
-            logger.warning("POST %s -> %s %s", url, response.status_code, _detail(response))
-        return response.status_code
+            return response.status_code, _detail(response) or "refused without a detail"
+        return response.status_code, ""
 
 
 def _detail(response: httpx.Response) -> str:
+    """What the SDK logs of a refusal: the JSON `detail`, else the start of the body."""
     try:
         body = response.json()
     except ValueError:
