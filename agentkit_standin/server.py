@@ -100,8 +100,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
-            raise HttpError(400, "Invalid Content-Length header") from None
+            length = -1
         if length < 0:
+            self.close_connection = True  # the body's end is unknown: the connection cannot be reused
             raise HttpError(400, "Invalid Content-Length header")
         if length > MAX_BODY:
             self.close_connection = True
@@ -168,6 +169,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         except Exception:  # never let a bug look like a hang or a dropped connection
             logger.exception("error handling %s %s", method, path)
+            self.close_connection = True
             self._send(500, {"detail": "Internal Server Error"})
 
     def do_GET(self) -> None:

@@ -8,7 +8,7 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import quote
@@ -21,6 +21,7 @@ from .config import Config, ConfigError, parse_range
 logger = logging.getLogger("agentkit_standin")
 
 OUTCOMES = ("complete", "fail", "lose")
+RUNS_KEPT = 10_000  # the per-run list in the stats; counters are never truncated
 
 
 @dataclass
@@ -85,7 +86,9 @@ class Stats:
         self.reset()
 
     def reset(self) -> None:
-        self.runs: list[Run] = []
+        self.runs: deque[Run] = deque(maxlen=RUNS_KEPT)
+        self.runs_accepted = 0
+        self.statuses: Counter[str] = Counter()
         self.runs_by_agent: Counter[str] = Counter()
         self.runs_by_attempt: Counter[str] = Counter()
         self.max_concurrent_by_agent: dict[str, int] = {}
@@ -99,10 +102,9 @@ class Stats:
         self.lost_forwards = 0
 
     def snapshot(self, agents: dict[str, Agent]) -> dict[str, Any]:
-        statuses = Counter(run.status for run in self.runs)
         return {
             "agents_registered": len(agents),
-            "runs_accepted": len(self.runs),
+            "runs_accepted": self.runs_accepted,
             "runs_by_agent": dict(self.runs_by_agent),
             "runs_by_attempt": dict(self.runs_by_attempt),
             "duplicate_attempts": sorted(key for key, n in self.runs_by_attempt.items() if n > 1),
@@ -110,7 +112,7 @@ class Stats:
             "in_flight_by_agent": {a.agent_id: len(a.in_flight) for a in agents.values() if a.in_flight},
             "overlaps": list(self.overlaps),
             "lost_forwards": self.lost_forwards,
-            "outcomes": {status: statuses[status] for status in ("completed", "failed", "lost", "aborted")},
+            "outcomes": {status: self.statuses[status] for status in ("completed", "failed", "lost", "aborted")},
             "reports_sent": dict(self.reports_sent),
             "reports_failed": dict(self.reports_failed),
             "webhooks_sent": dict(self.webhooks_sent),
@@ -119,6 +121,11 @@ class Stats:
             "responses": dict(self.responses),
             "runs": [run.public() for run in self.runs],
         }
+
+    def settle(self, run: Run, status: str) -> None:
+        """Record a run's final status (completed, failed, lost or aborted)."""
+        run.status = status
+        self.statuses[status] += 1
 
 
 class StandIn:
@@ -132,6 +139,7 @@ class StandIn:
         self.config = config or Config(**settings)
         self._lock = threading.RLock()
         self._agents: dict[str, Agent] = {}
+        self._registered = 0  # numbers agent names; never reused
         self._stats = Stats()
         self._rng = random.Random(self.config.seed)
         self._stopping = threading.Event()
@@ -201,7 +209,8 @@ class StandIn:
         with self._lock:
             if agent_id in self._agents:
                 raise ConfigError(f"agent {agent_id} is already registered")
-            number = len(self._agents) + 1
+            self._registered += 1
+            number = self._registered
             agent = Agent(
                 agent_id=agent_id,
                 name=name or f"standin-agent-{number}",
@@ -308,7 +317,7 @@ class StandIn:
             run = self._new_run(agent_id, message)
             self._stats.responses["202"] += 1
             if run.outcome == "lose":
-                run.status = "lost"
+                self._stats.settle(run, "lost")
                 self._stats.lost_forwards += 1
             else:
                 self._begin(agent, run)
@@ -324,8 +333,9 @@ class StandIn:
         attempt = payload.get("attempt")
         parameters = payload.get("task_parameters")
         outcome, work_time = self._decide(parameters)
+        self._stats.runs_accepted += 1
         run = Run(
-            seq=len(self._stats.runs) + 1,
+            seq=self._stats.runs_accepted,
             agent_id=agent_id,
             key=f"{task_id}#{attempt}",
             opscore_task_id=task_id,
@@ -435,7 +445,7 @@ class StandIn:
 
     def _finish(self, agent: Agent, run: Run, status: str) -> None:
         with self._lock:
-            run.status = status
+            self._stats.settle(run, status)
             if run.key in agent.in_flight:
                 agent.in_flight.remove(run.key)
 

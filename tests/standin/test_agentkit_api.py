@@ -151,3 +151,21 @@ def test_agentkits_own_register_endpoint_registers_and_validates(standin, record
     assert bad.status_code == 422
     assert {tuple(e["loc"]) for e in bad.json()["detail"]} == {("body", "version"), ("body", "contactEndpoint")}
     assert post_run(standin, agent_id, run_message()).status_code == 202
+
+
+def test_one_pooled_connection_survives_every_kind_of_answer(standin):
+    agent = quiet_agent(standin)
+    url = f"{standin.url}/v1/agents/{agent.agent_id}/run"
+
+    with httpx.Client() as client:
+        statuses = [
+            client.post(url, content=b"{broken").status_code,
+            client.post(f"{standin.url}/v1/agents", json={"ignored": True}).status_code,
+            client.request("GET", url, content=b"unexpected body").status_code,
+            client.post(url, json=run_message(task_id="a")).status_code,
+            client.post(url, content=iter([json.dumps(run_message(task_id="b")).encode()])).status_code,  # chunked
+            client.post(f"{standin.url}/v1/agents/other/run", json=run_message()).status_code,
+        ]
+
+    assert statuses == [422, 404, 405, 202, 202, 404]
+    assert [run["key"] for run in standin.stats()["runs"]] == ["a#1", "b#1"]
