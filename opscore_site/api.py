@@ -7,7 +7,6 @@ Every error under /v1/ is JSON `{"detail": "...", "code": "...", "errors": {...}
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -17,11 +16,10 @@ from django.core.exceptions import ObjectDoesNotExist, RequestDataTooBig
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
-from rest_framework import exceptions, parsers, status
+from rest_framework import exceptions, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
-from rest_framework.views import exception_handler as drf_exception_handler
 
 from sessions.engine import EngineError
 from sessions.services import IdempotencyConflict
@@ -102,6 +100,9 @@ class ServiceUnavailable(exceptions.APIException):
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """REST_FRAMEWORK["EXCEPTION_HANDLER"]: every API error in one shape."""
+    # Imported here: rest_framework.views reads the throttle/parser settings, which name this module.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
     exc = _translate(exc)
     response = drf_exception_handler(exc, context)
     if response is None:
@@ -255,42 +256,6 @@ def query_text(request, name: str, max_length: int = 255) -> str | None:
     if len(raw) > max_length or "\x00" in raw:
         raise exceptions.ValidationError({name: [f"must be at most {max_length} characters, without NUL"]})
     return raw
-
-
-# --------------------------------------------------------------------------- JSON input
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
-
-
-def check_json_document(document: Any) -> Any:
-    """400 for a NUL character anywhere in a document: PostgreSQL cannot store one."""
-    if _has_nul(document):
-        raise exceptions.ParseError("JSON strings may not contain NUL (\\u0000) characters", code="parse_error")
-    return document
-
-
-def parse_json_bytes(body: bytes) -> Any:
-    """A request body as JSON, or a 400 saying why not."""
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise exceptions.ParseError(f"JSON parse error - {exc}") from None
-    return check_json_document(document)
-
-
-class JSONParser(parsers.JSONParser):
-    """DRF's JSON parser plus the NUL check."""
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        return check_json_document(super().parse(stream, media_type, parser_context))
 
 
 class IdConverter:

@@ -163,7 +163,7 @@ X_FRAME_OPTIONS = "DENY"
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["opscore_site.api.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["opscore_site.parsers.JSONParser"],
     # Bearer keys first: its WWW-Authenticate header makes "no credentials" a 401.
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "opscore_site.auth.ApiKeyAuthentication",

@@ -28,7 +28,8 @@ from agents.api.serializers import (
 )
 from agents.models import Agent
 from agents.services import agent_deregister, agent_register, agent_state_record
-from opscore_site.api import ServiceUnavailable, parse_json_bytes, query_bool, query_choices, query_text
+from opscore_site.api import ServiceUnavailable, query_bool, query_choices, query_text
+from opscore_site.parsers import parse_json_bytes
 from opscore_site.auth import AgentEndpoint, OperatorOrServiceKey
 
 
