@@ -7,6 +7,7 @@ Every error under /v1/ is JSON `{"detail": "...", "code": "...", "errors": {...}
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -149,8 +150,8 @@ class ApiThrottle(SimpleRateThrottle):
         else:
             ident = f"ip:{self.get_ident(request)}"
         agent_id = getattr(view, "kwargs", {}).get("agent_id")
-        if agent_id:
-            ident += f":agent:{agent_id[:255]}"
+        if agent_id:  # hashed: any characters, any length, fits the cache key column
+            ident += ":agent:" + hashlib.sha256(agent_id.encode()).hexdigest()[:24]
         return f"throttle:{self.scope}:{ident}"
 
 
