@@ -5,12 +5,13 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from agents.models import Agent, AgentState, ApiKey
 from agents.signals import agent_state_reported
@@ -140,6 +141,15 @@ def _prep(field_name: str, value: Any) -> Any:
     return Agent._meta.get_field(field_name).get_db_prep_save(value, connection)
 
 
+def _as_aware(value: Any) -> datetime | None:
+    # PostgreSQL returns an aware datetime; SQLite a naive UTC datetime or its text.
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value is not None and timezone.is_naive(value):
+        value = timezone.make_aware(value, UTC)
+    return value
+
+
 def agent_state_record(
     *, agent_id: str, state: str, details: dict[str, Any] | None, timestamp: datetime, received_at: datetime
 ) -> StateRecorded:
@@ -161,7 +171,7 @@ def agent_state_record(
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             (current_received,) = cursor.fetchone()
-        is_current = current_received == received_param
+        is_current = _as_aware(current_received) == received_at
         history = AgentState.objects.create(
             agent_id=agent_id, state=state, details=details, timestamp=timestamp, received_at=received_at
         )

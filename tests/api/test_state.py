@@ -192,3 +192,22 @@ def test_the_report_is_one_short_transaction(api, settings, django_assert_max_nu
         api.post(url("a1"), report("a1", "active"), format="json")
     with django_assert_max_num_queries(6):
         assert api.post(url("a1"), report("a1", "active"), format="json").status_code == 202
+
+
+def test_the_engine_signal_says_whether_the_report_is_current(api):
+    from agents.signals import agent_state_reported
+
+    seen = []
+
+    def receiver(**kwargs):
+        seen.append((kwargs["state"], kwargs["is_current"]))
+
+    agent_state_reported.connect(receiver, dispatch_uid="test-receiver")
+    try:
+        now = datetime.now(UTC)
+        api.post(url("a1"), report("a1", "idle", at=now), format="json")
+        api.post(url("a1"), report("a1", "active", at=now - timedelta(seconds=1)), format="json")
+        api.post(url("a1"), report("a1", "error", at=now + timedelta(seconds=1)), format="json")
+    finally:
+        agent_state_reported.disconnect(dispatch_uid="test-receiver")
+    assert seen == [("idle", True), ("active", False), ("error", True)]
