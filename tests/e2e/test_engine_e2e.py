@@ -61,7 +61,7 @@ def trigger(stack: Stack, agent_id: str, body: dict) -> str:
 
 def wait_all_final(stack: Stack, session_ids: list[str], timeout: float) -> dict[str, str]:
     def done():
-        statuses = dict(Session.objects.filter(pk__in=session_ids).values_list("pk", "status"))
+        statuses = {str(pk): status for pk, status in Session.objects.filter(pk__in=session_ids).values_list("pk", "status")}
         return statuses if len(statuses) == len(session_ids) and set(statuses.values()) <= FINAL else None
 
     try:

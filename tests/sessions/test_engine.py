@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent
+from agents.services import agent_state_record
 from sessions import engine
 from sessions.engine import By, InvalidTransition
 from sessions.models import Actor, Session, Task, TaskAttempt, TaskEvent
@@ -20,21 +21,6 @@ pytestmark = pytest.mark.django_db
 
 S = Task.Status
 SS = Session.Status
-
-
-def agent_state_record(*, agent_id, state, details, timestamp, received_at):  # TEMP until the API lands
-    from agents.models import AgentState
-    from agents.signals import agent_state_reported
-
-    with transaction.atomic():
-        AgentState.objects.create(agent_id=agent_id, state=state, details=details, timestamp=timestamp,
-                                  received_at=received_at)
-        agent = Agent.objects.select_for_update().get(pk=agent_id)
-        current = agent.state_timestamp is None or timestamp > agent.state_timestamp
-        if current:
-            Agent.objects.filter(pk=agent_id).update(state=state, state_timestamp=timestamp)
-        agent_state_reported.send(sender=Agent, agent_id=agent_id, state=state, details=details,
-                                  timestamp=timestamp, received_at=received_at, is_current=current)
 
 
 def report(agent_id: str, state: str, details=None, *, when=None):
