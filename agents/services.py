@@ -140,10 +140,10 @@ class StateRecorded:
 
 
 # Newer wins by the agent's clock; a tie (second-resolution clocks: `active` and `idle`
-# in the same second) goes to the report that arrived later.
+# in the same second) goes to the report that arrived later; an exact duplicate changes nothing.
 _NEWER = (
     "({t}.state_timestamp IS NULL OR excluded.state_timestamp > {t}.state_timestamp"
-    " OR (excluded.state_timestamp = {t}.state_timestamp"
+    " OR (excluded.state_timestamp = {t}.state_timestamp AND excluded.state <> {t}.state"
     " AND excluded.state_received_at > {t}.state_received_at))"
 )
 _UPSERT = """
