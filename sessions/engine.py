@@ -538,11 +538,19 @@ def sweep_due_retries(*, now: datetime, limit: int = 500) -> int:
     return count
 
 
+def _overdue(now: datetime):
+    return Task.objects.filter(status__in=Task.IN_FLIGHT, timeout_at__lte=now).order_by("timeout_at")
+
+
+def overdue_tasks(*, now: datetime, limit: int = 500) -> list[Task]:
+    """The in-flight tasks `sweep_timeouts` would time out now, without acting (a dry run)."""
+    return list(_overdue(now)[:limit])
+
+
 def sweep_timeouts(*, now: datetime, limit: int = 500) -> int:
     count = 0
     with transaction.atomic():
-        for task in _locked_batch(Task.objects.filter(status__in=Task.IN_FLIGHT, timeout_at__lte=now)
-                                  .order_by("timeout_at"), limit):
+        for task in _locked_batch(_overdue(now), limit):
             _attempt_failed(task_id=task.pk, number=task.attempt, permanent=False, by=By.system(),
                             error=f"no outcome within {task.timeout_seconds}s (attempt {task.attempt})")
             count += 1
