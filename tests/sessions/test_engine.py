@@ -125,7 +125,8 @@ def test_a_job_for_a_task_that_no_longer_exists_does_nothing(q_sync, agentkit_st
     assert not agentkit_stub.requests
 
 
-def test_the_attempt_is_fenced_and_committed_before_the_post(agentkit_stub, django_db_blocker):
+@pytest.mark.django_db(transaction=True)
+def test_the_attempt_is_fenced_and_committed_before_the_post(agentkit_stub):
     """While AgentKit is being called, the attempt row and `dispatched` are already visible."""
     agent = AgentFactory()
     definition = WorkflowDefinitionFactory()
@@ -145,6 +146,8 @@ def test_the_attempt_is_fenced_and_committed_before_the_post(agentkit_stub, djan
     agentkit_stub.answer = answer
     engine.task_dispatch(task_id=task.pk)
     assert seen["status"] == S.DISPATCHED and seen["attempts"] == [(1, "sending")]
+    # No transaction is open during the POST: the fence was committed before it.
+    assert seen["in_atomic"] is False
 
 
 # --------------------------------------------------------------------------- AgentKit's answers
