@@ -1,0 +1,108 @@
+"""The README's quickstart (`scripts/run`) on a fresh SQLite file, headless and bounded.
+
+It must bring up the whole demo, complete sessions (checked through the API), and leave
+no process behind when its supervisor is told to stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.harness import ROOT, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+MARKER = "OPSCORE_QUICKSTART_RUN"
+
+
+def marked_pids(run_id: str) -> list[int]:
+    """Processes (of any process group) that inherited this run's marker variable."""
+    needle = f"{MARKER}={run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile, or not ours
+    return found
+
+
+def demo_env(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key: value for key, value in pairs}
+
+
+def test_the_quickstart_completes_sessions_and_stops_cleanly(tmp_path):
+    run_id = uuid.uuid4().hex
+    port, agentkit_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPSCORE_", "AGENTKIT_", "Q_", "DJANGO_")) and k not in {"DATABASE_URL", "DEBUG",
+                                                                                        "SECRET_KEY", "PORT"}}
+    env.update({
+        MARKER: run_id,
+        "PORT": str(port),
+        "AGENTKIT_PORT": str(agentkit_port),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+        "OPSCORE_DEMO_ENV_FILE": str(tmp_path / "demo.env"),
+        "LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    })
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(ROOT / "scripts" / "run")], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def logs() -> str:
+        return log_path.read_text(errors="replace")[-6000:]
+
+    try:
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: proc.poll() is None and httpx.get(f"{base}/health", timeout=2).status_code == 200,
+                       timeout=120, what="the quickstart's /health")
+            key = demo_env(tmp_path / "demo.env")["OPSCORE_API_KEY"]
+            api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
+            def completed():
+                assert proc.poll() is None, "the quickstart exited on its own"
+                body = api.get("/v1/opscore/sessions", params={"status": "completed"}).json()
+                return body["count"] >= 1 and body
+
+            body = wait_until(completed, timeout=120, interval=2, what="a completed session")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- scripts/run output:\n{logs()}") from None
+        assert {s["status"] for s in body["results"]} == {"completed"}
+        assert "log in as:             operator / " in logs()
+        assert marked_pids(run_id), "the demo's processes carry the marker"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        # honcho starts each process in its own session: look for every descendant, not one group.
+        deadline = time.monotonic() + 15
+        while marked_pids(run_id) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = marked_pids(run_id)
+        for pid in left:  # never leak into the rest of the suite, even when failing
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode is not None, "honcho did not exit on Ctrl-C"
+    assert left == [], f"processes left after Ctrl-C: {left}\n{logs()}"
