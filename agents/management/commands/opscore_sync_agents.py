@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
+
+from opscore_site.commands import atomic_or_dry_run
 
 from agents import agentkit
 from agents.models import Agent
@@ -51,10 +52,6 @@ def _upsert(*, agent_id: str, fields: dict[str, Any]) -> str:
     return "updated"
 
 
-class _DryRunDone(Exception):
-    pass
-
-
 class Command(BaseCommand):
     help = (
         "Poll AgentKit's agent listing (GET {AGENTKIT_API_URL}/v1/agents) and upsert each agent's name, "
@@ -74,23 +71,18 @@ class Command(BaseCommand):
         except agentkit.AgentKitError as exc:
             raise CommandError(f"cannot read AgentKit's agent listing: {exc.message}") from None
         totals = {"created": 0, "updated": 0, "unchanged": 0, "skipped": 0}
-        try:
-            with transaction.atomic():
-                for item in items:
-                    parsed = _fields(item)
-                    if parsed is None:
-                        totals["skipped"] += 1
-                        self.stderr.write(f"skipped an entry without an agent id: {str(item)[:200]}")
-                        continue
-                    agent_id, fields = parsed
-                    outcome = _upsert(agent_id=agent_id, fields=fields)
-                    totals[outcome] += 1
-                    if outcome != "unchanged":
-                        self.stdout.write(f"{agent_id}: {outcome}")
-                if dry_run:
-                    raise _DryRunDone
-        except _DryRunDone:
-            pass
+        with atomic_or_dry_run(dry_run):
+            for item in items:
+                parsed = _fields(item)
+                if parsed is None:
+                    totals["skipped"] += 1
+                    self.stderr.write(f"skipped an entry without an agent id: {str(item)[:200]}")
+                    continue
+                agent_id, fields = parsed
+                outcome = _upsert(agent_id=agent_id, fields=fields)
+                totals[outcome] += 1
+                if outcome != "unchanged":
+                    self.stdout.write(f"{agent_id}: {outcome}")
         summary = ", ".join(f"{n} {name}" for name, n in totals.items())
         self.stdout.write(f"{len(items)} agent(s) listed: " + ("dry run, nothing written: would be " if dry_run else "")
                           + summary)

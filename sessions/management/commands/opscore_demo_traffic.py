@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import random
-import signal
-import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import close_old_connections
 
 from agents.models import Agent
+from opscore_site.commands import run_until_stopped
 from sessions import engine
 from sessions.engine import By
 from sessions.models import Session
@@ -66,24 +64,11 @@ class Command(BaseCommand):
             self.stdout.write(f"demo traffic: started {len(started)} session(s)")
             return
 
-        stopping = False
+        def step() -> None:
+            for session in start_for_idle_agents(workflow_ids=workflow, max_sessions=max_per_round):
+                self.stdout.write(f"demo traffic: started {session.workflow_id} for {session.agent_id}")
 
-        def stop(signum, frame) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
         self.stdout.write(f"demo traffic: starting sessions for idle agents every {interval}s")
-        while not stopping:
-            try:
-                close_old_connections()
-                started = start_for_idle_agents(workflow_ids=workflow, max_sessions=max_per_round)
-                for session in started:
-                    self.stdout.write(f"demo traffic: started {session.workflow_id} for {session.agent_id}")
-            except Exception as exc:  # a database blip (SQLite busy) must not end the demo
-                self.stderr.write(f"demo traffic: round failed: {exc.__class__.__name__}: {exc}")
-            deadline = time.monotonic() + interval
-            while not stopping and time.monotonic() < deadline:
-                time.sleep(0.2)
+        run_until_stopped(interval=interval, step=step, on_error=lambda exc: self.stderr.write(
+            f"demo traffic: round failed: {exc.__class__.__name__}: {exc}"))
         self.stdout.write("demo traffic: stopped")

@@ -5,16 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
+
+from opscore_site.commands import atomic_or_dry_run
 
 from workflows.schema import SpecError, WorkflowSpec, parse_document
 from workflows.services import workflow_save
 
 FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
-
-
-class _DryRunDone(Exception):
-    """Raised inside the transaction to roll a dry run back."""
 
 
 def _files(paths: list[str]) -> tuple[list[Path], dict[str, list[str]]]:
@@ -75,16 +72,11 @@ class Command(BaseCommand):
             raise CommandError(f"{len(errors)} file(s) with errors; nothing was imported")
 
         totals = {"created": 0, "updated": 0, "unchanged": 0}
-        try:
-            with transaction.atomic():
-                for path, spec in specs:
-                    _, outcome = workflow_save(spec=spec, allow_update=True)
-                    totals[outcome] += 1
-                    self.stdout.write(f"{path}: {spec.id} {outcome}")
-                if dry_run:
-                    raise _DryRunDone
-        except _DryRunDone:
-            pass
+        with atomic_or_dry_run(dry_run):
+            for path, spec in specs:
+                _, outcome = workflow_save(spec=spec, allow_update=True)
+                totals[outcome] += 1
+                self.stdout.write(f"{path}: {spec.id} {outcome}")
         summary = ", ".join(f"{count} {name}" for name, count in totals.items())
         prefix = "dry run, nothing written: would be " if dry_run else ""
         self.stdout.write(f"{prefix}{summary}")
