@@ -68,22 +68,27 @@ def test_the_quickstart_completes_sessions_and_stops_cleanly(tmp_path):
     def logs() -> str:
         return log_path.read_text(errors="replace")[-6000:]
 
+    last: dict[str, str] = {}
     try:
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_until(lambda: proc.poll() is None and httpx.get(f"{base}/health", timeout=2).status_code == 200,
-                       timeout=120, what="the quickstart's /health")
+            def healthy():
+                assert proc.poll() is None, "the quickstart exited on its own"
+                return httpx.get(f"{base}/health", timeout=2).status_code == 200
+
+            wait_until(healthy, timeout=120, what="the quickstart's /health")
             key = demo_env(tmp_path / "demo.env")["OPSCORE_API_KEY"]
             api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
             def completed():
                 assert proc.poll() is None, "the quickstart exited on its own"
-                body = api.get("/v1/opscore/sessions", params={"status": "completed"}).json()
-                return body["count"] >= 1 and body
+                response = api.get("/v1/opscore/sessions", params={"status": "completed"})
+                last["answer"] = f"{response.status_code} {response.text[:300]}"
+                return response.status_code == 200 and response.json()["count"] >= 1 and response.json()
 
             body = wait_until(completed, timeout=120, interval=2, what="a completed session")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- scripts/run output:\n{logs()}") from None
+            raise AssertionError(f"{exc}\nlast API answer: {last.get('answer')}\n--- scripts/run output:\n{logs()}") from None
         assert {s["status"] for s in body["results"]} == {"completed"}
         assert "log in as:             operator / " in logs()
         assert marked_pids(run_id), "the demo's processes carry the marker"
