@@ -89,7 +89,7 @@ def test_sync_upserts_identity_from_a_listing_and_keeps_the_state(agentkit_serve
     alpha = Agent.objects.get(pk="a-1")
     assert (alpha.name, alpha.version, alpha.capabilities, alpha.contact_endpoint, alpha.metadata) == (
         "Alpha", "2.0.0", ["x", "y"], "http://alpha:9000/", {"zone": "eu"})
-    assert alpha.state is None
+    assert alpha.state is None and alpha.registered_at is not None
     beta = Agent.objects.get(pk="a-2")
     assert beta.name == "Beta" and beta.state == Agent.State.ACTIVE
 

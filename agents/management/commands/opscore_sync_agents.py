@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-
-from opscore_site.commands import atomic_or_dry_run
+from django.utils import timezone
 
 from agents import agentkit
 from agents.models import Agent
+from agents.services import agent_register
+from opscore_site.commands import atomic_or_dry_run
+
+IDENTITY = ("name", "version", "capabilities", "contact_endpoint", "metadata")
 
 UNSUPPORTED = (
     "this AgentKit has no agent listing (GET /v1/agents answered 404); agents are learned from "
@@ -39,23 +42,22 @@ def _fields(item: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
 
 
 def _upsert(*, agent_id: str, fields: dict[str, Any]) -> str:
-    # Private until the webhook's agents service (agent_register) is on main: identity only,
-    # never the state, which only the agents' own reports set.
-    agent = Agent.objects.select_for_update().filter(pk=agent_id).first()
-    if agent is None:
-        Agent.objects.create(id=agent_id, **fields)
-        return "created"
-    changed = {name: value for name, value in fields.items() if getattr(agent, name) != value}
-    if not changed:
-        return "unchanged"
-    Agent.objects.filter(pk=agent_id).update(**changed)
-    return "updated"
+    """Register the agent from its listing entry, through the webhook's service, unless nothing changed."""
+    agent = Agent.objects.filter(pk=agent_id).first()
+    if agent is not None:
+        # Fields the listing leaves out keep their value (agent_register writes every field).
+        fields = {name: fields.get(name, getattr(agent, name)) for name in IDENTITY}
+        if agent.deregistered_at is None and all(getattr(agent, n) == v for n, v in fields.items()):
+            return "unchanged"
+    agent_register(agent_id=agent_id, at=timezone.now(), **fields)
+    return "created" if agent is None else "updated"
 
 
 class Command(BaseCommand):
     help = (
         "Poll AgentKit's agent listing (GET {AGENTKIT_API_URL}/v1/agents) and upsert each agent's name, "
-        "version, capabilities, contact endpoint and metadata (never its state). Today's AgentKit has "
+        "version, capabilities, contact endpoint and metadata (never its state; a listed agent counts as "
+        "registered again). Today's AgentKit has "
         "no listing (404): the command says so and exits 0."
     )
 

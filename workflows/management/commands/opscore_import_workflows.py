@@ -7,7 +7,6 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from opscore_site.commands import atomic_or_dry_run
-
 from workflows.schema import SpecError, WorkflowSpec, parse_document
 from workflows.services import workflow_save
 
