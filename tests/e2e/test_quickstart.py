@@ -45,7 +45,8 @@ def demo_env(path: Path) -> dict[str, str]:
     return {key: value for key, value in pairs}
 
 
-def test_the_quickstart_completes_sessions_and_stops_cleanly(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_the_quickstart_completes_sessions_and_stops_cleanly(tmp_path, stop_signal):
     run_id = uuid.uuid4().hex
     port, agentkit_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items()
@@ -90,11 +91,18 @@ def test_the_quickstart_completes_sessions_and_stops_cleanly(tmp_path):
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nlast API answer: {last.get('answer')}\n--- scripts/run output:\n{logs()}") from None
         assert {s["status"] for s in body["results"]} == {"completed"}
-        assert "log in as:             operator / " in logs()
+        printed = log_path.read_text(errors="replace")
+        password = demo_env(tmp_path / "demo.env")["OPSCORE_DEMO_PASSWORD"]
+        assert f"log in as:             operator / {password}" in printed
+        assert f"http://127.0.0.1:{port}/" in printed
         assert marked_pids(run_id), "the demo's processes carry the marker"
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+            # Ctrl-C reaches the whole foreground group; SIGTERM (a service manager) only honcho.
+            if stop_signal == signal.SIGINT:
+                os.killpg(proc.pid, signal.SIGINT)
+            else:
+                os.kill(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -109,5 +117,5 @@ def test_the_quickstart_completes_sessions_and_stops_cleanly(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    assert proc.returncode is not None, "honcho did not exit on Ctrl-C"
-    assert left == [], f"processes left after Ctrl-C: {left}\n{logs()}"
+    assert proc.returncode is not None, f"honcho did not exit on {stop_signal.name}"
+    assert left == [], f"processes left after {stop_signal.name}: {left}\n{logs()}"
