@@ -25,7 +25,7 @@ class Command(BaseCommand):
         if limit < 1:
             raise CommandError("--limit must be at least 1")
         now = timezone.now()
-        overdue = engine.overdue_tasks(now=now, limit=limit)
+        overdue = list(engine.overdue_tasks(now=now)[:limit])
         lost = engine.sweep_lost_jobs(now=now, limit=limit, dry_run=True)
         self.stdout.write(f"{len(overdue)} overdue attempt(s), {len(lost)} queued task(s) with a lost job "
                           f"(no job for {settings.OPSCORE_LOST_JOB_SECONDS}s)")
