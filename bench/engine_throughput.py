@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--noop-jobs", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2, help="qcluster workers")
+    parser.add_argument("--poll", type=float, default=1.0, help="django-q2 broker poll interval, seconds (Q_POLL)")
     args = parser.parse_args()
 
     import psycopg
@@ -67,7 +68,7 @@ def main() -> None:
 
     log_dir = Path(tempfile.mkdtemp(prefix="opscore-bench-"))
     stack = Stack(database_name=DB_NAME, log_dir=log_dir)
-    env_extra = {"Q_WORKERS": str(args.workers)}
+    env_extra = {"Q_WORKERS": str(args.workers), "Q_POLL": str(args.poll)}
     try:
         stack.start_web()
         stack.start("qcluster", [sys.executable, "manage.py", "qcluster"], **env_extra)
@@ -125,7 +126,8 @@ def main() -> None:
         for task in Task.objects.filter(sequence=1, dispatched_at__isnull=False).select_related("session"):
             latencies.append((task.dispatched_at - task.session.created_at).total_seconds() * 1000)
 
-        print(f"machine: {os.cpu_count()} cores; qcluster workers: {args.workers}; agents: {len(agents)}")
+        print(f"machine: {os.cpu_count()} cores; qcluster workers: {args.workers}; poll: {args.poll}s; "
+              f"agents: {len(agents)}")
         print(f"raw django-q2 no-op jobs: {args.noop_jobs} in {noop_elapsed:.2f}s = {noop_rate:.1f} jobs/s")
         print(f"sessions completed: {completed}/{per_agent * len(agents)} (errors: {len(errors)})")
         print(f"workflow steps completed: {steps} in {elapsed:.2f}s = {steps / elapsed:.1f} steps/s")

@@ -59,6 +59,7 @@ class OpscoreEnv(BaseSettings):
     Q_TIMEOUT: int = Field(default=60, ge=1)
     Q_RETRY: int = Field(default=300, ge=2)
     Q_QUEUE_LIMIT: int = Field(default=4, ge=1)
+    Q_POLL: float = Field(default=1.0, gt=0, le=60)
     Q_MAX_RSS_KB: int = Field(default=262_144, ge=1024)
 
     @field_validator("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", mode="before")

@@ -227,7 +227,8 @@ Q_CLUSTER = {
     # 10x throughput, so `opscore_prune` deletes old rows in batches instead.
     "save_limit": 0,
     "catch_up": False,
-    "poll": 1,
+    # An idle cluster asks the broker this often: the floor of trigger->dispatch latency.
+    "poll": ENV.Q_POLL,
     "cache": "default",
     "max_rss": ENV.Q_MAX_RSS_KB,
     "recycle": 500,
