@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "agents",
     "workflows",
     "sessions.apps.SessionsConfig",
+    "ui",
 ]
 
 MIDDLEWARE = [
@@ -79,6 +80,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "ui.permissions.context",
             ],
         },
     },

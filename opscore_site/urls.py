@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from opscore_site import views
 
@@ -12,4 +12,8 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    # Operator UI at the site root (DESIGN.md "Operator UI").
+    path("", include("sessions.urls")),
+    path("", include("agents.urls")),
+    path("", include("workflows.urls")),
 ]
