@@ -1,0 +1,150 @@
+"""Run the whole product over real sockets: gunicorn, qcluster(s), the scheduler loop and
+the AgentKit stand-in, each a subprocess against the test database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+API_KEY = "opk_e2e_fleet_key_0123456789abcdef"
+WEBHOOK_SECRET = "e2e-webhook-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.25, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (httpx.HTTPError, OSError) as exc:
+            last_exc, value = exc, None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}" +
+                         (f" (last error: {last_exc})" if last_exc else ""))
+
+
+@dataclass
+class Stack:
+    database_name: str
+    log_dir: Path
+    web_port: int = field(default_factory=free_port)
+    agentkit_port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def agentkit_url(self) -> str:
+        return f"http://127.0.0.1:{self.agentkit_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPSCORE_", "AGENTKIT_", "Q_"))}
+        env.update({
+            "DJANGO_SETTINGS_MODULE": "opscore_site.settings_test",
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{self.database_name}",
+            "AGENTKIT_API_URL": self.agentkit_url,
+            "AGENTKIT_TIMEOUT_SECONDS": "3",
+            "OPSCORE_API_KEY": API_KEY,
+            "OPSCORE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "OPSCORE_URL": self.web_url,
+            "OPSCORE_LOST_JOB_SECONDS": "3",
+            "OPSCORE_SCHEDULER_INTERVAL_SECONDS": "0.5",
+            "OPSCORE_THROTTLE_RATE": "1000000/min",
+            "Q_WORKERS": "2",
+            "Q_TIMEOUT": "20",
+            "Q_RETRY": "90",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(extra)
+        return env
+
+    def start(self, name: str, argv: list[str], **extra_env: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env(**extra_env), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.processes[name] = proc
+        return proc
+
+    def start_web(self) -> None:
+        self.start("web", [str(BIN / "gunicorn"), "opscore_site.wsgi", "--bind", f"127.0.0.1:{self.web_port}",
+                           "--workers", "2", "--threads", "4", "--timeout", "30"])
+        wait_until(lambda: httpx.get(f"{self.web_url}/ready", timeout=2).status_code == 200, timeout=30,
+                   what="gunicorn /ready")
+
+    def start_cluster(self, name: str = "qcluster") -> subprocess.Popen:
+        return self.start(name, [sys.executable, "manage.py", "qcluster"])
+
+    def start_scheduler(self) -> None:
+        self.start("scheduler", [sys.executable, "manage.py", "opscore_scheduler"])
+
+    def start_agentkit(self, *, agents: int = 0, work_time: str = "0", failure_rate: float = 0.0,
+                       extra: list[str] | None = None) -> None:
+        argv = [sys.executable, "-m", "agentkit_standin", "--host", "127.0.0.1", "--port", str(self.agentkit_port),
+                "--opscore-url", self.web_url, "--api-key", API_KEY, "--webhook-secret", WEBHOOK_SECRET,
+                "--agents", str(agents), "--work-time", work_time, "--failure-rate", str(failure_rate),
+                *(extra or [])]
+        self.start("agentkit", argv)
+        wait_until(lambda: httpx.get(f"{self.agentkit_url}/", timeout=2).status_code == 200, timeout=20,
+                   what="AgentKit stand-in")
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        proc = self.processes.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+
+    # API helpers -------------------------------------------------------------------
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.web_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+
+    def standin(self, path: str, body: dict | None = None) -> Any:
+        url = f"{self.agentkit_url}{path}"
+        response = httpx.post(url, json=body or {}, timeout=10) if body is not None else httpx.get(url, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def logs(self) -> str:
+        parts = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            parts.append(f"----- {path.name}\n{path.read_text(errors='replace')[-4000:]}")
+        return "\n".join(parts)
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1, default=str)[:3000]

@@ -1,0 +1,462 @@
+"""The session engine through its public functions, with AgentKit stubbed at the HTTP seam."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+from agents.models import Agent
+from sessions import engine
+from sessions.engine import By, InvalidTransition
+from sessions.models import Actor, Session, Task, TaskAttempt, TaskEvent
+from tests.agents.factories import AgentFactory
+from tests.workflows.factories import WorkflowDefinitionFactory, two_step_spec
+
+pytestmark = pytest.mark.django_db
+
+S = Task.Status
+SS = Session.Status
+
+
+def agent_state_record(*, agent_id, state, details, timestamp, received_at):  # TEMP until the API lands
+    from agents.models import AgentState
+    from agents.signals import agent_state_reported
+
+    with transaction.atomic():
+        AgentState.objects.create(agent_id=agent_id, state=state, details=details, timestamp=timestamp,
+                                  received_at=received_at)
+        agent = Agent.objects.select_for_update().get(pk=agent_id)
+        current = agent.state_timestamp is None or timestamp > agent.state_timestamp
+        if current:
+            Agent.objects.filter(pk=agent_id).update(state=state, state_timestamp=timestamp)
+        agent_state_reported.send(sender=Agent, agent_id=agent_id, state=state, details=details,
+                                  timestamp=timestamp, received_at=received_at, is_current=current)
+
+
+def report(agent_id: str, state: str, details=None, *, when=None):
+    """An agent's state report, through the agents service the API uses."""
+    now = when or timezone.now()
+    return agent_state_record(agent_id=agent_id, state=state, details=details, timestamp=now, received_at=now)
+
+
+def start(agent=None, spec=None, payload=None, **kwargs) -> Session:
+    agent = agent or AgentFactory()
+    definition = WorkflowDefinitionFactory(**({"id": spec["id"], "spec": spec} if spec else {}))
+    return engine.session_start(definition=definition, agent=agent, initial_payload=payload, by=By.system(), **kwargs)
+
+
+def task_of(session: Session, sequence: int = 1) -> Task:
+    return Task.objects.get(session=session, sequence=sequence)
+
+
+def spec_with(**step1) -> dict:
+    return two_step_spec(f"wf-{abs(hash(tuple(sorted(step1.items())))) % 10**8}", **step1)
+
+
+# --------------------------------------------------------------------------- start and dispatch
+
+
+def test_start_queues_the_first_task_and_dispatches_it_to_an_idle_agent(q_sync, agentkit_stub):
+    session = start(payload={"x": 1, "a": 9})
+    session.refresh_from_db()
+    task = task_of(session)
+    assert session.status == SS.RUNNING and session.spec_snapshot["tasks"][0]["taskId"] == "step_1"
+    assert task.status == S.DISPATCHED and task.attempt == 1
+    # Step parameters merged with the initial payload; the payload wins.
+    assert task.payload == {"a": 9, "x": 1}
+    body = agentkit_stub.bodies[0]
+    assert agentkit_stub.requests[0].url.path == f"/v1/agents/{session.agent_id}/run"
+    assert body["senderId"] == "opscore" and body["messageType"] == "workflow_task"
+    assert body["payload"] == {"task_name": "step_1", "task_parameters": {"a": 9, "x": 1},
+                               "opscore_session_id": str(session.pk), "opscore_task_id": str(task.pk), "attempt": 1}
+    assert body["sessionContext"] == {"sessionId": str(session.pk)}
+    assert body["opscore_task_id"] == str(task.pk) and body["task_name"] == "step_1"
+    attempt = task.attempts.get()
+    assert attempt.outcome == TaskAttempt.Outcome.ACCEPTED and attempt.http_status == 202
+    assert list(TaskEvent.objects.filter(task=task).values_list("old_status", "new_status")) == [
+        ("pending", "queued"), ("queued", "dispatched")]
+
+
+def test_a_busy_agent_keeps_the_task_queued_until_it_reports_idle(q_sync, agentkit_stub):
+    agent = AgentFactory(state=Agent.State.ACTIVE)
+    session = start(agent=agent)
+    task = task_of(session)
+    assert task.status == S.QUEUED and not agentkit_stub.requests
+    report(agent.id, "idle")
+    task.refresh_from_db()
+    assert task.status == S.DISPATCHED and len(agentkit_stub.requests) == 1
+
+
+def test_a_drained_or_deregistered_agent_gets_nothing(q_sync, agentkit_stub):
+    drained = AgentFactory(drained_at=timezone.now())
+    session = start(agent=drained)
+    assert task_of(session).status == S.QUEUED and not agentkit_stub.requests
+    gone = AgentFactory()
+    definition = WorkflowDefinitionFactory()
+    Agent.objects.filter(pk=gone.pk).update(deregistered_at=timezone.now())
+    gone.refresh_from_db()
+    with pytest.raises(engine.AgentUnavailable):
+        engine.session_start(definition=definition, agent=gone, by=By.system())
+
+
+def test_a_second_session_for_the_same_agent_waits_for_the_first(q_sync, agentkit_stub):
+    agent = AgentFactory()
+    first, second = start(agent=agent), start(agent=agent)
+    assert task_of(first).status == S.DISPATCHED
+    assert task_of(second).status == S.QUEUED
+    assert Task.objects.filter(agent=agent, status__in=Task.IN_FLIGHT).count() == 1
+
+
+def test_a_duplicate_delivery_of_the_job_does_not_post_twice(q_sync, agentkit_stub):
+    session = start()
+    task = task_of(session)
+    assert engine.task_dispatch(task_id=task.pk).outcome == "skipped"
+    assert len(agentkit_stub.requests) == 1 and task.attempts.count() == 1
+
+
+def test_a_job_for_a_task_that_no_longer_exists_does_nothing(q_sync, agentkit_stub):
+    import uuid
+
+    assert engine.task_dispatch(task_id=uuid.uuid4()).outcome == "skipped"
+    assert not agentkit_stub.requests
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_attempt_is_fenced_and_committed_before_the_post(agentkit_stub):
+    """While AgentKit is being called, the attempt row and `dispatched` are already visible."""
+    agent = AgentFactory()
+    definition = WorkflowDefinitionFactory()
+    session = engine.session_start(definition=definition, agent=agent, by=By.system())
+    task = task_of(session)
+    seen = {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        row = Task.objects.get(pk=task.pk)
+        seen["status"], seen["attempts"] = row.status, list(row.attempts.values_list("number", "outcome"))
+        seen["in_atomic"] = transaction.get_connection().in_atomic_block
+        return AgentKitStubAccept(request)
+
+    from tests.sessions.conftest import AgentKitStub
+
+    AgentKitStubAccept = AgentKitStub.accept
+    agentkit_stub.answer = answer
+    engine.task_dispatch(task_id=task.pk)
+    assert seen["status"] == S.DISPATCHED and seen["attempts"] == [(1, "sending")]
+    # No transaction is open during the POST: the fence was committed before it.
+    assert seen["in_atomic"] is False
+
+
+# --------------------------------------------------------------------------- AgentKit's answers
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_a_transient_answer_fails_the_attempt_and_schedules_a_retry(q_sync, agentkit_stub, status):
+    agentkit_stub.respond(status)
+    task = task_of(start())
+    assert task.status == S.RETRY_SCHEDULED and task.attempt == 1
+    assert task.next_attempt_at > timezone.now() and str(status) in task.last_error
+    attempt = task.attempts.get()
+    assert attempt.outcome == TaskAttempt.Outcome.FAILED and attempt.http_status == status
+
+
+@pytest.mark.parametrize("exc", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow")])
+def test_connection_errors_and_timeouts_are_transient(q_sync, agentkit_stub, exc):
+    agentkit_stub.raise_(exc)
+    task = task_of(start())
+    assert task.status == S.RETRY_SCHEDULED
+    assert task.attempts.get().outcome == TaskAttempt.Outcome.FAILED
+
+
+@pytest.mark.parametrize("status", [404, 422, 400, 403])
+def test_a_permanent_answer_kills_the_task_without_retry(q_sync, agentkit_stub, status):
+    agentkit_stub.respond(status, {"detail": "Agent with ID 'x' not found."})
+    session = start()
+    task = task_of(session)
+    session.refresh_from_db()
+    assert task.status == S.DEAD and task.attempt == 1
+    assert task.attempts.get().outcome == TaskAttempt.Outcome.REJECTED
+    assert session.status == SS.FAILED and "step_1" in session.error
+    assert len(agentkit_stub.requests) == 1
+
+
+def test_a_scheduled_retry_is_dispatched_when_due(q_sync, agentkit_stub):
+    agentkit_stub.respond(503)
+    task = task_of(start())
+    agentkit_stub.answer = agentkit_stub.accept
+    assert engine.sweep_due_retries(now=timezone.now()) == 0  # not due yet
+    assert engine.sweep_due_retries(now=task.next_attempt_at + timedelta(seconds=1)) == 1
+    task.refresh_from_db()
+    assert task.status == S.DISPATCHED and task.attempt == 2
+    assert list(task.attempts.values_list("number", "outcome")) == [(1, "failed"), (2, "accepted")]
+
+
+def test_backoff_grows_exponentially_with_jitter(q_sync, agentkit_stub):
+    agentkit_stub.respond(503)
+    spec = spec_with(retryBackoffSeconds=10, maxRetries=5)
+    task = task_of(start(spec=spec))
+    delays = []
+    for _ in range(3):
+        delay = (task.next_attempt_at - task.updated_at).total_seconds()
+        delays.append(delay)
+        engine.sweep_due_retries(now=task.next_attempt_at + timedelta(seconds=1))
+        task.refresh_from_db()
+    assert 5 <= delays[0] <= 15 and 10 <= delays[1] <= 30 and 20 <= delays[2] <= 60
+
+
+# --------------------------------------------------------------------------- reports drive the task
+
+
+def test_active_then_idle_completes_the_step_and_queues_the_next(q_sync, agentkit_stub):
+    session = start()
+    first = task_of(session)
+    report(session.agent_id, "active")
+    first.refresh_from_db()
+    assert first.status == S.RUNNING and first.started_at is not None
+    report(session.agent_id, "idle", {"result": {"answer": 42}})
+    first.refresh_from_db()
+    second = task_of(session, 2)
+    assert first.status == S.COMPLETED and first.result == {"answer": 42}
+    assert first.attempts.get().outcome == TaskAttempt.Outcome.COMPLETED
+    # The next step gets its parameters plus the previous step's result, and goes out at once.
+    assert second.step_id == "step_2" and second.payload == {"b": 2, "previous_result": {"answer": 42}}
+    assert second.status == S.DISPATCHED
+    report(session.agent_id, "idle")
+    session.refresh_from_db()
+    assert session.status == SS.COMPLETED and session.ended_at is not None
+    events = TaskEvent.objects.filter(task=first, new_status=S.COMPLETED).get()
+    assert events.actor == Actor.AGENT and events.actor_agent_id == session.agent_id
+
+
+def test_idle_without_active_completes_the_task(q_sync, agentkit_stub):
+    session = start()
+    report(session.agent_id, "idle")
+    assert task_of(session).status == S.COMPLETED
+
+
+def test_an_error_report_fails_the_attempt_and_schedules_a_retry(q_sync, agentkit_stub):
+    session = start()
+    report(session.agent_id, "active")
+    report(session.agent_id, "error", {"error_code": "BOOM", "message": "disk full"})
+    task = task_of(session)
+    assert task.status == S.RETRY_SCHEDULED
+    assert task.last_error == "agent reported error: BOOM: disk full"
+    # The agent's idle after its error is not the outcome of anything.
+    report(session.agent_id, "idle")
+    task.refresh_from_db()
+    assert task.status == S.RETRY_SCHEDULED
+
+
+def test_a_report_received_before_the_attempt_does_not_count(q_sync, agentkit_stub):
+    session = start()
+    task = task_of(session)
+    engine.on_agent_state(agent_id=session.agent_id, state="idle", details={},
+                          received_at=task.reference_at - timedelta(milliseconds=1))
+    task.refresh_from_db()
+    assert task.status == S.DISPATCHED
+
+
+def test_a_report_naming_another_task_changes_nothing(q_sync, agentkit_stub):
+    session = start()
+    report(session.agent_id, "idle", {"taskId": "not-this-one"})
+    assert task_of(session).status == S.DISPATCHED
+    report(session.agent_id, "idle", {"taskId": str(task_of(session).pk), "result": 1})
+    assert task_of(session).status == S.COMPLETED
+
+
+def test_an_out_of_order_report_is_history_only_for_the_agent_but_counts_by_receive_time(q_sync, agentkit_stub):
+    """Correlation is by server receive time: an idle whose agent timestamp is older still completes."""
+    session = start()
+    now = timezone.now()
+    agent_state_record(agent_id=session.agent_id, state="active", details={}, timestamp=now, received_at=now)
+    agent_state_record(agent_id=session.agent_id, state="idle", details={},
+                       timestamp=now - timedelta(milliseconds=5), received_at=now + timedelta(milliseconds=1))
+    agent = Agent.objects.get(pk=session.agent_id)
+    assert agent.state == Agent.State.ACTIVE  # newer-wins on the agent's own clock
+    assert task_of(session).status == S.COMPLETED
+
+
+def test_an_instant_idle_before_the_accept_is_recorded_still_completes(agentkit_stub):
+    """The agent can report idle while the POST is still in progress; the task completes and stays so."""
+    agent = AgentFactory()
+    session = engine.session_start(definition=WorkflowDefinitionFactory(), agent=agent, by=By.system())
+    task = task_of(session)
+    from tests.sessions.conftest import AgentKitStub
+
+    def answer(request):
+        report(agent.id, "active")
+        report(agent.id, "idle", {"result": "fast"})
+        return AgentKitStub.accept(request)
+
+    agentkit_stub.answer = answer
+    assert engine.task_dispatch(task_id=task.pk).outcome == "dispatched"
+    task.refresh_from_db()
+    assert task.status == S.COMPLETED and task.result == "fast"
+    attempt = task.attempts.get()
+    assert attempt.outcome == TaskAttempt.Outcome.COMPLETED and attempt.http_status == 202
+
+
+# --------------------------------------------------------------------------- timeouts, exhaustion, fallback
+
+
+def test_an_overdue_attempt_times_out_and_is_retried(q_sync, agentkit_stub):
+    session = start(spec=spec_with(timeoutSeconds=30))
+    task = task_of(session)
+    assert engine.sweep_timeouts(now=timezone.now()) == 0
+    assert engine.sweep_timeouts(now=task.timeout_at + timedelta(seconds=1)) == 1
+    task.refresh_from_db()
+    assert task.status == S.RETRY_SCHEDULED and "no outcome within 30s" in task.last_error
+    assert task.attempts.get().outcome == TaskAttempt.Outcome.FAILED
+    # A late idle for the timed-out attempt changes nothing.
+    report(session.agent_id, "idle")
+    task.refresh_from_db()
+    assert task.status == S.RETRY_SCHEDULED
+
+
+def test_exhausted_retries_without_fallback_fail_the_session(q_sync, agentkit_stub):
+    agentkit_stub.respond(500)
+    session = start(spec=spec_with(maxRetries=2, retryBackoffSeconds=0))
+    task = task_of(session)
+    for _ in range(2):
+        engine.sweep_due_retries(now=timezone.now() + timedelta(seconds=5))
+    task.refresh_from_db()
+    session.refresh_from_db()
+    assert task.status == S.DEAD and task.attempt == 3
+    assert session.status == SS.FAILED and "retries exhausted (2)" in session.error
+    assert len(agentkit_stub.requests) == 3
+
+
+def test_exhausted_retries_with_a_fallback_run_the_fallback(q_sync, agentkit_stub):
+    spec = {
+        "id": "with-fallback", "name": "Fallback", "tasks": [
+            {"taskId": "main", "maxRetries": 0, "nextTaskId": "after", "fallbackTaskId": "rescue"},
+            {"taskId": "after"},
+            {"taskId": "rescue", "parameters": {"mode": "safe"}},
+        ]}
+    session = start(spec=spec)
+    report(session.agent_id, "error", {"error_code": "X", "message": "nope"})
+    main, rescue = task_of(session, 1), task_of(session, 2)
+    assert main.status == S.DEAD
+    # The agent is in `error` until it reports idle again; only then does the fallback go out.
+    assert rescue.step_id == "rescue" and rescue.fallback_for_id == main.pk and rescue.status == S.QUEUED
+    report(session.agent_id, "idle")
+    rescue.refresh_from_db()
+    assert rescue.status == S.DISPATCHED and rescue.payload == {"mode": "safe"}
+    report(session.agent_id, "idle")
+    session.refresh_from_db()
+    assert session.status == SS.COMPLETED
+    assert not Task.objects.filter(session=session, step_id="after").exists()
+
+
+# --------------------------------------------------------------------------- operator actions
+
+
+def test_cancel_stops_the_task_in_flight_and_a_late_report_changes_nothing(q_sync, agentkit_stub, operator):
+    session = start()
+    task = task_of(session)
+    engine.session_cancel(session=session, by=By.operator(operator), reason="wrong input")
+    report(session.agent_id, "idle", {"result": "late"})
+    task.refresh_from_db()
+    session.refresh_from_db()
+    assert session.status == SS.CANCELLED and task.status == S.CANCELLED and task.result is None
+    assert task.attempts.get().outcome == TaskAttempt.Outcome.CANCELLED
+    event = TaskEvent.objects.get(session=session, task=None, new_status=SS.CANCELLED)
+    assert event.actor == Actor.OPERATOR and event.actor_user == operator and event.reason == "wrong input"
+    with pytest.raises(InvalidTransition):
+        engine.session_cancel(session=session, by=By.operator(operator))
+
+
+def test_cancel_frees_the_agent_for_the_next_session(q_sync, agentkit_stub, operator):
+    agent = AgentFactory()
+    first, second = start(agent=agent), start(agent=agent)
+    engine.session_cancel(session=first, by=By.operator(operator))
+    report(agent.id, "idle")  # the agent finishes whatever it was doing
+    assert task_of(second).status == S.DISPATCHED
+
+
+def test_an_operator_retries_a_dead_task_and_the_session_runs_again(q_sync, agentkit_stub, operator):
+    agentkit_stub.respond(404)
+    session = start()
+    task = task_of(session)
+    agentkit_stub.answer = agentkit_stub.accept
+    engine.task_retry(task=task, by=By.operator(operator), reason="agent re-registered")
+    task.refresh_from_db()
+    session.refresh_from_db()
+    assert task.status == S.DISPATCHED and task.attempt == 2 and session.status == SS.RUNNING
+    assert session.error == "" and session.ended_at is None
+    event = TaskEvent.objects.get(task=task, old_status=S.DEAD, new_status=S.QUEUED)
+    assert event.actor_user == operator and event.reason == "agent re-registered"
+
+
+def test_retry_is_refused_for_a_task_that_is_not_dead_or_failed(q_sync, agentkit_stub, operator):
+    task = task_of(start())
+    with pytest.raises(InvalidTransition, match="only dead or failed"):
+        engine.task_retry(task=task, by=By.operator(operator))
+
+
+def test_session_retry_resumes_from_the_failed_step(q_sync, agentkit_stub, operator):
+    session = start(spec=spec_with(maxRetries=0))
+    report(session.agent_id, "error", {"message": "x"})
+    session.refresh_from_db()
+    assert session.status == SS.FAILED
+    task = engine.session_retry(session=session, by=By.operator(operator))
+    assert task.step_id == "step_1" and task.status == S.QUEUED  # the agent is still in `error`
+    report(session.agent_id, "idle")  # back to work: the retry goes out
+    task.refresh_from_db()
+    assert task.status == S.DISPATCHED and task.attempt == 2
+    report(session.agent_id, "idle")  # step_1 done
+    report(session.agent_id, "idle")  # step_2 done
+    session.refresh_from_db()
+    assert session.status == SS.COMPLETED
+    with pytest.raises(InvalidTransition, match="only a failed session"):
+        engine.session_retry(session=session, by=By.operator(operator))
+
+
+# --------------------------------------------------------------------------- transitions and the scheduler
+
+
+def test_a_transition_not_in_the_state_machine_is_refused(db):
+    from tests.sessions.factories import TaskFactory
+
+    task = TaskFactory(status=S.COMPLETED)
+    with pytest.raises(InvalidTransition):
+        engine.task_transition(task=task, to=S.RUNNING, by=By.system())
+    task.refresh_from_db()
+    assert task.status == S.COMPLETED and not TaskEvent.objects.exists()
+
+
+def test_a_stale_copy_loses_the_compare_and_set(db):
+    from tests.sessions.factories import TaskFactory
+
+    task = TaskFactory(status=S.QUEUED)
+    stale = Task.objects.get(pk=task.pk)
+    engine.task_transition(task=task, to=S.CANCELLED, by=By.system())
+    with pytest.raises(InvalidTransition, match="changed underneath"):
+        engine.task_transition(task=stale, to=S.DISPATCHED, by=By.system())
+    assert Task.objects.get(pk=task.pk).status == S.CANCELLED
+
+
+def test_the_lost_job_sweep_re_enqueues_queued_work_for_an_idle_agent(agentkit_stub, settings, q_sync):
+    settings.OPSCORE_LOST_JOB_SECONDS = 10
+    agent = AgentFactory(state=Agent.State.ACTIVE)
+    session = start(agent=agent)
+    task = task_of(session)
+    # The agent went idle without the engine hearing of it (a report lost, a worker killed).
+    Agent.objects.filter(pk=agent.pk).update(state=Agent.State.IDLE)
+    assert engine.sweep_lost_jobs(now=timezone.now(), dry_run=True) == []
+    later = timezone.now() + timedelta(seconds=11)
+    assert engine.sweep_lost_jobs(now=later, dry_run=True) == [task]
+    assert [t.pk for t in engine.sweep_lost_jobs(now=later)] == [task.pk]
+    task.refresh_from_db()
+    assert task.status == S.DISPATCHED
+
+
+def test_a_scheduler_tick_reports_what_it_did(q_sync, agentkit_stub):
+    agentkit_stub.respond(503)
+    start(spec=spec_with(retryBackoffSeconds=0))
+    agentkit_stub.answer = agentkit_stub.accept
+    counts = engine.scheduler_tick(now=timezone.now() + timedelta(seconds=1))
+    assert counts.retries_due == 1 and counts.errors == []
