@@ -14,6 +14,7 @@ from agents.models import Agent
 from sessions.models import Session, Task
 
 SINCE_CHOICES = [("", "any time"), ("1h", "last hour"), ("24h", "last 24 h"), ("7d", "last 7 days")]
+DATETIME_INPUT = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
 SINCE_DELTAS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 
 
@@ -32,6 +33,10 @@ class SessionFilterForm(forms.Form):
     workflow = forms.CharField(required=False)
     agent = forms.CharField(required=False)
     since = forms.ChoiceField(required=False, choices=SINCE_CHOICES)
+    after = forms.DateTimeField(required=False, label="Started after", input_formats=DATETIME_INPUT,
+                                widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=DATETIME_INPUT[0]))
+    before = forms.DateTimeField(required=False, label="Started before", input_formats=DATETIME_INPUT,
+                                 widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=DATETIME_INPUT[0]))
 
     def filter(self, queryset):
         data = self.cleaned_data if self.is_valid() else {}
@@ -45,6 +50,10 @@ class SessionFilterForm(forms.Form):
             queryset = queryset.filter(agent_id=agent.strip())
         if since := data.get("since"):
             queryset = queryset.filter(created_at__gte=timezone.now() - SINCE_DELTAS[since])
+        if after := data.get("after"):
+            queryset = queryset.filter(created_at__gte=after)
+        if before := data.get("before"):
+            queryset = queryset.filter(created_at__lt=before)
         return queryset
 
 

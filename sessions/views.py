@@ -317,4 +317,6 @@ def _session_start_post(request: HttpRequest, definition: WorkflowDefinition) ->
         form.add_error("agent", str(exc))
         return _start_page(request, definition, form, status=400)
     messages.success(request, f"Session started for agent {session.agent_id}.")
+    if session.agent.is_drained:
+        messages.warning(request, f"Agent {session.agent_id} is drained: the first task waits until it is undrained.")
     return redirect("sessions:session-detail", session_id=session.pk)

@@ -150,6 +150,16 @@ def test_it_starts_a_session_for_a_chosen_agent_with_a_payload(staff_client, sta
     assert session.tasks.get().payload == {"a": 1, "ticket": 42}
 
 
+def test_starting_a_session_for_a_drained_agent_warns_that_it_waits(staff_client):
+    from django.utils import timezone
+
+    agent = AgentFactory(drained_at=timezone.now())
+    response = staff_client.post(reverse("sessions:session-start", args=[WorkflowDefinitionFactory().pk]),
+                                 {"agent": agent.pk}, follow=True)
+    assert any("is drained" in m for m in messages_of(response))
+    assert Session.objects.get().tasks.get().status == Task.Status.QUEUED
+
+
 @pytest.mark.parametrize("agent_id,payload,message", [
     ("ghost", "", b"no agent with id"),
     (None, "[1, 2]", b"must be a JSON object, not list"),

@@ -119,6 +119,10 @@ def test_session_list_filters_and_search_by_id(staff_client):
     assert ids({"workflow": "wf-x"}) == {mine.pk}
     assert ids({"agent": "agent-x"}) == {mine.pk}
     assert ids({"since": "24h"}) == {mine.pk, other.pk}
+    two_days_ago = (timezone.now() - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M")
+    assert ids({"after": two_days_ago}) == {mine.pk, other.pk}
+    assert ids({"before": two_days_ago}) == {old.pk}
+    assert ids({"before": "not a date"}) == {mine.pk, other.pk, old.pk}  # ignored, not a 500
     assert ids({"q": str(other.pk)}) == {other.pk}
     assert ids({"q": str(other.pk)[:8]}) == {other.pk}
     assert ids({"q": "zzz"}) == set()

@@ -155,7 +155,7 @@ def test_a_staff_member_of_the_read_only_group_is_read_only(client, staff_operat
 
     from ui.permissions import READ_ONLY_GROUP
 
-    staff_operator.groups.add(Group.objects.get(name=READ_ONLY_GROUP))
+    staff_operator.groups.add(Group.objects.get_or_create(name=READ_ONLY_GROUP)[0])
     client.force_login(staff_operator)
     before = snapshot()
     url, data = write_requests(world)[0]
@@ -179,12 +179,20 @@ def test_mutations_need_a_csrf_token(staff_operator, world):
     assert snapshot() == before
 
 
-def test_the_read_only_group_exists_after_migrate():
+def test_the_data_migration_creates_the_read_only_group_once():
+    import importlib
+
+    from django.apps import apps
     from django.contrib.auth.models import Group
 
     from ui.permissions import READ_ONLY_GROUP
 
-    assert Group.objects.filter(name=READ_ONLY_GROUP).exists()
+    migration = importlib.import_module("ui.migrations.0001_read_only_group")
+    assert migration.READ_ONLY_GROUP == READ_ONLY_GROUP
+    Group.objects.filter(name=READ_ONLY_GROUP).delete()
+    migration.create_group(apps, None)
+    migration.create_group(apps, None)
+    assert Group.objects.filter(name=READ_ONLY_GROUP).count() == 1
 
 
 def test_unknown_objects_are_404(staff_client):

@@ -89,7 +89,7 @@ def test_start_a_session_from_a_definition(logged_in, live_server, fake_agentkit
     expect(page.locator("[data-step=step_1] [data-testid=task-status]")).to_have_text("dispatched")
     assert fake_agentkit.requests == ["/v1/agents/worker-1/run"]
     assert session.tasks.get().payload == {"a": 1, "ticket": 4711}
-    page.screenshot(path=str(artifacts / "session_detail.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "session_detail_dispatched.png"), full_page=True)
 
 
 def test_cancel_a_running_session(logged_in, live_server, fake_agentkit, q_sync):
