@@ -5,12 +5,17 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
-from agents.models import Agent, ApiKey
+from agents.models import Agent, AgentState, ApiKey
+from agents.signals import agent_state_reported
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +111,135 @@ def agent_undrain(*, agent: Agent, by_user=None, reason: str = "") -> Agent:
     agent.refresh_from_db(fields=["drained_at", "drained_reason", "drained_by"])
     logger.info("agent %s undrained by %s: %s", agent.pk, by_user or "system", reason)
     return agent
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def api_key_authenticate(*, raw: str, now: datetime) -> ApiKey | None:
+    """The active key for `raw` (installing OPSCORE_API_KEY on its first use), or None.
+
+    One indexed query on the hot path; `last_used_at` is written at most once a minute.
+    """
+    key = api_key_lookup(raw)
+    if key is None and settings.OPSCORE_API_KEY and hmac.compare_digest(raw.encode(), settings.OPSCORE_API_KEY.encode()):
+        key = api_key_bootstrap()
+    if key is not None and (key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION):
+        # Conditional, so concurrent requests write the row once a minute at most.
+        ApiKey.objects.filter(pk=key.pk).exclude(last_used_at__gte=now - LAST_USED_RESOLUTION).update(
+            last_used_at=now
+        )
+        key.last_used_at = now
+    return key
+
+
+# --------------------------------------------------------------------------- agent state
+
+
+@dataclass(frozen=True)
+class StateRecorded:
+    history: AgentState
+    is_current: bool  # the report became the agent's current state (newer by agent timestamp)
+
+
+_NEWER = "({t}.state_timestamp IS NULL OR excluded.state_timestamp > {t}.state_timestamp)"
+_UPSERT = """
+INSERT INTO {t} (id, name, version, capabilities, contact_endpoint, metadata, created_at, last_seen_at,
+                 state, state_timestamp, state_received_at, state_details, drained_reason)
+VALUES (%s, '', '', %s, '', %s, %s, %s, %s, %s, %s, %s, '')
+ON CONFLICT (id) DO UPDATE SET
+  last_seen_at = CASE WHEN {t}.last_seen_at IS NULL OR excluded.last_seen_at > {t}.last_seen_at
+                      THEN excluded.last_seen_at ELSE {t}.last_seen_at END,
+  state = CASE WHEN {newer} THEN excluded.state ELSE {t}.state END,
+  state_timestamp = CASE WHEN {newer} THEN excluded.state_timestamp ELSE {t}.state_timestamp END,
+  state_received_at = CASE WHEN {newer} THEN excluded.state_received_at ELSE {t}.state_received_at END,
+  state_details = CASE WHEN {newer} THEN excluded.state_details ELSE {t}.state_details END
+RETURNING state_received_at
+"""
+
+
+def _prep(field_name: str, value: Any) -> Any:
+    return Agent._meta.get_field(field_name).get_db_prep_save(value, connection)
+
+
+def _as_aware(value: Any) -> datetime | None:
+    # PostgreSQL returns an aware datetime; SQLite a naive UTC datetime or its text.
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value is not None and timezone.is_naive(value):
+        value = timezone.make_aware(value, UTC)
+    return value
+
+
+def agent_state_record(
+    *, agent_id: str, state: str, details: dict[str, Any] | None, timestamp: datetime, received_at: datetime
+) -> StateRecorded:
+    """Record one state report: a history row plus the agent's current state, newer wins.
+
+    One short transaction: the agent row is created or updated in one statement
+    (INSERT ... ON CONFLICT, PostgreSQL and SQLite), the history row is inserted,
+    and `agent_state_reported` is sent so the engine reacts before the commit.
+    """
+    table = connection.ops.quote_name(Agent._meta.db_table)
+    sql = _UPSERT.format(t=table, newer=_NEWER.format(t=table))
+    received_param = _prep("state_received_at", received_at)
+    params = [
+        agent_id, _prep("capabilities", []), _prep("metadata", {}), _prep("created_at", received_at),
+        _prep("last_seen_at", received_at), state, _prep("state_timestamp", timestamp), received_param,
+        _prep("state_details", details),
+    ]
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            (current_received,) = cursor.fetchone()
+        is_current = _as_aware(current_received) == received_at
+        history = AgentState.objects.create(
+            agent_id=agent_id, state=state, details=details, timestamp=timestamp, received_at=received_at
+        )
+        agent_state_reported.send(
+            sender=Agent, agent_id=agent_id, state=state, details=details, timestamp=timestamp,
+            received_at=received_at, is_current=is_current,
+        )
+    return StateRecorded(history=history, is_current=is_current)
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def agent_register(
+    *,
+    agent_id: str,
+    name: str = "",
+    version: str = "",
+    capabilities: list[str] | None = None,
+    contact_endpoint: str = "",
+    metadata: dict[str, Any] | None = None,
+    at: datetime,
+) -> tuple[Agent, bool]:
+    """Upsert an agent's details from AgentKit's webhook; (agent, created). Idempotent.
+
+    Never touches the reported state; a REGISTER after a DEREGISTER brings the agent back.
+    """
+    return Agent.objects.update_or_create(
+        id=agent_id,
+        defaults={
+            "name": name,
+            "version": version,
+            "capabilities": capabilities or [],
+            "contact_endpoint": contact_endpoint,
+            "metadata": metadata or {},
+            "registered_at": at,
+            "deregistered_at": None,
+        },
+        create_defaults={
+            "name": name, "version": version, "capabilities": capabilities or [],
+            "contact_endpoint": contact_endpoint, "metadata": metadata or {}, "registered_at": at,
+            "created_at": at,
+        },
+    )
+
+
+def agent_deregister(*, agent_id: str, at: datetime) -> bool:
+    """Soft-delete an agent (history and sessions are kept). False if it is unknown."""
+    if not Agent.objects.filter(pk=agent_id).exists():
+        return False
+    Agent.objects.filter(pk=agent_id, deregistered_at__isnull=True).update(deregistered_at=at)
+    return True

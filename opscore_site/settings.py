@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_q",
     "agents",
     "workflows",
@@ -56,6 +57,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "opscore_site.middleware.RequestIdMiddleware",
+    "opscore_site.api.ApiBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -163,15 +165,35 @@ X_FRAME_OPTIONS = "DENY"
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PARSER_CLASSES": ["opscore_site.parsers.JSONParser"],
+    # Bearer keys first: its WWW-Authenticate header makes "no credentials" a 401.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "opscore_site.auth.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["opscore_site.auth.OperatorOrServiceKey"],
+    "DEFAULT_THROTTLE_CLASSES": ["opscore_site.api.ApiThrottle"],
+    "DEFAULT_PAGINATION_CLASS": "opscore_site.api.Pagination",
     "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "opscore_site.api.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Ops-Core API",
     "DESCRIPTION": "Agent state, workflow sessions and operator actions for an AgentKit fleet.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "AgentStateEnum": "agents.models.Agent.State",
+        "SessionStatusEnum": "sessions.models.Session.Status",
+        "TaskStatusEnum": "sessions.models.Task.Status",
+    },
 }
 
 # Ops-Core settings (DESIGN.md "Stack and layout").

@@ -12,8 +12,15 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    path("v1/opscore/", include("opscore_site.api_urls")),
     # Operator UI at the site root (DESIGN.md "Operator UI").
     path("", include("sessions.urls")),
     path("", include("agents.urls")),
     path("", include("workflows.urls")),
 ]
+
+# JSON errors under /v1/ (opscore_site/api.py); Django's own pages elsewhere.
+handler400 = "opscore_site.api.handler400"
+handler403 = "opscore_site.api.handler403"
+handler404 = "opscore_site.api.handler404"
+handler500 = "opscore_site.api.handler500"

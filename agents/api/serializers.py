@@ -1,0 +1,120 @@
+"""Agent API shapes. Upstream endpoints keep AgentKit's camelCase names; so do the others."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from rest_framework import serializers
+
+from agents.models import Agent, AgentState
+
+STATES = ", ".join(Agent.State.values)
+
+
+class StateReportIn(serializers.Serializer):
+    """A state report as the AgentKit SDK sends it (AGENTKIT.md section 2)."""
+
+    agentId = serializers.CharField(max_length=255, trim_whitespace=False)
+    timestamp = serializers.CharField(max_length=64, help_text="ISO 8601 with a UTC offset.")
+    state = serializers.ChoiceField(
+        choices=Agent.State.values,
+        error_messages={"invalid_choice": f"'{{input}}' is not a valid state; allowed: {STATES}"},
+    )
+    details = serializers.JSONField(required=False, allow_null=True, default=None,
+                                    help_text="An object, {} or null.")
+
+    def validate_timestamp(self, value: str) -> datetime:
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise serializers.ValidationError(
+                "must be ISO 8601, e.g. 2026-11-23T22:09:39.929454+00:00"
+            ) from None
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            raise serializers.ValidationError("must include a UTC offset (e.g. +00:00)")
+        try:
+            parsed = parsed.astimezone(UTC)
+        except OverflowError:
+            raise serializers.ValidationError("is out of range") from None
+        limit = self.context["now"] + timedelta(seconds=settings.OPSCORE_STATE_MAX_FUTURE_SECONDS)
+        if parsed > limit:
+            raise serializers.ValidationError(
+                f"is more than {settings.OPSCORE_STATE_MAX_FUTURE_SECONDS}s in the future (server time "
+                f"{self.context['now'].isoformat()})"
+            )
+        return parsed
+
+    def validate_details(self, value):
+        if value is not None and not isinstance(value, dict):
+            raise serializers.ValidationError("must be an object or null")
+        return value
+
+    def validate(self, attrs):
+        if attrs["agentId"] != self.context["agent_id"]:
+            raise serializers.ValidationError(
+                {"agentId": [f"'{attrs['agentId']}' does not match the agent id in the path "
+                             f"'{self.context['agent_id']}'"]}
+            )
+        return attrs
+
+
+class AcceptedOut(serializers.Serializer):
+    status = serializers.CharField()
+    message = serializers.CharField()
+
+
+class AgentStateOut(serializers.Serializer):
+    """GET .../agent/{agentId}/state."""
+
+    agentId = serializers.CharField(source="id")
+    state = serializers.CharField(allow_null=True)
+    details = serializers.JSONField(source="state_details", allow_null=True)
+    timestamp = serializers.DateTimeField(source="state_timestamp", allow_null=True)
+
+
+class WebhookAgentDetails(serializers.Serializer):
+    agentId = serializers.CharField()
+    agentName = serializers.CharField(required=False)
+    version = serializers.CharField(required=False)
+    capabilities = serializers.ListField(child=serializers.CharField(), required=False)
+    contactEndpoint = serializers.CharField(required=False)
+    metadata = serializers.DictField(required=False)
+
+
+class WebhookIn(serializers.Serializer):
+    """For the schema only: the body is checked by agents.webhook (pydantic) over the raw bytes."""
+
+    event_type = serializers.ChoiceField(choices=["REGISTER", "DEREGISTER"])
+    agent_details = WebhookAgentDetails()
+
+
+class AgentOut(serializers.ModelSerializer):
+    agentId = serializers.CharField(source="id")
+    contactEndpoint = serializers.CharField(source="contact_endpoint")
+    stateTimestamp = serializers.DateTimeField(source="state_timestamp")
+    stateReceivedAt = serializers.DateTimeField(source="state_received_at")
+    stateDetails = serializers.JSONField(source="state_details")
+    lastSeenAt = serializers.DateTimeField(source="last_seen_at")
+    registeredAt = serializers.DateTimeField(source="registered_at")
+    createdAt = serializers.DateTimeField(source="created_at")
+    deregisteredAt = serializers.DateTimeField(source="deregistered_at")
+    drainedAt = serializers.DateTimeField(source="drained_at")
+    stale = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Agent
+        fields = ["agentId", "name", "version", "capabilities", "contactEndpoint", "metadata", "state",
+                  "stateTimestamp", "stateReceivedAt", "stateDetails", "lastSeenAt", "registeredAt",
+                  "createdAt", "deregisteredAt", "drainedAt", "stale"]
+
+    def get_stale(self, agent: Agent) -> bool:
+        return agent.is_stale()
+
+
+class AgentStateHistoryOut(serializers.ModelSerializer):
+    receivedAt = serializers.DateTimeField(source="received_at")
+
+    class Meta:
+        model = AgentState
+        fields = ["id", "state", "details", "timestamp", "receivedAt"]

@@ -1,0 +1,185 @@
+"""Agent endpoints: state reports (AgentKit SDK), AgentKit's webhook, and the agents resource."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents import webhook
+from agents.api.serializers import (
+    AcceptedOut,
+    AgentOut,
+    AgentStateHistoryOut,
+    AgentStateOut,
+    StateReportIn,
+    WebhookIn,
+)
+from agents.models import Agent
+from agents.services import agent_deregister, agent_register, agent_state_record
+from opscore_site.api import ServiceUnavailable, query_bool, query_choices, query_text
+from opscore_site.parsers import parse_json_bytes
+from opscore_site.auth import AgentEndpoint, OperatorOrServiceKey
+
+
+class WebhookUnauthorized(exceptions.APIException):
+    status_code = status.HTTP_401_UNAUTHORIZED
+    default_detail = "The webhook signature is missing or wrong."
+    default_code = "bad_signature"
+
+
+class AgentStateView(APIView):
+    """`/v1/opscore/agent/{agentId}/state`: agents report their state; keys and operators read it."""
+
+    permission_classes = [AgentEndpoint]
+
+    @property
+    def operators_allowed(self) -> bool:
+        return self.request.method == "GET"
+
+    @extend_schema(request=StateReportIn, responses={202: AcceptedOut}, operation_id="agent_state_report",
+                   summary="Report an agent's state (AgentKit SDK)")
+    def post(self, request, agent_id: str) -> Response:
+        now = timezone.now()
+        report = StateReportIn(data=request.data, context={"agent_id": agent_id, "now": now})
+        report.is_valid(raise_exception=True)
+        data = report.validated_data
+        agent_state_record(agent_id=agent_id, state=data["state"], details=data["details"],
+                           timestamp=data["timestamp"], received_at=now)
+        return Response({"status": "success", "message": f"State '{data['state']}' recorded for agent '{agent_id}'."},
+                        status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses={200: AgentStateOut}, operation_id="agent_state_read",
+                   summary="An agent's current state")
+    def get(self, request, agent_id: str) -> Response:
+        agent = Agent.objects.filter(pk=agent_id).only(
+            "id", "state", "state_details", "state_timestamp").first()
+        if agent is None:
+            raise exceptions.NotFound(f"agent '{agent_id}' not found")
+        return Response(AgentStateOut(agent).data)
+
+
+class AgentNotifyView(APIView):
+    """AgentKit's registration webhook, verified over the raw body bytes (AGENTKIT.md section 1).
+
+    Signed with HMAC-SHA256 (OPSCORE_WEBHOOK_SECRET). Without a configured secret it
+    answers 503, unless OPSCORE_WEBHOOK_ALLOW_UNSIGNED (development, DEBUG only) is set.
+    """
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=WebhookIn, responses={200: AcceptedOut}, auth=[], operation_id="agentkit_notify",
+                   summary="AgentKit registration webhook (HMAC-signed)",
+                   parameters=[
+                       OpenApiParameter(webhook.TIMESTAMP_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER,
+                                        description="Unix seconds (or ISO 8601)"),
+                       OpenApiParameter(webhook.SIGNATURE_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER,
+                                        description="hex HMAC-SHA256 of timestamp + '.' + body"),
+                   ])
+    def post(self, request) -> Response:
+        if request.content_type.split(";")[0].strip().lower() != "application/json":
+            raise exceptions.UnsupportedMediaType(request.content_type or "(none)")
+        body = request.body
+        self._authenticate(request, body)
+        document = parse_json_bytes(body)
+        try:
+            event = webhook.parse_event(document)
+        except ValueError as exc:
+            raise exceptions.ValidationError(exc.args[0]) from None
+        details = event.agent_details
+        now = timezone.now()
+        if event.event_type == "DEREGISTER":
+            known = agent_deregister(agent_id=details.agentId, at=now)
+            message = f"agent '{details.agentId}' deregistered" if known else \
+                f"agent '{details.agentId}' is unknown; nothing to deregister"
+        else:
+            _, created = agent_register(
+                agent_id=details.agentId, name=details.agentName or "", version=details.version or "",
+                capabilities=details.capabilities, contact_endpoint=details.contactEndpoint or "",
+                metadata=details.metadata, at=now,
+            )
+            message = f"agent '{details.agentId}' {'registered' if created else 'updated'}"
+        return Response({"status": "success", "message": message})
+
+    def _authenticate(self, request, body: bytes) -> None:
+        timestamp = request.headers.get(webhook.TIMESTAMP_HEADER)
+        signature = request.headers.get(webhook.SIGNATURE_HEADER)
+        unsigned_ok = settings.OPSCORE_WEBHOOK_ALLOW_UNSIGNED and settings.DEBUG
+        if unsigned_ok and not timestamp and not signature:
+            return
+        secret = settings.OPSCORE_WEBHOOK_SECRET
+        if not secret:
+            raise ServiceUnavailable(
+                "OPSCORE_WEBHOOK_SECRET is not configured, so webhooks cannot be verified and are refused",
+                code="webhook_not_configured",
+            )
+        tolerance = settings.OPSCORE_WEBHOOK_TOLERANCE_SECONDS
+        try:
+            webhook.verify(secret=secret, timestamp=timestamp, signature=signature, body=body,
+                           now=time.time(), tolerance=tolerance)
+        except webhook.WebhookRefused as exc:
+            raise WebhookUnauthorized(exc.detail, code=exc.code) from None
+        # Within the window, each signed delivery is accepted once (shared cache: all processes).
+        if not cache.add(f"agentkit-webhook:{timestamp}:{signature.strip().lower()}", 1, timeout=2 * tolerance + 5):
+            raise WebhookUnauthorized("this webhook delivery was already accepted (replay)", code="replayed")
+
+
+@extend_schema(parameters=[
+    OpenApiParameter("state", OpenApiTypes.STR, description="comma-separated states"),
+    OpenApiParameter("deregistered", OpenApiTypes.BOOL),
+    OpenApiParameter("stale", OpenApiTypes.BOOL),
+    OpenApiParameter("capability", OpenApiTypes.STR),
+    OpenApiParameter("search", OpenApiTypes.STR, description="substring of id or name"),
+])
+class AgentViewSet(viewsets.ReadOnlyModelViewSet):
+    """Agents (list with filters, detail) and each agent's state history."""
+
+    permission_classes = [OperatorOrServiceKey]
+    serializer_class = AgentOut
+    lookup_field = "pk"
+    lookup_url_kwarg = "agent_id"
+    lookup_value_regex = r"[^/\x00]{1,255}"
+
+    def get_queryset(self):
+        queryset = Agent.objects.all().order_by("id")
+        if self.action != "list":
+            return queryset
+        request = self.request
+        if states := query_choices(request, "state", Agent.State.values):
+            queryset = queryset.filter(state__in=states)
+        deregistered = query_bool(request, "deregistered")
+        if deregistered is not None:
+            queryset = queryset.filter(deregistered_at__isnull=not deregistered)
+        stale = query_bool(request, "stale")
+        if stale is True:
+            queryset = queryset.filter(pk__in=Agent.objects.stale().values("pk"))
+        elif stale is False:
+            queryset = queryset.exclude(pk__in=Agent.objects.stale().values("pk"))
+        if capability := query_text(request, "capability"):
+            if connection.features.supports_json_field_contains:
+                queryset = queryset.filter(capabilities__contains=[capability])
+            else:  # SQLite (the demo): match the JSON text
+                queryset = queryset.filter(capabilities__icontains=json.dumps(capability))
+        if search := query_text(request, "search"):
+            queryset = queryset.filter(id__icontains=search) | queryset.filter(name__icontains=search)
+        return queryset
+
+    @extend_schema(responses={200: AgentStateHistoryOut(many=True)}, parameters=[])
+    @action(detail=True, methods=["get"])
+    def history(self, request, agent_id: str) -> Response:
+        """The agent's state reports, newest first (paginated)."""
+        agent = self.get_object()
+        page = self.paginate_queryset(agent.state_history.order_by("-received_at", "-id"))
+        return self.get_paginated_response(AgentStateHistoryOut(page, many=True).data)

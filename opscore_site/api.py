@@ -1,0 +1,271 @@
+"""The API's one error shape, pagination, throttle and body limit.
+
+Every error under /v1/ is JSON `{"detail": "...", "code": "...", "errors": {...}}`:
+`detail` is what the AgentKit SDK logs, `code` is stable for clients to branch on,
+`errors` maps a field to its messages (empty when the error is not about a field).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist, RequestDataTooBig
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from rest_framework import exceptions, status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
+
+from sessions.engine import EngineError
+from sessions.services import IdempotencyConflict
+from workflows.schema import SpecError
+from workflows.services import DefinitionConflict
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/v1/"
+
+
+def error_body(detail: str, code: str, errors: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"detail": detail, "code": code, "errors": errors or {}}
+
+
+def _flatten(errors: Any, prefix: str = "") -> dict[str, list[str]]:
+    """DRF's nested ValidationError detail as {"field.sub": ["message", ...]}."""
+    flat: dict[str, list[str]] = {}
+    if isinstance(errors, dict):
+        for key, value in errors.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            for path, messages in _flatten(value, name).items():
+                flat.setdefault(path, []).extend(messages)
+    elif isinstance(errors, list):
+        if all(not isinstance(item, (dict, list)) for item in errors):
+            flat[prefix or "non_field_errors"] = [str(item) for item in errors]
+        else:
+            for index, value in enumerate(errors):
+                for path, messages in _flatten(value, f"{prefix}.{index}" if prefix else str(index)).items():
+                    flat.setdefault(path, []).extend(messages)
+    else:
+        flat[prefix or "non_field_errors"] = [str(errors)]
+    return flat
+
+
+def _summary(errors: dict[str, list[str]]) -> str:
+    parts = [f"{path}: {' '.join(msgs)}" if path not in ("", "non_field_errors") else " ".join(msgs)
+             for path, msgs in errors.items()]
+    return "; ".join(parts)[:2000] or "Invalid input."
+
+
+def _translate(exc: Exception) -> Exception:
+    """Domain errors as the DRF exception with the right status and code."""
+    if isinstance(exc, SpecError):
+        return exceptions.ValidationError({path or "non_field_errors": msgs for path, msgs in exc.errors.items()})
+    if isinstance(exc, (Http404, ObjectDoesNotExist)):
+        return exceptions.NotFound(str(exc) or None)
+    if isinstance(exc, DjangoPermissionDenied):
+        return exceptions.PermissionDenied(str(exc) or None)
+    if isinstance(exc, RequestDataTooBig):
+        return PayloadTooLarge()
+    if isinstance(exc, EngineError):
+        return Conflict(str(exc), code=exc.code)
+    if isinstance(exc, DefinitionConflict):
+        return Conflict(str(exc), code="definition_conflict")
+    if isinstance(exc, IdempotencyConflict):
+        return Conflict(str(exc), code="idempotency_conflict")
+    return exc
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The request conflicts with the current state."
+    default_code = "conflict"
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "Request body is too large."
+    default_code = "payload_too_large"
+
+
+class ServiceUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "Service unavailable."
+    default_code = "unavailable"
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """REST_FRAMEWORK["EXCEPTION_HANDLER"]: every API error in one shape."""
+    # Imported here: rest_framework.views reads the throttle/parser settings, which name this module.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
+    exc = _translate(exc)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None  # a bug: Django's handler500 below answers JSON
+    if isinstance(exc, exceptions.ValidationError):
+        errors = _flatten(exc.detail)
+        response.data = error_body(_summary(errors), "invalid", errors)
+    else:
+        detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+        codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
+        if isinstance(detail, (dict, list)):
+            errors = _flatten(detail)
+            response.data = error_body(_summary(errors), "invalid", errors)
+        else:
+            response.data = error_body(str(detail), codes if isinstance(codes, str) else "error")
+    return response
+
+
+class Pagination(LimitOffsetPagination):
+    """`?limit=&offset=`, 50 by default, at most 500 per page."""
+
+    default_limit = 50
+    max_limit = 500
+
+
+class ApiThrottle(SimpleRateThrottle):
+    """One rate (OPSCORE_THROTTLE_RATE) per credential, and per agent on the agent endpoints.
+
+    Counters live in the default cache (the shared database cache), so every process
+    sees the same numbers.
+    """
+
+    scope = "api"
+
+    def get_rate(self) -> str | None:
+        return settings.OPSCORE_THROTTLE_RATE or None
+
+    def get_cache_key(self, request, view) -> str:
+        auth = getattr(request, "auth", None)
+        if getattr(auth, "prefix", None):
+            ident = f"key:{auth.pk}"
+        elif request.user and request.user.is_authenticated and getattr(request.user, "pk", None):
+            ident = f"user:{request.user.pk}"
+        else:
+            ident = f"ip:{self.get_ident(request)}"
+        agent_id = getattr(view, "kwargs", {}).get("agent_id")
+        if agent_id:  # hashed: any characters, any length, fits the cache key column
+            ident += ":agent:" + hashlib.sha256(agent_id.encode()).hexdigest()[:24]
+        return f"throttle:{self.scope}:{ident}"
+
+
+# --------------------------------------------------------------------------- Django level
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith(API_PREFIX)
+
+
+def json_error(detail: str, code: str, status_code: int) -> JsonResponse:
+    return JsonResponse(error_body(detail, code), status=status_code)
+
+
+class ApiBodyLimitMiddleware:
+    """Refuse an API body over OPSCORE_MAX_BODY_BYTES with 413 before anything reads it.
+
+    DRF's parsers read the request stream directly, so Django's own
+    DATA_UPLOAD_MAX_MEMORY_SIZE check would not apply to them.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if _is_api(request):
+            raw = request.META.get("CONTENT_LENGTH") or "0"
+            try:
+                length = int(raw)
+            except ValueError:
+                return json_error("invalid Content-Length header", "invalid_content_length", 400)
+            if length < 0:
+                return json_error("invalid Content-Length header", "invalid_content_length", 400)
+            if length > settings.OPSCORE_MAX_BODY_BYTES:
+                return json_error(
+                    f"request body is {length} bytes; the limit is {settings.OPSCORE_MAX_BODY_BYTES}",
+                    "payload_too_large", 413,
+                )
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if _is_api(request) and isinstance(exception, RequestDataTooBig):
+            return json_error("request body is too large", "payload_too_large", 413)
+        return None
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        return json_error("Bad request.", "bad_request", 400)
+    return defaults.bad_request(request, exception)
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        return json_error(str(exception or "") or "Permission denied.", "permission_denied", 403)
+    return defaults.permission_denied(request, exception)
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        return json_error(f"no such endpoint: {request.method} {request.path}", "not_found", 404)
+    return defaults.page_not_found(request, exception)
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if _is_api(request):
+        return json_error("Internal server error; the request id is in X-Request-ID.", "server_error", 500)
+    return defaults.server_error(request)
+
+
+# --------------------------------------------------------------------------- list filters
+
+
+def query_choices(request, name: str, allowed) -> list[str] | None:
+    """`?name=a,b` as a list of allowed values, None when absent; 400 naming the allowed ones."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    allowed = [str(value) for value in allowed]
+    values = [part.strip() for part in raw.split(",") if part.strip()]
+    wrong = [value for value in values if value not in allowed]
+    if wrong:
+        raise exceptions.ValidationError({name: [f"'{wrong[0]}' is not one of: {', '.join(allowed)}"]})
+    return values
+
+
+def query_bool(request, name: str) -> bool | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    lowered = raw.lower()
+    if lowered in {"true", "1", "yes"}:
+        return True
+    if lowered in {"false", "0", "no"}:
+        return False
+    raise exceptions.ValidationError({name: ["must be true or false"]})
+
+
+def query_text(request, name: str, max_length: int = 255) -> str | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if len(raw) > max_length or "\x00" in raw:
+        raise exceptions.ValidationError({name: [f"must be at most {max_length} characters, without NUL"]})
+    return raw
+
+
+class IdConverter:
+    """A path segment id: no '/', no NUL, at most 255 characters (else the URL does not match: 404)."""
+
+    regex = r"[^/\x00]{1,255}"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value

@@ -1,0 +1,117 @@
+"""Session API shapes: the trigger (upstream) and the sessions/tasks resources."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from sessions.models import Session, Task, TaskAttempt
+from workflows.schema import SpecError, validate_definition
+
+
+class WorkflowTriggerIn(serializers.Serializer):
+    """Exactly one of workflowDefinitionId / workflowDefinition, plus an optional initialPayload."""
+
+    workflowDefinitionId = serializers.CharField(max_length=100, required=False, allow_null=True)
+    workflowDefinition = serializers.JSONField(required=False, allow_null=True,
+                                               help_text="An inline definition (upstream JSON shape).")
+    initialPayload = serializers.JSONField(required=False, allow_null=True, default=None,
+                                           help_text="An object or null; merged into the first step's parameters.")
+
+    def validate_workflowDefinition(self, value):
+        if value is None:
+            return None
+        try:
+            return validate_definition(value)
+        except SpecError as exc:
+            raise serializers.ValidationError({path or "non_field_errors": msgs
+                                               for path, msgs in exc.errors.items()}) from None
+
+    def validate_initialPayload(self, value):
+        if value is not None and not isinstance(value, dict):
+            raise serializers.ValidationError("must be an object or null")
+        return value
+
+    def validate(self, attrs):
+        given = [name for name in ("workflowDefinitionId", "workflowDefinition") if attrs.get(name) is not None]
+        if len(given) != 1:
+            raise serializers.ValidationError(
+                "give exactly one of workflowDefinitionId or workflowDefinition"
+            )
+        return attrs
+
+
+class WorkflowTriggerOut(serializers.Serializer):
+    sessionId = serializers.UUIDField()
+    workflowId = serializers.CharField()
+    message = serializers.CharField()
+
+
+class ActionIn(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+
+
+class TaskAttemptOut(serializers.ModelSerializer):
+    httpStatus = serializers.IntegerField(source="http_status")
+    referenceAt = serializers.DateTimeField(source="reference_at")
+    startedAt = serializers.DateTimeField(source="started_at")
+    endedAt = serializers.DateTimeField(source="ended_at")
+
+    class Meta:
+        model = TaskAttempt
+        fields = ["number", "outcome", "httpStatus", "error", "referenceAt", "startedAt", "endedAt"]
+
+
+class TaskOut(serializers.ModelSerializer):
+    taskId = serializers.UUIDField(source="id")
+    sessionId = serializers.UUIDField(source="session_id")
+    agentId = serializers.CharField(source="agent_id")
+    stepId = serializers.CharField(source="step_id")
+    maxRetries = serializers.IntegerField(source="max_retries")
+    timeoutSeconds = serializers.IntegerField(source="timeout_seconds")
+    nextAttemptAt = serializers.DateTimeField(source="next_attempt_at")
+    timeoutAt = serializers.DateTimeField(source="timeout_at")
+    lastError = serializers.CharField(source="last_error")
+    fallbackFor = serializers.UUIDField(source="fallback_for_id")
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+    dispatchedAt = serializers.DateTimeField(source="dispatched_at")
+    startedAt = serializers.DateTimeField(source="started_at")
+    finishedAt = serializers.DateTimeField(source="finished_at")
+
+    class Meta:
+        model = Task
+        fields = ["taskId", "sessionId", "agentId", "stepId", "name", "sequence", "status", "attempt",
+                  "maxRetries", "timeoutSeconds", "payload", "result", "lastError", "fallbackFor",
+                  "nextAttemptAt", "timeoutAt", "createdAt", "updatedAt", "dispatchedAt", "startedAt",
+                  "finishedAt"]
+
+
+class TaskDetailOut(TaskOut):
+    attempts = TaskAttemptOut(many=True, read_only=True)
+
+    class Meta(TaskOut.Meta):
+        fields = [*TaskOut.Meta.fields, "attempts"]
+
+
+class SessionOut(serializers.ModelSerializer):
+    sessionId = serializers.UUIDField(source="id")
+    workflowId = serializers.CharField(source="workflow_id")
+    definitionRevision = serializers.IntegerField(source="definition_revision")
+    agentId = serializers.CharField(source="agent_id")
+    initialPayload = serializers.JSONField(source="initial_payload")
+    createdAt = serializers.DateTimeField(source="created_at")
+    startedAt = serializers.DateTimeField(source="started_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+    endedAt = serializers.DateTimeField(source="ended_at")
+
+    class Meta:
+        model = Session
+        fields = ["sessionId", "workflowId", "definitionRevision", "agentId", "status", "initialPayload",
+                  "result", "error", "createdAt", "startedAt", "updatedAt", "endedAt"]
+
+
+class SessionDetailOut(SessionOut):
+    tasks = TaskDetailOut(many=True, read_only=True)
+
+    class Meta(SessionOut.Meta):
+        fields = [*SessionOut.Meta.fields, "tasks"]

@@ -1,0 +1,160 @@
+"""Workflow trigger (upstream), sessions and tasks resources, and the operator actions."""
+
+from __future__ import annotations
+
+from django.db.models import Prefetch
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from opscore_site.api import query_choices, query_text
+from opscore_site.auth import AgentEndpoint, ApiKeyUser, OperatorOrServiceKey, key_label
+from sessions.api.serializers import (
+    ActionIn,
+    SessionDetailOut,
+    SessionOut,
+    TaskDetailOut,
+    TaskOut,
+    WorkflowTriggerIn,
+    WorkflowTriggerOut,
+)
+from sessions.engine import By, session_cancel, session_retry, task_retry
+from sessions.models import Session, Task, TaskAttempt
+from sessions.services import request_fingerprint, session_trigger
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _by(request, *, agent_id: str = "") -> tuple[By, str]:
+    """The engine's actor for this request, and a note for the event's reason."""
+    if isinstance(request.user, ApiKeyUser):
+        note = f"via API key {key_label(request.user.key)}"
+        return (By.agent(agent_id) if agent_id else By.system()), note
+    return By.operator(request.user), ""
+
+
+class WorkflowTriggerView(APIView):
+    """`POST /v1/opscore/agent/{agentId}/workflow`: start a session for the agent."""
+
+    permission_classes = [AgentEndpoint]
+    operators_allowed = True
+
+    @extend_schema(
+        request=WorkflowTriggerIn, responses={202: WorkflowTriggerOut}, operation_id="agent_workflow_trigger",
+        summary="Start a workflow session for an agent",
+        parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER,
+                                     description="Same key and body within the TTL returns the same session")],
+    )
+    def post(self, request, agent_id: str) -> Response:
+        key = request.headers.get(IDEMPOTENCY_HEADER) or None
+        if key is not None and (len(key) > 255 or not key.strip()):
+            raise exceptions.ValidationError({IDEMPOTENCY_HEADER: ["must be 1 to 255 non-blank characters"]})
+        trigger = WorkflowTriggerIn(data=request.data)
+        trigger.is_valid(raise_exception=True)
+        data = trigger.validated_data
+        by, _ = _by(request, agent_id=agent_id)
+        session, replayed = session_trigger(
+            agent_id=agent_id, by=by, definition_id=data.get("workflowDefinitionId"),
+            inline_spec=data.get("workflowDefinition"), initial_payload=data["initialPayload"],
+            idempotency_key=key,
+            fingerprint=request_fingerprint({"agentId": agent_id, "body": request.data}),
+        )
+        message = ("Workflow session already started for this Idempotency-Key." if replayed
+                   else "Workflow session started; its first task is queued.")
+        return Response({"sessionId": str(session.pk), "workflowId": session.workflow_id, "message": message},
+                        status=status.HTTP_202_ACCEPTED)
+
+
+class _ActionMixin:
+    def _action_args(self, request) -> tuple[By, str]:
+        body = ActionIn(data=request.data if isinstance(request.data, dict) else {})
+        body.is_valid(raise_exception=True)
+        by, note = _by(request)
+        reason = " ".join(part for part in (body.validated_data["reason"], note) if part)
+        return by, reason
+
+
+@extend_schema(parameters=[
+    OpenApiParameter("status", OpenApiTypes.STR, description="comma-separated statuses"),
+    OpenApiParameter("agent", OpenApiTypes.STR),
+    OpenApiParameter("workflow", OpenApiTypes.STR),
+])
+class SessionViewSet(_ActionMixin, viewsets.ReadOnlyModelViewSet):
+    """Sessions: list with filters, detail with tasks and attempts, cancel and retry."""
+
+    permission_classes = [OperatorOrServiceKey]
+    lookup_url_kwarg = "session_id"
+
+    def get_serializer_class(self):
+        return SessionOut if self.action == "list" else SessionDetailOut
+
+    def get_queryset(self):
+        queryset = Session.objects.order_by("-created_at", "id")
+        if self.action != "list":
+            tasks = Task.objects.order_by("sequence").prefetch_related(
+                Prefetch("attempts", queryset=TaskAttempt.objects.order_by("number")))
+            return queryset.prefetch_related(Prefetch("tasks", queryset=tasks))
+        if statuses := query_choices(self.request, "status", Session.Status.values):
+            queryset = queryset.filter(status__in=statuses)
+        if agent := query_text(self.request, "agent"):
+            queryset = queryset.filter(agent_id=agent)
+        if workflow := query_text(self.request, "workflow"):
+            queryset = queryset.filter(workflow_id=workflow)
+        return queryset
+
+    @extend_schema(request=ActionIn, responses={200: SessionDetailOut}, parameters=[])
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, session_id=None) -> Response:
+        """Cancel the session and its unfinished tasks (409 when it has already ended)."""
+        by, reason = self._action_args(request)
+        session_cancel(session=self.get_object(), by=by, reason=reason)
+        return Response(SessionDetailOut(self.get_object()).data)
+
+    @extend_schema(request=ActionIn, responses={200: SessionDetailOut}, parameters=[])
+    @action(detail=True, methods=["post"])
+    def retry(self, request, session_id=None) -> Response:
+        """Retry a failed session from its failed step (409 unless it is failed)."""
+        by, reason = self._action_args(request)
+        session_retry(session=self.get_object(), by=by, reason=reason)
+        return Response(SessionDetailOut(self.get_object()).data)
+
+
+@extend_schema(parameters=[
+    OpenApiParameter("status", OpenApiTypes.STR, description="comma-separated statuses"),
+    OpenApiParameter("agent", OpenApiTypes.STR),
+    OpenApiParameter("session", OpenApiTypes.UUID),
+])
+class TaskViewSet(_ActionMixin, viewsets.ReadOnlyModelViewSet):
+    """Tasks: list filtered by status, agent and session; detail with attempts; retry."""
+
+    permission_classes = [OperatorOrServiceKey]
+    lookup_url_kwarg = "task_id"
+
+    def get_serializer_class(self):
+        return TaskOut if self.action == "list" else TaskDetailOut
+
+    def get_queryset(self):
+        queryset = Task.objects.order_by("-created_at", "id")
+        if self.action != "list":
+            return queryset.prefetch_related(Prefetch("attempts", queryset=TaskAttempt.objects.order_by("number")))
+        if statuses := query_choices(self.request, "status", Task.Status.values):
+            queryset = queryset.filter(status__in=statuses)
+        if agent := query_text(self.request, "agent"):
+            queryset = queryset.filter(agent_id=agent)
+        if session := query_text(self.request, "session"):
+            try:
+                queryset = queryset.filter(session_id=Session._meta.pk.to_python(session))
+            except Exception:
+                raise exceptions.ValidationError({"session": ["must be a session id (UUID)"]}) from None
+        return queryset
+
+    @extend_schema(request=ActionIn, responses={200: TaskDetailOut}, parameters=[])
+    @action(detail=True, methods=["post"])
+    def retry(self, request, task_id=None) -> Response:
+        """Retry a dead or failed task: a fresh round of attempts (409 otherwise)."""
+        by, reason = self._action_args(request)
+        task_retry(task=self.get_object(), by=by, reason=reason)
+        return Response(TaskDetailOut(self.get_object()).data)

@@ -1,0 +1,213 @@
+"""POST/GET /v1/opscore/agent/{agentId}/state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agents.models import Agent, AgentState
+from tests.agents.factories import AgentFactory
+from tests.api.conftest import assert_error
+
+pytestmark = pytest.mark.django_db
+
+
+def url(agent_id: str) -> str:
+    return f"/v1/opscore/agent/{agent_id}/state"
+
+
+def report(agent_id: str, state: str = "idle", *, at: datetime | None = None, details=..., **extra) -> dict:
+    body = {"agentId": agent_id, "timestamp": (at or datetime.now(UTC)).isoformat(), "state": state}
+    if details is not ...:
+        body["details"] = details
+    return {**body, **extra}
+
+
+def test_first_report_creates_the_agent_and_answers_202(api):
+    response = api.post(url("new-agent"), report("new-agent", "idle", details={}), format="json")
+    assert response.status_code == 202
+    assert response.json()["status"] == "success" and response.json()["message"]
+    agent = Agent.objects.get(pk="new-agent")
+    assert agent.state == "idle" and agent.state_details == {} and agent.last_seen_at is not None
+    assert agent.name == "" and agent.capabilities == [] and agent.deregistered_at is None
+    assert AgentState.objects.filter(agent=agent).count() == 1
+
+
+@pytest.mark.parametrize("details", [None, {}, ...])
+def test_details_may_be_null_empty_or_absent(api, details):
+    response = api.post(url("a1"), report("a1", "active", details=details), format="json")
+    assert response.status_code == 202, response.content
+    assert Agent.objects.get(pk="a1").state_details == (None if details in (None, ...) else {})
+
+
+def test_get_returns_the_current_state(api):
+    at = datetime(2026, 11, 23, 22, 9, 39, 929454, tzinfo=UTC)
+    api.post(url("a1"), report("a1", "error", at=at, details={"error_code": "E1", "message": "boom"}), format="json")
+    body = api.get(url("a1")).json()
+    assert body == {"agentId": "a1", "state": "error", "details": {"error_code": "E1", "message": "boom"},
+                    "timestamp": "2026-11-23T22:09:39.929454Z"}
+
+
+def test_get_unknown_agent_is_404(api):
+    assert_error(api.get(url("nobody")), 404, "not_found")
+
+
+def test_out_of_order_report_is_kept_in_history_but_does_not_change_the_state(api):
+    now = datetime.now(UTC)
+    api.post(url("a1"), report("a1", "idle", at=now), format="json")
+    response = api.post(url("a1"), report("a1", "active", at=now - timedelta(milliseconds=5)), format="json")
+    assert response.status_code == 202
+    agent = Agent.objects.get(pk="a1")
+    assert agent.state == "idle" and agent.state_timestamp == now
+    assert list(AgentState.objects.filter(agent=agent).order_by("id").values_list("state", flat=True)) == [
+        "idle", "active"]
+
+
+def test_duplicate_report_is_stored_once_more_and_changes_nothing(api):
+    now = datetime.now(UTC)
+    first = report("a1", "active", at=now, details={"n": 1})
+    api.post(url("a1"), first, format="json")
+    received = Agent.objects.get(pk="a1").state_received_at
+    assert api.post(url("a1"), first, format="json").status_code == 202
+    agent = Agent.objects.get(pk="a1")
+    assert agent.state == "active" and agent.state_received_at == received
+    assert AgentState.objects.filter(agent=agent).count() == 2
+
+
+def test_newer_report_wins(api):
+    now = datetime.now(UTC)
+    api.post(url("a1"), report("a1", "active", at=now - timedelta(seconds=1)), format="json")
+    api.post(url("a1"), report("a1", "idle", at=now, details={"result": 3}), format="json")
+    agent = Agent.objects.get(pk="a1")
+    assert (agent.state, agent.state_details) == ("idle", {"result": 3})
+
+
+def test_report_does_not_touch_registration_details(api):
+    AgentFactory(id="a1", name="Known", capabilities=["x"], state="idle")
+    api.post(url("a1"), report("a1", "active"), format="json")
+    agent = Agent.objects.get(pk="a1")
+    assert (agent.name, agent.capabilities, agent.state) == ("Known", ["x"], "active")
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"agentId": "other"}, "agentId"),
+    ({"state": "sleeping"}, "state"),
+    ({"timestamp": "2026-11-23T22:09:39"}, "timestamp"),
+    ({"timestamp": "yesterday"}, "timestamp"),
+    ({"timestamp": (datetime.now(UTC) + timedelta(minutes=6)).isoformat()}, "timestamp"),
+    ({"details": "text"}, "details"),
+    ({"details": [1]}, "details"),
+    ({"agentId": None}, "agentId"),
+])
+def test_bad_reports_are_400_with_the_field(api, change, field):
+    body = assert_error(api.post(url("a1"), {**report("a1"), **change}, format="json"), 400, "invalid")
+    assert field in body["errors"], body
+    assert not AgentState.objects.exists()
+
+
+def test_unknown_state_lists_the_allowed_values(api):
+    body = assert_error(api.post(url("a1"), report("a1", "sleeping"), format="json"), 400)
+    for state in ("initializing", "idle", "active", "error", "finished"):
+        assert state in body["detail"]
+
+
+def test_timestamp_without_microseconds_and_slightly_ahead_is_accepted(api):
+    ahead = (datetime.now(UTC) + timedelta(minutes=4)).replace(microsecond=0).isoformat()
+    assert api.post(url("a1"), {**report("a1"), "timestamp": ahead}, format="json").status_code == 202
+
+
+def test_no_trailing_slash_redirect(api):
+    response = api.post(url("a1") + "/", report("a1"), format="json")
+    assert response.status_code == 404 and response["Content-Type"] == "application/json"
+
+
+def test_missing_key_is_401_and_bad_key_is_401(anon, db):
+    assert_error(anon.post(url("a1"), report("a1"), format="json"), 401, "not_authenticated")
+    anon.credentials(HTTP_AUTHORIZATION="Bearer opk_not-a-real-key-at-all")
+    assert_error(anon.post(url("a1"), report("a1"), format="json"), 401, "authentication_failed")
+    assert not Agent.objects.exists()
+
+
+def test_agent_bound_key_reports_for_its_agent_only(bound_api):
+    assert bound_api.post(url("bound-agent"), report("bound-agent"), format="json").status_code == 202
+    body = assert_error(bound_api.post(url("other"), report("other"), format="json"), 403, "permission_denied")
+    assert "bound-agent" in body["detail"]
+    assert_error(bound_api.get(url("other")), 403)
+    assert not Agent.objects.filter(pk="other").exists()
+
+
+def test_revoked_key_is_401(api, service_key):
+    from agents.models import ApiKey
+    from agents.services import api_key_revoke
+
+    api_key_revoke(key=ApiKey.objects.get(name="fleet"))
+    assert_error(api.post(url("a1"), report("a1"), format="json"), 401)
+
+
+def test_operator_may_read_state_but_not_report(operator_api):
+    AgentFactory(id="a1")
+    assert operator_api.get(url("a1")).status_code == 200
+    assert_error(operator_api.post(url("a1"), report("a1"), format="json"), 403)
+
+
+def test_bad_json_and_wrong_media_type(api):
+    assert_error(api.post(url("a1"), b'{"agentId": ', content_type="application/json"), 400, "parse_error")
+    assert_error(api.post(url("a1"), b"agentId=a1", content_type="application/x-www-form-urlencoded"),
+                 415, "unsupported_media_type")
+    assert_error(api.post(url("a1"), [1, 2], format="json"), 400)
+    assert_error(api.post(url("a1"), report("a1", details={"x": "nul\x00"}), format="json"), 400)
+
+
+def test_body_over_the_limit_is_413(api, settings):
+    settings.OPSCORE_MAX_BODY_BYTES = 2048
+    body = report("a1", details={"blob": "x" * 4096})
+    assert_error(api.post(url("a1"), body, format="json"), 413, "payload_too_large")
+
+
+def test_throttled_is_429(api, settings):
+    settings.OPSCORE_THROTTLE_RATE = "2/min"
+    for _ in range(2):
+        assert api.post(url("a1"), report("a1"), format="json").status_code == 202
+    response = api.post(url("a1"), report("a1"), format="json")
+    assert_error(response, 429, "throttled")
+    assert "Retry-After" in response
+
+
+def test_last_used_is_written_at_most_once_a_minute(api, django_assert_num_queries):
+    from agents.models import ApiKey
+
+    api.get(url("x"))
+    first = ApiKey.objects.get(name="fleet").last_used_at
+    assert first is not None
+    api.get(url("x"))
+    assert ApiKey.objects.get(name="fleet").last_used_at == first
+
+
+def test_the_report_is_one_short_transaction(api, settings, django_assert_max_num_queries):
+    """Auth lookup, the upsert, the history insert and the engine's check; nothing per history row."""
+    settings.OPSCORE_THROTTLE_RATE = ""
+    api.post(url("a1"), report("a1", "active"), format="json")  # last_used written here
+    for n in range(30):
+        api.post(url("a1"), report("a1", "active"), format="json")
+    with django_assert_max_num_queries(6):
+        assert api.post(url("a1"), report("a1", "active"), format="json").status_code == 202
+
+
+def test_the_engine_signal_says_whether_the_report_is_current(api):
+    from agents.signals import agent_state_reported
+
+    seen = []
+
+    def receiver(**kwargs):
+        seen.append((kwargs["state"], kwargs["is_current"]))
+
+    agent_state_reported.connect(receiver, dispatch_uid="test-receiver")
+    try:
+        now = datetime.now(UTC)
+        api.post(url("a1"), report("a1", "idle", at=now), format="json")
+        api.post(url("a1"), report("a1", "active", at=now - timedelta(seconds=1)), format="json")
+        api.post(url("a1"), report("a1", "error", at=now + timedelta(seconds=1)), format="json")
+    finally:
+        agent_state_reported.disconnect(dispatch_uid="test-receiver")
+    assert seen == [("idle", True), ("active", False), ("error", True)]

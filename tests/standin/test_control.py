@@ -1,0 +1,202 @@
+"""The `/_standin/...` control API and the `python -m agentkit_standin` command."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agentkit_standin import Config, ConfigError
+
+from .conftest import API_KEY, WEBHOOK_SECRET, run_message
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_control_registers_agents_by_count_and_by_spec(standin, recorder):
+    by_count = httpx.post(f"{standin.url}/_standin/agents", json={"count": 2, "webhook": False})
+    by_spec = httpx.post(f"{standin.url}/_standin/agents", json={
+        "agents": [{"agentId": "agent-x", "agentName": "x", "version": "3.0", "capabilities": ["c"]}],
+        "initial_idle": False})
+
+    assert by_count.status_code == 201
+    assert len(by_count.json()["agents"]) == 2
+    assert by_spec.status_code == 201
+    assert by_spec.json()["agents"][0]["agentId"] == "agent-x"
+    assert standin.wait_quiet()
+    listed = httpx.get(f"{standin.url}/_standin/agents").json()["agents"]
+    assert {a["agentId"] for a in listed} == {a["agentId"] for a in by_count.json()["agents"]} | {"agent-x"}
+    assert recorder.states() == ["idle", "idle"]
+    assert [json.loads(w.body)["agent_details"]["agentId"] for w in recorder.webhooks()] == ["agent-x"]
+    assert httpx.get(f"{standin.url}/_standin/agents/agent-x").json()["capabilities"] == ["c"]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"count": 0}, 400, "count: expected an integer from 1 to 1000"),
+    ({"count": "3"}, 400, "count: expected an integer from 1 to 1000"),
+    ({"agents": []}, 400, "agents: expected a non-empty list of objects"),
+    ({"agents": [{"agentName": 5}]}, 400, "agents[0].agentName: expected a string"),
+    ({"agents": [{"colour": "red"}]}, 400, "agents[0]: unknown field(s) colour"),
+    ({"agents": [{"agentId": "a"}, {"agentId": "a"}]}, 400, "agents[1].agentId: a appears twice"),
+    ({"count": 1, "webhook": "yes"}, 400, "webhook: expected true or false"),
+])
+def test_control_refuses_bad_registrations_with_the_reason(standin, body, status, message):
+    response = httpx.post(f"{standin.url}/_standin/agents", json=body)
+
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+    assert standin.agents() == []
+
+
+def test_control_refuses_a_taken_agent_id(standin):
+    standin.register(agent_id="agent-x", initial_idle=False, webhook=False)
+
+    response = httpx.post(f"{standin.url}/_standin/agents", json={"agents": [{"agentId": "agent-x"}]})
+
+    assert response.status_code == 409
+    assert len(standin.agents()) == 1
+
+
+def test_control_refuses_invalid_json(standin):
+    response = httpx.post(f"{standin.url}/_standin/agents", content=b"{oops")
+
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("Body is not valid JSON")
+
+
+def test_deregister_sends_a_signed_deregister_webhook_and_forgets_the_agent(standin, recorder):
+    agent = standin.register(initial_idle=False, webhook=False)
+
+    response = httpx.delete(f"{standin.url}/_standin/agents/{agent.agent_id}")
+
+    assert response.status_code == 200
+    assert standin.wait_quiet()
+    (webhook,) = recorder.webhooks()
+    body = json.loads(webhook.body)
+    assert body["event_type"] == "DEREGISTER"
+    assert body["agent_details"]["agentId"] == agent.agent_id
+    timestamp = webhook.headers["X-AgentKit-Timestamp"]
+    assert webhook.headers["X-AgentKit-Signature"] == hmac.new(
+        WEBHOOK_SECRET.encode(), f"{timestamp}.".encode() + webhook.body, hashlib.sha256).hexdigest()
+    run = httpx.post(f"{standin.url}/v1/agents/{agent.agent_id}/run", json=run_message())
+    assert run.status_code == 404
+    assert httpx.delete(f"{standin.url}/_standin/agents/{agent.agent_id}").status_code == 404
+
+
+def test_deregister_without_webhook(standin, recorder):
+    agent = standin.register(initial_idle=False, webhook=False)
+
+    assert httpx.delete(f"{standin.url}/_standin/agents/{agent.agent_id}?webhook=0").status_code == 200
+    assert standin.wait_quiet()
+    assert recorder.requests == []
+
+
+def test_config_changes_at_runtime_and_refuses_bad_values(standin, recorder):
+    agent = standin.register(initial_idle=False, webhook=False)
+
+    changed = httpx.post(f"{standin.url}/_standin/config", json={"failure_rate": 1, "work_time": "0-0.01"})
+    bad_rate = httpx.post(f"{standin.url}/_standin/config", json={"lost_rate": 1.5})
+    bad_key = httpx.post(f"{standin.url}/_standin/config", json={"opscore_url": "http://elsewhere"})
+    bad_time = httpx.post(f"{standin.url}/_standin/config", json={"work_time": "0.5-0.1", "lost_rate": 1})
+    httpx.post(f"{standin.url}/v1/agents/{agent.agent_id}/run", json=run_message())
+
+    assert changed.status_code == 200
+    assert changed.json()["failure_rate"] == 1.0
+    assert changed.json()["work_time"] == [0.0, 0.01]
+    assert changed.json()["api_key"] is True  # secrets are never echoed
+    assert bad_rate.status_code == 400 and "lost_rate" in bad_rate.json()["detail"]
+    assert bad_key.status_code == 400 and "cannot change opscore_url" in bad_key.json()["detail"]
+    assert bad_time.status_code == 400
+    assert standin.config.lost_rate == 0.0  # all-or-nothing
+    assert standin.wait_quiet()
+    assert recorder.states() == ["active", "error", "idle"]
+
+
+def test_control_makes_an_agent_report_a_state(standin, recorder):
+    agent = standin.register(initial_idle=False, webhook=False)
+
+    response = httpx.post(f"{standin.url}/_standin/agents/{agent.agent_id}/report",
+                          json={"state": "finished", "details": None})
+    refused = httpx.post(f"{standin.url}/_standin/agents/{agent.agent_id}/report", json={"state": "sleeping"})
+
+    assert response.json() == {"agentId": agent.agent_id, "state": "finished", "opscore_status": 202}
+    assert recorder.states() == ["finished"]
+    assert refused.status_code == 400
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"work_time": "slow"}, "work_time"),
+    ({"work_time": "0.1-0.2-0.3"}, "work_time"),
+    ({"failure_rate": -0.1}, "failure_rate"),
+    ({"opscore_url": "localhost:8000"}, "opscore_url"),
+    ({"error_recovery": "later"}, "error_recovery"),
+])
+def test_config_refuses_bad_settings_with_the_name(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        Config(**settings)
+
+
+def test_register_before_start_is_a_clear_error():
+    from agentkit_standin import StandIn
+
+    with pytest.raises(RuntimeError, match="start"):
+        StandIn().register()
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+def _command(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "agentkit_standin", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def _read_until(process: subprocess.Popen, marker: str, lines: list[str]) -> str:
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line:
+            return line
+    raise AssertionError(f"no {marker!r} in output: {''.join(lines)}")
+
+
+def test_the_command_registers_agents_serves_and_stops_cleanly_on_sigterm(recorder):
+    process = _command("--port", "0", "--agents", "2", "--opscore-url", recorder.url,
+                       env={"OPSCORE_API_KEY": API_KEY, "OPSCORE_WEBHOOK_SECRET": WEBHOOK_SECRET})
+    watchdog = threading.Timer(30, process.kill)
+    watchdog.start()
+    try:
+        lines: list[str] = []
+        url = _read_until(process, "listening on", lines).split("listening on ")[1].split()[0]
+        requests = recorder.wait_for(4)
+        assert sorted(r.path.rsplit("/", 1)[-1] for r in requests) == ["notify", "notify", "state", "state"]
+        assert all(r.headers.get("Authorization") == f"Bearer {API_KEY}" for r in recorder.reports())
+        agents = httpx.get(f"{url}/_standin/agents").json()["agents"]
+        assert len(agents) == 2
+        assert httpx.post(f"{url}/v1/agents/{agents[0]['agentId']}/run", json=run_message()).status_code == 202
+        recorder.wait_for(6)
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate()[0]
+        assert process.returncode == 0
+        assert "stopped" in output
+        assert ("".join(lines) + output).count("register agent=") == 2
+    finally:
+        watchdog.cancel()
+        process.kill()
+
+
+def test_the_command_refuses_bad_options_with_the_reason():
+    process = _command("--failure-rate", "2")
+
+    output = process.communicate(timeout=30)[0]
+
+    assert process.returncode == 2
+    assert "failure_rate: expected a probability between 0 and 1" in output

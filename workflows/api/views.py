@@ -1,0 +1,56 @@
+"""Workflow definitions: list, detail, create and update. Bodies are upstream spec documents."""
+
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, mixins, status, viewsets
+from rest_framework.response import Response
+
+from opscore_site.api import query_text
+from opscore_site.auth import ApiKeyUser, OperatorOrServiceKey
+from workflows.api.serializers import WorkflowDefinitionOut
+from workflows.models import WorkflowDefinition
+from workflows.schema import ID_PATTERN, validate_definition
+from workflows.services import workflow_save
+
+
+def _user(request):
+    return None if isinstance(request.user, ApiKeyUser) else request.user
+
+
+@extend_schema(parameters=[OpenApiParameter("search", OpenApiTypes.STR, description="substring of id or name")])
+class WorkflowDefinitionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Definitions are validated by the WorkflowSpec; errors come back per field path."""
+
+    permission_classes = [OperatorOrServiceKey]
+    serializer_class = WorkflowDefinitionOut
+    lookup_url_kwarg = "workflow_id"
+    lookup_value_regex = ID_PATTERN.strip("^$")
+
+    def get_queryset(self):
+        queryset = WorkflowDefinition.objects.order_by("id")
+        if self.action == "list" and (search := query_text(self.request, "search")):
+            queryset = queryset.filter(id__icontains=search) | queryset.filter(name__icontains=search)
+        return queryset
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={201: WorkflowDefinitionOut, 200: WorkflowDefinitionOut})
+    def create(self, request) -> Response:
+        """Create a definition; the same document again is a 200, other content under its id a 409."""
+        spec = validate_definition(request.data)
+        definition, outcome = workflow_save(spec=spec, by=_user(request), allow_update=False)
+        return Response(WorkflowDefinitionOut(definition).data,
+                        status=status.HTTP_201_CREATED if outcome == "created" else status.HTTP_200_OK)
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: WorkflowDefinitionOut, 201: WorkflowDefinitionOut})
+    def update(self, request, workflow_id: str) -> Response:
+        """Create or replace the definition `workflow_id` (a new revision when the content changes)."""
+        document = request.data
+        if isinstance(document, dict):
+            document = {"id": workflow_id, **document}
+            if document["id"] != workflow_id:
+                raise exceptions.ValidationError({"id": [f"'{document['id']}' does not match the URL id '{workflow_id}'"]})
+        spec = validate_definition(document)
+        definition, outcome = workflow_save(spec=spec, by=_user(request), allow_update=True)
+        return Response(WorkflowDefinitionOut(definition).data,
+                        status=status.HTTP_201_CREATED if outcome == "created" else status.HTTP_200_OK)
