@@ -208,3 +208,20 @@ def test_unknown_objects_are_404(staff_client):
 def test_agents_are_listed_for_read_only_users_too(read_only_client):
     AgentFactory(id="visible-agent")
     assert b"visible-agent" in read_only_client.get(reverse("agents:agent-list")).content
+
+
+def test_the_api_refuses_read_only_operators_changes_but_lets_them_read(client, staff_operator):
+    """The same rule on /v1/: a staff member of the read-only group may read, not act."""
+    from django.contrib.auth.models import Group
+
+    from ui.permissions import READ_ONLY_GROUP
+
+    task = TaskFactory(status=Task.Status.QUEUED)
+    staff_operator.groups.add(Group.objects.get_or_create(name=READ_ONLY_GROUP)[0])
+    client.force_login(staff_operator)
+    assert client.get(f"/v1/opscore/sessions/{task.session_id}").status_code == 200
+    response = client.post(f"/v1/opscore/sessions/{task.session_id}/cancel", {"reason": "x"},
+                           content_type="application/json")
+    assert response.status_code == 403, response.content
+    task.session.refresh_from_db()
+    assert task.session.status == Session.Status.RUNNING
