@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated capabilities of the agents (default %(default)s)")
     parser.add_argument("--work-time", default="0", metavar="SECONDS",
                         help="work time per task: '0.2' or a range '0.1-0.5' (default 0 = instant)")
+    parser.add_argument("--answer-delay", default="0", metavar="SECONDS",
+                        help="a slow AgentKit: wait this long before answering /run, e.g. '1' or '0.5-2' (default 0)")
     parser.add_argument("--failure-rate", default="0", metavar="P",
                         help="probability that a task fails (active then error) (default 0)")
     parser.add_argument("--lost-rate", default="0", metavar="P",
@@ -62,7 +64,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     capabilities = [c.strip() for c in args.capabilities.split(",") if c.strip()]
     return Config(
         opscore_url=args.opscore_url, api_key=args.api_key, webhook_secret=args.webhook_secret,
-        webhook_url=args.webhook_url, host=args.host, port=args.port, work_time=args.work_time,
+        webhook_url=args.webhook_url, host=args.host, port=args.port, work_time=args.work_time, answer_delay=args.answer_delay,
         failure_rate=args.failure_rate, lost_rate=args.lost_rate, error_recovery=args.error_recovery,
         webhook=not args.no_webhook, initial_idle=args.initial_idle, with_result=args.with_result,
         capabilities=capabilities, seed=args.seed,

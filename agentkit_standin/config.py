@@ -85,6 +85,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 0
     work_time: tuple[float, float] = (0.0, 0.0)
+    answer_delay: tuple[float, float] = (0.0, 0.0)  # a slow AgentKit: wait this long before answering /run
     failure_rate: float = 0.0
     lost_rate: float = 0.0
     error_recovery: tuple[float, float] | None = (0.02, 0.05)
@@ -96,7 +97,7 @@ class Config:
     seed: int | None = None
     report_timeout: float = 10.0
 
-    RUNTIME = ("work_time", "failure_rate", "lost_rate", "error_recovery", "webhook", "initial_idle",
+    RUNTIME = ("work_time", "answer_delay", "failure_rate", "lost_rate", "error_recovery", "webhook", "initial_idle",
                "with_result", "paused")
 
     def __post_init__(self) -> None:
@@ -104,6 +105,7 @@ class Config:
         if not self.opscore_url.startswith(("http://", "https://")):
             raise ConfigError(f"opscore_url: expected an http(s) URL, got {self.opscore_url!r}")
         self.work_time = parse_range(self.work_time, name="work_time")
+        self.answer_delay = parse_range(self.answer_delay, name="answer_delay")
         self.failure_rate = parse_rate(self.failure_rate, name="failure_rate")
         self.lost_rate = parse_rate(self.lost_rate, name="lost_rate")
         self.error_recovery = parse_recovery(self.error_recovery)
@@ -124,7 +126,7 @@ class Config:
             raise ConfigError(f"cannot change {', '.join(unknown)} at runtime; changeable: {', '.join(self.RUNTIME)}")
         parsed: dict[str, Any] = {}
         for key, value in changes.items():
-            if key == "work_time":
+            if key in ("work_time", "answer_delay"):
                 parsed[key] = parse_range(value, name=key)
             elif key in ("failure_rate", "lost_rate"):
                 parsed[key] = parse_rate(value, name=key)

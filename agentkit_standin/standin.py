@@ -325,6 +325,9 @@ class StandIn:
                         run.work_time)
         if run.outcome != "lose":
             self._spawn(self._work, agent, run)
+        low, high = self.config.answer_delay
+        if high > 0:  # a slow AgentKit: the forward is scheduled, the answer comes late
+            time.sleep(self._rng.uniform(low, high) if high > low else low)
         return 202, wire.accepted_body(agent_id)
 
     def _new_run(self, agent_id: str, message: dict[str, Any]) -> Run:

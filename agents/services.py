@@ -68,21 +68,32 @@ def api_key_bootstrap() -> ApiKey | None:
     if len(raw) < MIN_KEY_LENGTH:
         raise ValueError(f"OPSCORE_API_KEY must be at least {MIN_KEY_LENGTH} characters long")
     key_hash = ApiKey.hash_secret(raw)
-    with transaction.atomic():
-        current = None
-        for key in ApiKey.objects.select_for_update().filter(name=BOOTSTRAP_KEY_NAME, revoked_at__isnull=True):
-            if hmac.compare_digest(key.key_hash, key_hash):
-                current = key
-            else:
-                api_key_revoke(key=key)
-        if current is None:
-            current = ApiKey.objects.create(
-                name=BOOTSTRAP_KEY_NAME,
-                kind=ApiKey.Kind.SERVICE,
-                prefix=raw[: ApiKey.PREFIX_LENGTH],
-                key_hash=key_hash,
-            )
-    return current
+    for _ in range(3):
+        try:
+            with transaction.atomic():
+                current = None
+                for key in ApiKey.objects.select_for_update().filter(name=BOOTSTRAP_KEY_NAME,
+                                                                     revoked_at__isnull=True):
+                    if hmac.compare_digest(key.key_hash, key_hash):
+                        current = key
+                    else:
+                        api_key_revoke(key=key)
+                if current is None:
+                    current = ApiKey.objects.create(
+                        name=BOOTSTRAP_KEY_NAME,
+                        kind=ApiKey.Kind.SERVICE,
+                        prefix=raw[: ApiKey.PREFIX_LENGTH],
+                        key_hash=key_hash,
+                    )
+            return current
+        except IntegrityError:
+            # Several processes met the new key at once (its first requests arrive
+            # together): one insert won; look again and use its row.
+            continue
+    existing = api_key_lookup(raw)
+    if existing is None:
+        raise ValueError("OPSCORE_API_KEY shares its first 12 characters with another active key")
+    return existing
 
 
 def api_key_lookup(raw: str) -> ApiKey | None:
@@ -121,7 +132,11 @@ def api_key_authenticate(*, raw: str, now: datetime) -> ApiKey | None:
     """
     key = api_key_lookup(raw)
     if key is None and settings.OPSCORE_API_KEY and hmac.compare_digest(raw.encode(), settings.OPSCORE_API_KEY.encode()):
-        key = api_key_bootstrap()
+        try:
+            key = api_key_bootstrap()
+        except ValueError as exc:  # misconfigured key: refuse it (401) and say why in the log
+            logger.error("OPSCORE_API_KEY cannot be installed: %s", exc)
+            return None
     if key is not None and (key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION):
         # Conditional, so concurrent requests write the row once a minute at most.
         ApiKey.objects.filter(pk=key.pk).exclude(last_used_at__gte=now - LAST_USED_RESOLUTION).update(
@@ -140,7 +155,13 @@ class StateRecorded:
     is_current: bool  # the report became the agent's current state (newer by agent timestamp)
 
 
-_NEWER = "({t}.state_timestamp IS NULL OR excluded.state_timestamp > {t}.state_timestamp)"
+# Newer wins by the agent's clock; a tie (second-resolution clocks: `active` and `idle`
+# in the same second) goes to the report that arrived later; an exact duplicate changes nothing.
+_NEWER = (
+    "({t}.state_timestamp IS NULL OR excluded.state_timestamp > {t}.state_timestamp"
+    " OR (excluded.state_timestamp = {t}.state_timestamp AND excluded.state <> {t}.state"
+    " AND excluded.state_received_at > {t}.state_received_at))"
+)
 _UPSERT = """
 INSERT INTO {t} (id, name, version, capabilities, contact_endpoint, metadata, created_at, last_seen_at,
                  state, state_timestamp, state_received_at, state_details, drained_reason)

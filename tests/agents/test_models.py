@@ -58,3 +58,33 @@ def test_a_short_environment_key_is_refused(db, settings):
     with pytest.raises(ValueError, match="at least 16 characters"):
         api_key_bootstrap()
     assert not ApiKey.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_first_uses_of_the_environment_key_install_it_once(settings):
+    """The fleet's first reports arrive together: every one must authenticate, none may fail."""
+    import threading
+
+    from django.db import connection
+
+    settings.OPSCORE_API_KEY = "fleet-wide-key-concurrent-0001"
+    barrier = threading.Barrier(8)
+    results, errors = [], []
+
+    def first_use() -> None:
+        try:
+            barrier.wait()
+            results.append(api_key_bootstrap())
+        except Exception as exc:  # noqa: BLE001 - the assertion below reports it
+            errors.append(repr(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len({key.pk for key in results}) == 1
+    assert ApiKey.objects.filter(revoked_at__isnull=True).count() == 1

@@ -90,7 +90,7 @@ class Stack:
 
     def start_web(self) -> None:
         self.start("web", [str(BIN / "gunicorn"), "opscore_site.wsgi", "--bind", f"127.0.0.1:{self.web_port}",
-                           "--workers", "2", "--threads", "4", "--timeout", "30"])
+                           "--workers", "2", "--threads", "4", "--timeout", "30", "--no-control-socket"])
         wait_until(lambda: httpx.get(f"{self.web_url}/ready", timeout=2).status_code == 200, timeout=30,
                    what="gunicorn /ready")
 
@@ -110,7 +110,7 @@ class Stack:
         wait_until(lambda: httpx.get(f"{self.agentkit_url}/", timeout=2).status_code == 200, timeout=20,
                    what="AgentKit stand-in")
 
-    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 5) -> None:
         proc = self.processes.pop(name, None)
         if proc is None or proc.poll() is not None:
             return

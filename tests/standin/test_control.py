@@ -121,6 +121,18 @@ def test_config_changes_at_runtime_and_refuses_bad_values(standin, recorder):
     assert recorder.states() == ["active", "error", "idle"]
 
 
+def test_a_slow_agentkit_still_answers_202_and_forwards(standin, recorder):
+    agent = standin.register(initial_idle=False, webhook=False)
+
+    changed = httpx.post(f"{standin.url}/_standin/config", json={"answer_delay": "0.05"})
+    response = httpx.post(f"{standin.url}/v1/agents/{agent.agent_id}/run", json=run_message())
+
+    assert changed.json()["answer_delay"] == [0.05, 0.05]
+    assert response.status_code == 202 and response.json()["data"]["dispatch_status"] == "scheduled"
+    assert standin.wait_quiet()
+    assert recorder.states() == ["active", "idle"]
+
+
 def test_control_makes_an_agent_report_a_state(standin, recorder):
     agent = standin.register(initial_idle=False, webhook=False)
 
@@ -139,6 +151,7 @@ def test_control_makes_an_agent_report_a_state(standin, recorder):
     ({"failure_rate": -0.1}, "failure_rate"),
     ({"opscore_url": "localhost:8000"}, "opscore_url"),
     ({"error_recovery": "later"}, "error_recovery"),
+    ({"answer_delay": "-1"}, "answer_delay"),
 ])
 def test_config_refuses_bad_settings_with_the_name(settings, message):
     with pytest.raises(ConfigError, match=message):
