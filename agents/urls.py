@@ -1,12 +1,10 @@
+"""Agent actions and API key pages. ui/urls.py adds the agent list and detail (from sessions.views)."""
+
 from django.urls import path
 
 from agents import views
 
-app_name = "agents"
-
 urlpatterns = [
-    path("agents/", views.agent_list, name="agent-list"),
-    path("agents/<str:agent_id>/", views.agent_detail, name="agent-detail"),
     path("agents/<str:agent_id>/drain/", views.agent_drain_view, name="agent-drain"),
     path("agents/<str:agent_id>/undrain/", views.agent_undrain_view, name="agent-undrain"),
     path("api-keys/", views.apikey_list, name="apikey-list"),

@@ -1,10 +1,13 @@
-"""Operator pages for agents and API keys."""
+"""Operator actions on agents (drain/undrain) and the API key pages.
+
+The agent list and detail show tasks and sessions, so they live in sessions/views.py
+(agents know nothing of sessions).
+"""
 
 from __future__ import annotations
 
 from django import forms
 from django.contrib import messages
-from django.db.models import OuterRef, Q, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
@@ -12,80 +15,7 @@ from agents.models import Agent, ApiKey
 from agents.services import agent_drain, agent_undrain, api_key_create, api_key_revoke
 from ui.forms import ReasonForm, RequiredReasonForm
 from ui.permissions import actor_required, viewer_required
-from ui.rendering import paginate, query_without_page, render_page
-
-HISTORY_LIMIT = 100
-RECENT_SESSIONS = 20
-
-
-class AgentFilterForm(forms.Form):
-    q = forms.CharField(required=False, label="Search")
-    state = forms.ChoiceField(required=False, choices=[("", "any state"), *Agent.State.choices])
-    capability = forms.CharField(required=False)
-    stale = forms.ChoiceField(required=False, choices=[("", "stale or not"), ("yes", "stale"), ("no", "fresh")])
-    drained = forms.ChoiceField(required=False, choices=[("", "drained or not"), ("yes", "drained"),
-                                                         ("no", "not drained")])
-    deregistered = forms.ChoiceField(required=False, choices=[("", "registered"), ("yes", "deregistered"),
-                                                              ("all", "all")])
-
-    def filter(self, queryset):
-        data = self.cleaned_data if self.is_valid() else {}
-        if query := data.get("q"):
-            queryset = queryset.filter(Q(id__icontains=query) | Q(name__icontains=query))
-        if state := data.get("state"):
-            queryset = queryset.filter(state=state)
-        if capability := data.get("capability"):
-            queryset = queryset.with_capability(capability.strip())
-        deregistered = data.get("deregistered")
-        if deregistered == "yes":
-            queryset = queryset.filter(deregistered_at__isnull=False)
-        elif deregistered != "all":
-            queryset = queryset.filter(deregistered_at__isnull=True)
-        if data.get("stale") == "yes":
-            queryset = queryset.filter(pk__in=Agent.objects.stale().values("pk"))
-        elif data.get("stale") == "no":
-            queryset = queryset.filter(pk__in=Agent.objects.fresh().values("pk"))
-        if data.get("drained") == "yes":
-            queryset = queryset.filter(drained_at__isnull=False)
-        elif data.get("drained") == "no":
-            queryset = queryset.filter(drained_at__isnull=True)
-        return queryset
-
-
-def _with_task_in_flight(queryset):
-    from sessions.models import Task  # sessions depends on agents, not the other way round
-
-    in_flight = Task.objects.filter(agent_id=OuterRef("pk"), status__in=Task.IN_FLIGHT)
-    return queryset.annotate(
-        in_flight_task_id=Subquery(in_flight.values("pk")[:1]),
-        in_flight_session_id=Subquery(in_flight.values("session_id")[:1]),
-        in_flight_step=Subquery(in_flight.values("step_id")[:1]),
-    )
-
-
-@viewer_required
-def agent_list(request: HttpRequest) -> HttpResponse:
-    form = AgentFilterForm(request.GET)
-    page = paginate(request, _with_task_in_flight(form.filter(Agent.objects.all())).order_by("id"))
-    context = {"form": form, "page": page, "query": query_without_page(request)}
-    return render_page(request, "agents/agent_list.html", "agents/_agent_rows.html", context)
-
-
-@viewer_required
-def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
-    from sessions.models import Session, Task
-
-    agent = get_object_or_404(Agent.objects.select_related("drained_by"), pk=agent_id)
-    context = {
-        "agent": agent,
-        "is_stale": agent.is_stale(),
-        "history": agent.state_history.all()[:HISTORY_LIMIT],
-        "in_flight": Task.objects.filter(agent=agent, status__in=Task.IN_FLIGHT).select_related("session").first(),
-        "queued_count": Task.objects.filter(agent=agent, status=Task.Status.QUEUED).count(),
-        "sessions": Session.objects.filter(agent=agent).order_by("-created_at")[:RECENT_SESSIONS],
-        "reason_form": RequiredReasonForm(),
-    }
-    return render_page(request, "agents/agent_detail.html", "agents/_agent_detail.html", context)
+from ui.rendering import paginate, query_without_page
 
 
 @actor_required

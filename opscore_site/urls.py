@@ -14,9 +14,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/opscore/", include("opscore_site.api_urls")),
     # Operator UI at the site root (DESIGN.md "Operator UI").
-    path("", include("sessions.urls")),
-    path("", include("agents.urls")),
-    path("", include("workflows.urls")),
+    path("", include("ui.urls")),
 ]
 
 # JSON errors under /v1/ (opscore_site/api.py); Django's own pages elsewhere.

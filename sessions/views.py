@@ -1,4 +1,4 @@
-"""Operator pages: dashboard, sessions, the failures queue, starting a session.
+"""Operator pages: dashboard, agents with their tasks, sessions, the failures queue, starting a session.
 
 Every change goes through sessions.engine with By.operator(request.user) and a reason.
 """
@@ -10,13 +10,14 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.db.models import Count, Q
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 
+from agents.forms import AgentFilterForm
 from agents.models import Agent
 from sessions import engine
 from sessions.forms import FailureFilterForm, SessionFilterForm, SessionStartForm
@@ -29,6 +30,8 @@ from workflows.models import WorkflowDefinition
 THROUGHPUT_MINUTES = 15
 BULK_RETRY_LIMIT = 500
 AGENT_CHOICES_LIMIT = 200
+HISTORY_LIMIT = 100
+RECENT_SESSIONS = 20
 
 
 def main_path(snapshot: dict) -> list[str]:
@@ -87,6 +90,40 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "tasks_per_minute": completed / THROUGHPUT_MINUTES,
     }
     return render_page(request, "sessions/dashboard.html", "sessions/_dashboard.html", context)
+
+
+# --------------------------------------------------------------------------- agents, with their tasks
+
+
+def _with_task_in_flight(queryset):
+    in_flight = Task.objects.filter(agent_id=OuterRef("pk"), status__in=Task.IN_FLIGHT)
+    return queryset.annotate(
+        in_flight_task_id=Subquery(in_flight.values("pk")[:1]),
+        in_flight_session_id=Subquery(in_flight.values("session_id")[:1]),
+        in_flight_step=Subquery(in_flight.values("step_id")[:1]),
+    )
+
+
+@viewer_required
+def agent_list(request: HttpRequest) -> HttpResponse:
+    form = AgentFilterForm(request.GET)
+    page = paginate(request, _with_task_in_flight(form.filter(Agent.objects.all())).order_by("id"))
+    context = {"form": form, "page": page, "query": query_without_page(request)}
+    return render_page(request, "agents/agent_list.html", "agents/_agent_rows.html", context)
+
+
+@viewer_required
+def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
+    agent = get_object_or_404(Agent.objects.select_related("drained_by"), pk=agent_id)
+    context = {
+        "agent": agent,
+        "is_stale": agent.is_stale(),
+        "history": agent.state_history.all()[:HISTORY_LIMIT],
+        "in_flight": Task.objects.filter(agent=agent, status__in=Task.IN_FLIGHT).select_related("session").first(),
+        "queued_count": Task.objects.filter(agent=agent, status=Task.Status.QUEUED).count(),
+        "sessions": Session.objects.filter(agent=agent).order_by("-created_at")[:RECENT_SESSIONS],
+    }
+    return render_page(request, "agents/agent_detail.html", "agents/_agent_detail.html", context)
 
 
 # --------------------------------------------------------------------------- sessions

@@ -7,7 +7,7 @@ import json
 import pytest
 from django.urls import reverse
 
-from agents.models import Agent, ApiKey
+from agents.models import ApiKey
 from agents.services import api_key_create, api_key_lookup
 from sessions.models import Actor, Session, Task, TaskEvent
 from tests.agents.factories import AgentFactory
