@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from django.conf import settings
-
 from django.contrib.staticfiles import finders
 from django.urls import reverse
 
