@@ -251,14 +251,17 @@ class DispatchResult:
 
 def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
     """Lock the task and its agent, check the agent, and fence a new attempt. Commits."""
+    agent_id = Task.objects.filter(pk=task_id, status=S.QUEUED).values_list("agent_id", flat=True).first()
+    if agent_id is None:
+        return DispatchResult("skipped", "no such queued task")
     with transaction.atomic():
+        # Lock order everywhere: agent, then task, then session. A state report holds the
+        # agent row (its upsert) while it touches the agent's tasks; locking the task first
+        # here would deadlock with it. The agent lock also serialises dispatches to one agent.
+        agent = Agent.objects.select_for_update().get(pk=agent_id)
         task = Task.objects.select_for_update().filter(pk=task_id).first()
-        if task is None:
-            return DispatchResult("skipped", "no such task")
-        if task.status != S.QUEUED:
-            return DispatchResult("skipped", f"task is {task.status}")
-        # Locking the agent row serialises dispatches to one agent across workers.
-        agent = Agent.objects.select_for_update().get(pk=task.agent_id)
+        if task is None or task.status != S.QUEUED:
+            return DispatchResult("skipped", f"task is {task.status if task else 'gone'}")
         session = Session.objects.select_for_update().get(pk=task.session_id)
         if session.is_terminal:
             # A step queued while its session was being cancelled: it must not wait forever.
@@ -473,7 +476,7 @@ def _kick_queued(*, agent_id: str) -> None:
 def session_cancel(*, session: Session, by: By, reason: str = "") -> Session:
     """Cancel a session and its unfinished tasks. A late report for them changes nothing."""
     with transaction.atomic():
-        # Lock order everywhere: task rows before their session row.
+        # Lock order: task rows before their session row (agent rows are never locked here).
         tasks = list(Task.objects.select_for_update().filter(session=session).exclude(status__in=Task.TERMINAL))
         session = Session.objects.select_for_update().get(pk=session.pk)
         if session.is_terminal:
