@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 from django.contrib.auth.models import Group, User
 
@@ -42,45 +39,3 @@ def staff_client(client, staff_operator):
 def read_only_client(client, read_only):
     client.force_login(read_only)
     return client
-
-
-class FakeAgentKit:
-    """A real HTTP server standing in for AgentKit's /v1/agents/{id}/run: answers `status`."""
-
-    def __init__(self) -> None:
-        self.status = 202
-        self.requests: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
-                fake.requests.append(self.path)
-                body = b'{"status":"scheduled"}' if fake.status < 300 else b'{"detail":"no such agent"}'
-                self.send_response(fake.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def fake_agentkit(settings):
-    """AgentKit on a local port (settings.AGENTKIT_API_URL points at it); set `.status` to 404 to fail tasks."""
-    fake = FakeAgentKit()
-    settings.AGENTKIT_API_URL = fake.url
-    yield fake
-    fake.close()

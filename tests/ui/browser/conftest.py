@@ -59,3 +59,26 @@ def logged_in(page, live_server, ui_operator):
     page.click("button[type=submit]")
     page.wait_for_url(live_server.url + "/")
     return page
+
+
+@pytest.fixture
+def service_key(transactional_db) -> str:
+    from agents.services import api_key_create
+
+    return api_key_create(name="fleet (browser test)")[1]
+
+
+@pytest.fixture
+def standin(live_server, service_key, settings):
+    """The AgentKit stand-in (a real HTTP server) reporting to the live server; AGENTKIT_API_URL points at it.
+
+    Agents it does not know get 404 from /run (a permanent failure), as from AgentKit.
+    """
+    from agentkit_standin import StandIn
+
+    standin = StandIn(opscore_url=live_server.url, api_key=service_key,
+                      webhook_secret=settings.OPSCORE_WEBHOOK_SECRET, work_time="0.3-0.5", with_result=True,
+                      seed=11).start()
+    settings.AGENTKIT_API_URL = standin.url
+    yield standin
+    standin.stop()

@@ -8,18 +8,10 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from agentkit_standin import StandIn
-from agents.services import api_key_create
 from sessions.models import Session
 from tests.workflows.factories import WorkflowDefinitionFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def service_key(transactional_db) -> str:
-    _, raw = api_key_create(name="fleet (browser test)")
-    return raw
 
 
 def test_an_agent_appears_after_a_state_report(logged_in, live_server, service_key):
@@ -42,16 +34,6 @@ def test_an_agent_appears_after_a_state_report(logged_in, live_server, service_k
     expect(page.get_by_text("warming up done")).to_be_visible()  # the state timeline shows the details
 
 
-@pytest.fixture
-def standin(live_server, service_key, settings):
-    standin = StandIn(opscore_url=live_server.url, api_key=service_key,
-                      webhook_secret=settings.OPSCORE_WEBHOOK_SECRET, work_time="0.3-0.5", with_result=True,
-                      seed=11).start()
-    settings.AGENTKIT_API_URL = standin.url
-    yield standin
-    standin.stop()
-
-
 def test_start_a_session_for_a_standin_agent_and_watch_it_complete(logged_in, live_server, standin, q_sync,
                                                                    artifacts):
     page = logged_in
@@ -63,6 +45,9 @@ def test_start_a_session_for_a_standin_agent_and_watch_it_complete(logged_in, li
     page.goto(live_server.url + "/workflows/triage/")
     page.click("text=Start a session")
     page.fill("input[name=agent]", agent.agent_id)
+    page.fill("textarea[name=initial_payload]", "[99]")
+    page.click("button:has-text('Start session')")
+    expect(page.get_by_test_id("payload-error")).to_contain_text("must be a JSON object, not list")
     page.fill("textarea[name=initial_payload]", '{"ticket": 99}')
     page.click("button:has-text('Start session')")
     expect(page.get_by_text("Session started for agent standin-worker")).to_be_visible()
@@ -73,7 +58,8 @@ def test_start_a_session_for_a_standin_agent_and_watch_it_complete(logged_in, li
     expect(page.locator("[data-step=step_2] [data-testid=task-status]")).to_have_text("completed")
     expect(page.get_by_test_id("progress")).to_have_attribute("aria-valuenow", "100")
     session = Session.objects.get(agent_id=agent.agent_id)
-    assert session.status == Session.Status.COMPLETED
+    assert session.status == Session.Status.COMPLETED and session.created_by.username == "olivia"
+    assert session.tasks.order_by("sequence").first().payload == {"a": 1, "ticket": 99}
     assert session.result is not None
     expect(page.get_by_test_id("session-result")).to_be_visible()
     page.screenshot(path=str(artifacts / "session_detail.png"), full_page=True)
