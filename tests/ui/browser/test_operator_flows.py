@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 
 from agents.models import Agent
 from sessions import engine
-from sessions.models import Session, Task
+from sessions.models import Task
 from tests.agents.factories import AgentFactory
 from tests.ui.helpers import failed_session
 from tests.workflows.factories import WorkflowDefinitionFactory, two_step_spec
