@@ -17,7 +17,7 @@ class AgentAdmin(admin.ModelAdmin):
     search_fields = ("id", "name", "contact_endpoint")
     readonly_fields = (
         "id", "created_at", "registered_at", "last_seen_at", "state", "state_timestamp",
-        "state_received_at", "state_details", "deregistered_at", "drained_at",
+        "state_received_at", "state_details", "deregistered_at", "drained_at", "drained_by",
     )
     show_full_result_count = False
 

@@ -6,7 +6,7 @@ import hashlib
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import models
+from django.db import connection, models
 from django.db.models import Q
 from django.utils import timezone
 
@@ -20,6 +20,17 @@ class AgentQuerySet(models.QuerySet["Agent"]):
         """Registered agents whose last report is older than OPSCORE_AGENT_STALE_SECONDS."""
         cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSCORE_AGENT_STALE_SECONDS)
         return self.active().filter(Q(last_seen_at__lt=cutoff) | Q(last_seen_at__isnull=True))
+
+    def fresh(self, *, now=None) -> AgentQuerySet:
+        """Registered agents that reported within OPSCORE_AGENT_STALE_SECONDS."""
+        cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSCORE_AGENT_STALE_SECONDS)
+        return self.active().filter(last_seen_at__gte=cutoff)
+
+    def with_capability(self, capability: str) -> AgentQuerySet:
+        """Agents listing `capability` (JSON containment; SQLite has none, so a text match there)."""
+        if connection.vendor == "postgresql":
+            return self.filter(capabilities__contains=[capability])
+        return self.filter(capabilities__icontains=f'"{capability}"')
 
 
 class Agent(models.Model):
@@ -58,6 +69,10 @@ class Agent(models.Model):
         null=True, blank=True, help_text="While set, no new task is dispatched to this agent."
     )
     drained_reason = models.CharField(max_length=500, blank=True)
+    drained_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The operator who drained the agent.",
+    )
 
     objects = AgentQuerySet.as_manager()
 

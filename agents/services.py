@@ -106,6 +106,22 @@ def api_key_lookup(raw: str) -> ApiKey | None:
     return key
 
 
+def agent_drain(*, agent: Agent, by_user=None, reason: str = "") -> Agent:
+    """Stop new dispatches to `agent` (a task in flight finishes). Idempotent; keeps the first drain's time."""
+    now = timezone.now()
+    Agent.objects.filter(pk=agent.pk, drained_at__isnull=True).update(drained_at=now)
+    Agent.objects.filter(pk=agent.pk).update(drained_reason=reason.strip()[:500], drained_by=by_user)
+    agent.refresh_from_db(fields=["drained_at", "drained_reason", "drained_by"])
+    logger.info("agent %s drained by %s: %s", agent.pk, by_user or "system", reason)
+    return agent
+
+
+def agent_undrain(*, agent: Agent, by_user=None, reason: str = "") -> Agent:
+    """Allow dispatches to `agent` again. The scheduler's lost-job sweep picks its queued tasks up."""
+    Agent.objects.filter(pk=agent.pk).update(drained_at=None, drained_reason="", drained_by=None)
+    agent.refresh_from_db(fields=["drained_at", "drained_reason", "drained_by"])
+    logger.info("agent %s undrained by %s: %s", agent.pk, by_user or "system", reason)
+    return agent
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 

@@ -15,6 +15,7 @@ from rest_framework import authentication, exceptions, permissions
 
 from agents.models import ApiKey
 from agents.services import api_key_authenticate
+from ui.permissions import may_act, may_view
 
 
 class ApiKeyUser:
@@ -76,8 +77,12 @@ def _key(request) -> ApiKey | None:
 
 
 def _is_operator(request) -> bool:
-    user = request.user
-    return bool(user and user.is_authenticated and getattr(user, "is_staff", False) and _key(request) is None)
+    # The UI's rule (ui/permissions.py): read-only operators may read, never change.
+    if _key(request) is not None or not request.user:
+        return False
+    if request.method in permissions.SAFE_METHODS:
+        return may_view(request.user)
+    return may_act(request.user)
 
 
 class AgentEndpoint(permissions.BasePermission):

@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "agents",
     "workflows",
     "sessions.apps.SessionsConfig",
+    "ui",
 ]
 
 MIDDLEWARE = [
@@ -81,6 +82,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "ui.permissions.context",
             ],
         },
     },

@@ -13,6 +13,8 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("v1/opscore/", include("opscore_site.api_urls")),
+    # Operator UI at the site root (DESIGN.md "Operator UI").
+    path("", include("ui.urls")),
 ]
 
 # JSON errors under /v1/ (opscore_site/api.py); Django's own pages elsewhere.

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
+from sessions import engine
 from sessions.models import Session, Task, TaskAttempt, TaskEvent
+
+
+def _run_each(modeladmin: admin.ModelAdmin, request: HttpRequest, objects, action, verb: str) -> None:
+    """Call the engine `action` on each object; report done and skipped (raced or not allowed) counts."""
+    by = engine.By.operator(request.user)
+    done, skipped = 0, []
+    for obj in objects:
+        try:
+            action(obj, by)
+            done += 1
+        except engine.InvalidTransition as exc:
+            skipped.append(str(exc))
+    text = f"{verb} {done}."
+    if skipped:
+        text += f" Skipped {len(skipped)}: " + "; ".join(skipped[:5]) + (" …" if len(skipped) > 5 else "")
+    modeladmin.message_user(request, text, messages.WARNING if skipped else messages.SUCCESS)
 
 
 class TaskInline(admin.TabularInline):
@@ -35,9 +54,22 @@ class SessionAdmin(admin.ModelAdmin):
         "created_at", "started_at", "updated_at", "ended_at",
     )
     inlines = [TaskInline]
+    actions = ["cancel_selected", "retry_selected"]
 
     def has_add_permission(self, request) -> bool:
         return False  # sessions are started through the engine (API, UI or command)
+
+    @admin.action(description="Cancel selected sessions", permissions=["change"])
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
+        _run_each(self, request, queryset.exclude(status__in=Session.TERMINAL),
+                  lambda s, by: engine.session_cancel(session=s, by=by, reason="cancelled in the admin"),
+                  "Cancelled session(s):")
+
+    @admin.action(description="Retry selected failed sessions (from the failed step)", permissions=["change"])
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
+        _run_each(self, request, queryset,
+                  lambda s, by: engine.session_retry(session=s, by=by, reason="retried in the admin"),
+                  "Retried session(s):")
 
 
 class AttemptInline(admin.TabularInline):
@@ -66,9 +98,16 @@ class TaskAdmin(admin.ModelAdmin):
         "dispatched_at", "started_at", "finished_at",
     )
     inlines = [AttemptInline]
+    actions = ["retry_selected"]
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    @admin.action(description="Retry selected tasks (dead or failed)", permissions=["change"])
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        _run_each(self, request, queryset,
+                  lambda t, by: engine.task_retry(task=t, by=by, reason="retried in the admin"),
+                  "Retried task(s):")
 
 
 @admin.register(TaskAttempt)

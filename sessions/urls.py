@@ -1,0 +1,17 @@
+from django.urls import path
+
+from sessions import views
+
+app_name = "sessions"
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("sessions/", views.session_list, name="session-list"),
+    path("sessions/<str:session_id>/", views.session_detail, name="session-detail"),
+    path("sessions/<str:session_id>/cancel/", views.session_cancel, name="session-cancel"),
+    path("sessions/<str:session_id>/retry/", views.session_retry, name="session-retry"),
+    path("tasks/<str:task_id>/retry/", views.task_retry, name="task-retry"),
+    path("failures/", views.failure_list, name="failure-list"),
+    path("failures/retry/", views.failure_retry, name="failure-retry"),
+    path("workflows/<str:workflow_id>/start/", views.session_start, name="session-start"),
+]

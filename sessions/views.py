@@ -1,0 +1,359 @@
+"""Operator pages: dashboard, agents with their tasks, sessions, the failures queue, starting a session.
+
+Every change goes through sessions.engine with By.operator(request.user) and a reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from agents.forms import AgentFilterForm
+from agents.models import Agent
+from sessions import engine
+from sessions.forms import FailureFilterForm, SessionFilterForm, SessionStartForm
+from sessions.models import Session, Task, TaskEvent
+from ui.forms import ReasonForm, RequiredReasonForm
+from ui.permissions import actor_required, viewer_required
+from ui.rendering import paginate, query_without_page, render_page
+from workflows.models import WorkflowDefinition
+
+THROUGHPUT_MINUTES = 15
+BULK_RETRY_LIMIT = 500
+AGENT_CHOICES_LIMIT = 200
+HISTORY_LIMIT = 100
+RECENT_SESSIONS = 20
+
+
+def main_path(snapshot: dict) -> list[str]:
+    """Step ids along nextTaskId from the first step of a spec snapshot (stops on a cycle)."""
+    steps = {s.get("taskId"): s for s in snapshot.get("tasks") or [] if isinstance(s, dict)}
+    if not steps:
+        return []
+    path: list[str] = []
+    current = snapshot["tasks"][0].get("taskId")
+    while current in steps and current not in path:
+        path.append(current)
+        current = steps[current].get("nextTaskId")
+    return path
+
+
+def progress(session: Session, completed_steps: set[str]) -> dict:
+    """Completed steps of the main path, for the progress bar."""
+    path = main_path(session.spec_snapshot or {})
+    done = len([step for step in path if step in completed_steps])
+    total = len(path) or 1
+    if session.status == Session.Status.COMPLETED:
+        done = total
+    return {"done": done, "total": total, "percent": round(100 * done / total)}
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+@viewer_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
+    by_state = dict(Agent.objects.active().values_list("state").annotate(n=Count("pk")).order_by())
+    agents = [{"state": state, "count": by_state.get(state, 0)} for state in Agent.State.values]
+    unknown = by_state.get(None, 0)
+    since = now - timedelta(hours=24)
+    by_status = dict(Session.objects.filter(created_at__gte=since).values_list("status")
+                     .annotate(n=Count("pk")).order_by())
+    failures = dict(Task.objects.filter(status__in=Task.NEEDS_DECISION).values_list("status")
+                    .annotate(n=Count("pk")).order_by())
+    completed = Task.objects.filter(status=Task.Status.COMPLETED,
+                                    finished_at__gte=now - timedelta(minutes=THROUGHPUT_MINUTES)).count()
+    context = {
+        "agents": agents,
+        "agents_unknown": unknown,
+        "agents_total": sum(by_state.values()),
+        "agents_stale": Agent.objects.stale(now=now).count(),
+        "agents_drained": Agent.objects.active().filter(drained_at__isnull=False).count(),
+        "agents_deregistered": Agent.objects.filter(deregistered_at__isnull=False).count(),
+        "sessions": [{"status": s, "count": by_status.get(s, 0)} for s in Session.Status.values],
+        "sessions_total": sum(by_status.values()),
+        "failures_failed": failures.get(Task.Status.FAILED, 0),
+        "failures_dead": failures.get(Task.Status.DEAD, 0),
+        "failures_total": sum(failures.values()),
+        "completed_recent": completed,
+        "throughput_minutes": THROUGHPUT_MINUTES,
+        "tasks_per_minute": completed / THROUGHPUT_MINUTES,
+    }
+    return render_page(request, "sessions/dashboard.html", "sessions/_dashboard.html", context)
+
+
+# --------------------------------------------------------------------------- agents, with their tasks
+
+
+def _with_task_in_flight(queryset):
+    in_flight = Task.objects.filter(agent_id=OuterRef("pk"), status__in=Task.IN_FLIGHT)
+    return queryset.annotate(
+        in_flight_task_id=Subquery(in_flight.values("pk")[:1]),
+        in_flight_session_id=Subquery(in_flight.values("session_id")[:1]),
+        in_flight_step=Subquery(in_flight.values("step_id")[:1]),
+    )
+
+
+@viewer_required
+def agent_list(request: HttpRequest) -> HttpResponse:
+    form = AgentFilterForm(request.GET)
+    page = paginate(request, _with_task_in_flight(form.filter(Agent.objects.all())).order_by("id"))
+    context = {"form": form, "page": page, "query": query_without_page(request)}
+    return render_page(request, "agents/agent_list.html", "agents/_agent_rows.html", context)
+
+
+@viewer_required
+def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
+    agent = get_object_or_404(Agent.objects.select_related("drained_by"), pk=agent_id)
+    context = {
+        "agent": agent,
+        "is_stale": agent.is_stale(),
+        "history": agent.state_history.all()[:HISTORY_LIMIT],
+        "in_flight": Task.objects.filter(agent=agent, status__in=Task.IN_FLIGHT).select_related("session").first(),
+        "queued_count": Task.objects.filter(agent=agent, status=Task.Status.QUEUED).count(),
+        "sessions": Session.objects.filter(agent=agent).order_by("-created_at")[:RECENT_SESSIONS],
+    }
+    return render_page(request, "agents/agent_detail.html", "agents/_agent_detail.html", context)
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+@viewer_required
+def session_list(request: HttpRequest) -> HttpResponse:
+    form = SessionFilterForm(request.GET)
+    sessions = (form.filter(Session.objects.all()).select_related("agent")
+                .only("id", "workflow_id", "agent__id", "agent__name", "status", "created_at", "ended_at",
+                      "spec_snapshot", "error")
+                .annotate(task_count=Count("tasks"),
+                          done_steps=Count("tasks__step_id", filter=Q(tasks__status=Task.Status.COMPLETED),
+                                           distinct=True))
+                .order_by("-created_at"))
+    page = paginate(request, sessions)
+    rows = [(s, _list_progress(s)) for s in page]
+    context = {"form": form, "page": page, "rows": rows, "query": query_without_page(request)}
+    return render_page(request, "sessions/session_list.html", "sessions/_session_rows.html", context)
+
+
+def _list_progress(session: Session) -> dict:
+    total = len(main_path(session.spec_snapshot or {})) or 1
+    done = total if session.status == Session.Status.COMPLETED else min(session.done_steps, total)
+    return {"done": done, "total": total, "percent": round(100 * done / total)}
+
+
+def _session_or_404(session_id: str) -> Session:
+    try:
+        pk = uuid.UUID(str(session_id))
+    except ValueError:
+        raise Http404("not a session id") from None
+    return get_object_or_404(Session.objects.select_related("agent", "definition", "created_by"), pk=pk)
+
+
+@viewer_required
+def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _session_or_404(session_id)
+    tasks = list(session.tasks.order_by("sequence").select_related("fallback_for")
+                 .prefetch_related("attempts", "events__actor_user"))
+    context = {
+        "session": session,
+        "tasks": tasks,
+        "progress": progress(session, {t.step_id for t in tasks if t.status == Task.Status.COMPLETED}),
+        "session_events": TaskEvent.objects.filter(session=session, task__isnull=True)
+        .select_related("actor_user").order_by("created_at", "id"),
+        "retry_task": next((t for t in reversed(tasks) if t.status in Task.NEEDS_DECISION), None),
+    }
+    return render_page(request, "sessions/session_detail.html", "sessions/_session_detail.html", context)
+
+
+def _back(request: HttpRequest, default: str) -> HttpResponse:
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                                  require_https=request.is_secure()):
+        return redirect(target)
+    return redirect(default)
+
+
+@actor_required
+def session_cancel(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _session_or_404(session_id)
+    form = RequiredReasonForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Cancelling needs a reason.")
+        return redirect("sessions:session-detail", session_id=session.pk)
+    try:
+        engine.session_cancel(session=session, by=engine.By.operator(request.user),
+                              reason=form.cleaned_data["reason"])
+    except engine.InvalidTransition as exc:
+        messages.error(request, f"Not cancelled: {exc}")
+    else:
+        messages.success(request, "Session cancelled.")
+    return redirect("sessions:session-detail", session_id=session.pk)
+
+
+@actor_required
+def session_retry(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _session_or_404(session_id)
+    form = ReasonForm(request.POST)
+    form.is_valid()
+    try:
+        task = engine.session_retry(session=session, by=engine.By.operator(request.user),
+                                    reason=form.cleaned_data.get("reason", ""))
+    except engine.InvalidTransition as exc:
+        messages.error(request, f"Not retried: {exc}")
+    else:
+        messages.success(request, f"Retrying from step '{task.step_id}'.")
+    return redirect("sessions:session-detail", session_id=session.pk)
+
+
+@actor_required
+def task_retry(request: HttpRequest, task_id: str) -> HttpResponse:
+    try:
+        pk = uuid.UUID(str(task_id))
+    except ValueError:
+        pk = None
+    task = get_object_or_404(Task, pk=pk)
+    form = ReasonForm(request.POST)
+    form.is_valid()
+    try:
+        engine.task_retry(task=task, by=engine.By.operator(request.user), reason=form.cleaned_data.get("reason", ""))
+    except engine.InvalidTransition as exc:
+        messages.error(request, f"Not retried: {exc}")
+    else:
+        messages.success(request, f"Task '{task.step_id}' of session {task.session_id} is queued again.")
+    return _back(request, reverse("sessions:session-detail", kwargs={"session_id": task.session_id}))
+
+
+# --------------------------------------------------------------------------- failures queue
+
+
+def _failures(params) -> tuple[FailureFilterForm, object]:
+    form = FailureFilterForm(params)
+    return form, form.filter(Task.objects.all())
+
+
+@viewer_required
+def failure_list(request: HttpRequest) -> HttpResponse:
+    form, tasks = _failures(request.GET)
+    tasks = tasks.select_related("session").only(
+        "id", "step_id", "name", "status", "attempt", "last_error", "updated_at", "finished_at", "agent_id",
+        "session__id", "session__workflow_id", "session__status",
+    ).order_by("-updated_at", "id")
+    page = paginate(request, tasks)
+    context = {"form": form, "page": page, "query": query_without_page(request)}
+    return render_page(request, "sessions/failure_list.html", "sessions/_failure_rows.html", context)
+
+
+def _bulk_targets(params) -> tuple[object, str, list[str]]:
+    """The tasks a bulk retry is about: the selected ids, or all matching the filter."""
+    form, tasks = _failures(params)
+    problems: list[str] = []
+    if params.get("scope") == "all":
+        return tasks, "all", problems
+    ids = []
+    for raw in params.getlist("ids"):
+        try:
+            ids.append(uuid.UUID(raw))
+        except ValueError:
+            problems.append(f"'{raw}' is not a task id")
+    return Task.objects.filter(pk__in=ids, status__in=Task.NEEDS_DECISION), "selected", problems
+
+
+def _filter_params(params) -> dict:
+    keep = {name: params.get(name) for name in FailureFilterForm.base_fields if params.get(name)}
+    return keep
+
+
+@viewer_required
+def failure_retry(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        return _failure_retry_post(request)
+    tasks, scope, problems = _bulk_targets(request.GET)
+    count = tasks.count()
+    context = {
+        "count": count,
+        "scope": scope,
+        "problems": problems,
+        "sample": tasks.select_related("session").order_by("-updated_at", "id")[:20],
+        "ids": request.GET.getlist("ids"),
+        "filters": _filter_params(request.GET),
+        "limit": BULK_RETRY_LIMIT,
+        "back": reverse("sessions:failure-list") + "?" + urlencode(_filter_params(request.GET)),
+        "form": ReasonForm(),
+    }
+    return render(request, "sessions/failure_confirm.html", context)
+
+
+@actor_required
+def _failure_retry_post(request: HttpRequest) -> HttpResponse:
+    tasks, scope, problems = _bulk_targets(request.POST)
+    form = ReasonForm(request.POST)
+    form.is_valid()
+    reason = form.cleaned_data.get("reason", "") or f"bulk retry ({scope}) by operator"
+    by = engine.By.operator(request.user)
+    retried, skipped = 0, []
+    batch = list(tasks.order_by("updated_at", "id")[:BULK_RETRY_LIMIT])
+    for task in batch:
+        try:
+            engine.task_retry(task=task, by=by, reason=reason)
+            retried += 1
+        except engine.InvalidTransition as exc:  # raced with the engine or another operator
+            skipped.append(str(exc))
+    text = f"Retried {retried} task(s)."
+    if skipped:
+        text += f" Skipped {len(skipped)}: " + "; ".join(skipped[:5]) + (" …" if len(skipped) > 5 else "")
+    if len(batch) == BULK_RETRY_LIMIT and scope == "all":
+        text += f" At most {BULK_RETRY_LIMIT} are retried at once: run it again for the rest."
+    if problems:
+        text += " Ignored: " + "; ".join(problems[:5])
+    if skipped:
+        messages.warning(request, text)
+    else:
+        messages.success(request, text)
+    return redirect(reverse("sessions:failure-list") + "?" + urlencode(_filter_params(request.POST)))
+
+
+# --------------------------------------------------------------------------- starting a session
+
+
+@viewer_required
+def session_start(request: HttpRequest, workflow_id: str) -> HttpResponse:
+    definition = get_object_or_404(WorkflowDefinition, pk=workflow_id)
+    if request.method == "POST":
+        return _session_start_post(request, definition)
+    form = SessionStartForm(initial={"agent": request.GET.get("agent", "")})
+    return _start_page(request, definition, form)
+
+
+def _start_page(request, definition, form, status=200) -> HttpResponse:
+    agents = (Agent.objects.active().filter(drained_at__isnull=True).order_by("id")
+              .values_list("id", "state")[:AGENT_CHOICES_LIMIT])
+    return render(request, "sessions/session_start.html",
+                  {"definition": definition, "form": form, "agents": agents}, status=status)
+
+
+@actor_required
+def _session_start_post(request: HttpRequest, definition: WorkflowDefinition) -> HttpResponse:
+    form = SessionStartForm(request.POST)
+    if not form.is_valid():
+        return _start_page(request, definition, form, status=400)
+    try:
+        session = engine.session_start(definition=definition, agent=form.cleaned_data["agent"],
+                                       initial_payload=form.cleaned_data["initial_payload"],
+                                       by=engine.By.operator(request.user))
+    except engine.EngineError as exc:
+        form.add_error("agent", str(exc))
+        return _start_page(request, definition, form, status=400)
+    messages.success(request, f"Session started for agent {session.agent_id}.")
+    if session.agent.is_drained:
+        messages.warning(request, f"Agent {session.agent_id} is drained: the first task waits until it is undrained.")
+    return redirect("sessions:session-detail", session_id=session.pk)

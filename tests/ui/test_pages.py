@@ -1,0 +1,247 @@
+"""What the operator pages show: numbers, filters, partials for polling, and bounded queries."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from agents.models import Agent
+from sessions.models import Session, Task, TaskAttempt, TaskEvent
+from tests.agents.factories import AgentFactory, AgentStateFactory
+from tests.sessions.factories import SessionFactory, TaskFactory
+from tests.ui.helpers import failed_session
+from tests.workflows.factories import WorkflowDefinitionFactory
+
+pytestmark = pytest.mark.django_db
+
+PARTIAL = {"HTTP_X_OPSCORE_PARTIAL": "1"}
+
+
+def test_the_dashboard_counts_and_links_to_filtered_lists(staff_client):
+    now = timezone.now()
+    AgentFactory.create_batch(2, state=Agent.State.IDLE)
+    AgentFactory(state=Agent.State.ACTIVE, last_seen_at=now - timedelta(hours=1))  # stale
+    AgentFactory(state=Agent.State.ERROR, deregistered_at=now)  # not counted by state
+    SessionFactory.create_batch(2, status=Session.Status.RUNNING)
+    old = SessionFactory(status=Session.Status.COMPLETED)
+    Session.objects.filter(pk=old.pk).update(created_at=now - timedelta(days=2))
+    failed_session()
+    TaskFactory.create_batch(3, status=Task.Status.COMPLETED, finished_at=now - timedelta(minutes=1))
+    TaskFactory(status=Task.Status.COMPLETED, finished_at=now - timedelta(hours=1))
+
+    response = staff_client.get(reverse("sessions:dashboard"))
+    ctx = response.context
+    by_state = {row["state"]: row["count"] for row in ctx["agents"]}
+    # failed_session() and each TaskFactory make idle agents of their own.
+    assert by_state["active"] == 1 and by_state["error"] == 0
+    assert ctx["agents_stale"] == 1 and ctx["agents_deregistered"] == 1
+    by_status = {row["status"]: row["count"] for row in ctx["sessions"]}
+    assert by_status["running"] == 2 + 4 and by_status["failed"] == 1 and by_status["completed"] == 0
+    assert ctx["failures_total"] == 1 and ctx["failures_dead"] == 1
+    assert ctx["completed_recent"] == 3
+    assert ctx["tasks_per_minute"] == pytest.approx(3 / 15)
+    content = response.content.decode()
+    for link in ('href="/agents/?state=idle"', 'href="/agents/?stale=yes"', 'href="/sessions/?status=failed&amp;since=24h"',
+                 'href="/failures/"', 'href="/failures/?status=dead"'):
+        assert link in content, link
+
+
+def test_the_dashboard_partial_is_the_fragment_only(staff_client):
+    response = staff_client.get(reverse("sessions:dashboard"), **PARTIAL)
+    assert b"<html" not in response.content and b"tasks / minute" in response.content
+
+
+def test_the_dashboard_number_links_give_the_same_counts(staff_client):
+    AgentFactory(state=Agent.State.ACTIVE, last_seen_at=timezone.now() - timedelta(hours=1))
+    failed_session()
+    stale = staff_client.get(reverse("agents:agent-list") + "?stale=yes").context["page"].paginator.count
+    assert stale == staff_client.get(reverse("sessions:dashboard")).context["agents_stale"] == 1
+    failures = staff_client.get(reverse("sessions:failure-list")).context["page"].paginator.count
+    assert failures == 1
+
+
+def test_agent_list_filters(staff_client):
+    now = timezone.now()
+    AgentFactory(id="alpha", state=Agent.State.IDLE, capabilities=["summarise", "search"])
+    AgentFactory(id="beta", state=Agent.State.ERROR, capabilities=["search"], drained_at=now)
+    AgentFactory(id="gamma", state=Agent.State.IDLE, last_seen_at=now - timedelta(hours=2))
+    AgentFactory(id="delta", deregistered_at=now)
+
+    def ids(query):
+        page = staff_client.get(reverse("agents:agent-list") + query).context["page"]
+        return [a.id for a in page]
+
+    assert ids("") == ["alpha", "beta", "gamma"]
+    assert ids("?state=idle") == ["alpha", "gamma"]
+    assert ids("?capability=search") == ["alpha", "beta"]
+    assert ids("?capability=summar") == []  # whole capability names only
+    assert ids("?stale=yes") == ["gamma"]
+    assert ids("?stale=no") == ["alpha", "beta"]
+    assert ids("?drained=yes") == ["beta"]
+    assert ids("?deregistered=yes") == ["delta"]
+    assert ids("?deregistered=all") == ["alpha", "beta", "delta", "gamma"]
+    assert ids("?q=AMM") == ["gamma"]
+    assert ids("?state=bogus") == ["alpha", "beta", "gamma"]  # a bad filter value is ignored, not a 500
+
+
+def test_agent_list_shows_the_task_in_flight(staff_client):
+    task = TaskFactory(status=Task.Status.RUNNING, step_id="summarise")
+    content = staff_client.get(reverse("agents:agent-list")).content.decode()
+    assert reverse("sessions:session-detail", args=[task.session_id]) in content and "summarise" in content
+
+
+def test_agent_detail_shows_timeline_task_in_flight_and_sessions(staff_client):
+    task = TaskFactory(status=Task.Status.DISPATCHED, step_id="fetch", attempt=1, dispatched_at=timezone.now())
+    AgentStateFactory(agent=task.agent, state=Agent.State.ACTIVE, details={"progress": "half way"})
+    content = staff_client.get(reverse("agents:agent-detail", args=[task.agent_id])).content.decode()
+    assert "half way" in content
+    assert "fetch" in content and "dispatched" in content
+    assert reverse("sessions:session-detail", args=[task.session_id]) in content
+
+
+def test_session_list_filters_and_search_by_id(staff_client):
+    agent = AgentFactory(id="agent-x")
+    definition = WorkflowDefinitionFactory(id="wf-x")
+    mine = SessionFactory(agent=agent, definition=definition, status=Session.Status.COMPLETED)
+    other = SessionFactory(status=Session.Status.RUNNING)
+    old = SessionFactory(status=Session.Status.RUNNING)
+    Session.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=3))
+
+    def ids(params):
+        page = staff_client.get(reverse("sessions:session-list"), params).context["page"]
+        return {s.pk for s in page}
+
+    assert ids({}) == {mine.pk, other.pk, old.pk}
+    assert ids({"status": "completed"}) == {mine.pk}
+    assert ids({"workflow": "wf-x"}) == {mine.pk}
+    assert ids({"agent": "agent-x"}) == {mine.pk}
+    assert ids({"since": "24h"}) == {mine.pk, other.pk}
+    two_days_ago = (timezone.now() - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M")
+    assert ids({"after": two_days_ago}) == {mine.pk, other.pk}
+    assert ids({"before": two_days_ago}) == {old.pk}
+    assert ids({"before": "not a date"}) == {mine.pk, other.pk, old.pk}  # ignored, not a 500
+    assert ids({"q": str(other.pk)}) == {other.pk}
+    assert ids({"q": str(other.pk)[:8]}) == {other.pk}
+    assert ids({"q": "zzz"}) == set()
+
+
+def test_session_detail_shows_progress_tasks_attempts_errors_and_who(staff_client, staff_operator):
+    definition = WorkflowDefinitionFactory()
+    session = SessionFactory(definition=definition, status=Session.Status.RUNNING)
+    first = TaskFactory(session=session, step_id="step_1", status=Task.Status.COMPLETED, result={"answer": 42},
+                        attempt=2, finished_at=timezone.now())
+    TaskAttempt.objects.create(task=first, number=1, outcome="failed", reference_at=timezone.now(),
+                               http_status=503, error="AgentKit answered 503")
+    TaskEvent.objects.create(session=session, task=first, old_status="queued", new_status="dispatched",
+                             actor="operator", actor_user=staff_operator, reason="manual")
+    TaskFactory(session=session, step_id="step_2", status=Task.Status.RUNNING)
+    response = staff_client.get(reverse("sessions:session-detail", args=[session.pk]))
+    assert response.context["progress"] == {"done": 1, "total": 2, "percent": 50}
+    content = response.content.decode()
+    assert "AgentKit answered 503" in content and "&quot;answer&quot;: 42" in content
+    assert "operator bob" in content and 'aria-valuenow="50"' in content
+
+
+def test_session_detail_partial_for_polling(staff_client):
+    task = TaskFactory()
+    response = staff_client.get(reverse("sessions:session-detail", args=[task.session_id]), **PARTIAL)
+    assert b"<html" not in response.content and b"data-testid=\"session-status\"" in response.content
+
+
+def test_failure_list_shows_cause_and_filters(staff_client):
+    a = failed_session(error="AgentKit does not know agent 'x'")
+    b = failed_session()
+    Task.objects.filter(pk=b.pk).update(status=Task.Status.FAILED, last_error="agent reported error: E42")
+    TaskFactory(status=Task.Status.RUNNING)
+    response = staff_client.get(reverse("sessions:failure-list"))
+    assert {t.pk for t in response.context["page"]} == {a.pk, b.pk}
+    assert b"E42" in response.content and b"does not know agent" in response.content
+    assert [t.pk for t in staff_client.get(reverse("sessions:failure-list"), {"status": "failed"}).context["page"]] == [b.pk]
+    assert [t.pk for t in staff_client.get(reverse("sessions:failure-list"), {"q": "e42"}).context["page"]] == [b.pk]
+    assert [t.pk for t in staff_client.get(reverse("sessions:failure-list"), {"agent": a.agent_id}).context["page"]] == [a.pk]
+
+
+def test_workflow_detail_lists_steps_in_order_with_retry_timeout_and_fallback(staff_client):
+    from workflows.schema import validate_definition
+    from workflows.services import workflow_save
+
+    spec = {"id": "ordered", "name": "Ordered", "tasks": [
+        {"taskId": "start", "nextTaskId": "finish", "maxRetries": 5, "timeoutSeconds": 60,
+         "fallbackTaskId": "rescue"},
+        {"taskId": "rescue", "nextTaskId": None},
+        {"taskId": "finish", "nextTaskId": None},
+    ]}
+    workflow_save(spec=validate_definition(spec))
+    response = staff_client.get(reverse("workflows:workflow-detail", args=["ordered"]))
+    assert [s.taskId for s in response.context["steps"]] == ["start", "finish", "rescue"]
+    content = response.content.decode()
+    assert "60 s" in content and ">5<" in content and ">rescue<" in content
+
+
+def test_pages_paginate(staff_client):
+    AgentFactory.create_batch(55)
+    first = staff_client.get(reverse("agents:agent-list") + "?state=idle")
+    assert len(first.context["page"]) == 50
+    assert b"state=idle&amp;page=2" in first.content
+    second = staff_client.get(reverse("agents:agent-list") + "?state=idle&page=2")
+    assert len(second.context["page"]) == 5
+    assert staff_client.get(reverse("agents:agent-list") + "?page=999").status_code == 200
+
+
+# ---------------------------------------------------------------- query counts
+
+
+@pytest.fixture
+def many_sessions():
+    """30 sessions with 2 tasks each (attempts and events too), and 30 dead tasks."""
+    definition = WorkflowDefinitionFactory()
+    for _ in range(30):
+        session = SessionFactory(definition=definition)
+        for seq, status in ((1, Task.Status.COMPLETED), (2, Task.Status.RUNNING)):
+            task = TaskFactory(session=session, sequence=seq, status=status)
+            TaskAttempt.objects.create(task=task, number=1, reference_at=timezone.now())
+            TaskEvent.objects.create(session=session, task=task, new_status=status, actor="system")
+        failed_session(definition=definition)
+
+
+POLLED_LIST_PAGES = ["sessions:dashboard", "agents:agent-list", "sessions:session-list", "sessions:failure-list"]
+LIST_PAGES = [*POLLED_LIST_PAGES, "workflows:workflow-list", "agents:apikey-list"]
+
+
+@pytest.mark.parametrize("name", LIST_PAGES)
+def test_list_pages_use_a_bounded_number_of_queries(staff_client, many_sessions, django_assert_max_num_queries,
+                                                     name):
+    from agents.services import api_key_create
+
+    for n in range(30):
+        api_key_create(name=f"k{n}")
+    staff_client.get(reverse(name))  # warm the session/user caches
+    with django_assert_max_num_queries(12):
+        response = staff_client.get(reverse(name))
+    assert response.status_code == 200
+    if name in POLLED_LIST_PAGES:
+        with django_assert_max_num_queries(12):
+            partial = staff_client.get(reverse(name), **PARTIAL)
+        assert partial.status_code == 200 and b"<html" not in partial.content
+
+
+def test_session_detail_queries_do_not_grow_with_tasks(staff_client, django_assert_max_num_queries):
+    session = SessionFactory()
+    for seq in range(1, 21):
+        task = TaskFactory(session=session, sequence=seq, status=Task.Status.COMPLETED)
+        TaskAttempt.objects.create(task=task, number=1, reference_at=timezone.now())
+        TaskEvent.objects.create(session=session, task=task, new_status="completed", actor="system")
+    with django_assert_max_num_queries(12):
+        assert staff_client.get(reverse("sessions:session-detail", args=[session.pk])).status_code == 200
+
+
+def test_agent_detail_queries_are_bounded(staff_client, django_assert_max_num_queries):
+    agent = AgentFactory()
+    AgentStateFactory.create_batch(150, agent=agent)
+    SessionFactory.create_batch(25, agent=agent)
+    with django_assert_max_num_queries(12):
+        response = staff_client.get(reverse("agents:agent-detail", args=[agent.pk]))
+    assert len(response.context["history"]) == 100

@@ -1,0 +1,22 @@
+"""The operator UI, mounted at the site root. This app composes the others' pages.
+
+The "agents" namespace mixes agents.views (actions, API keys) with the agent list and
+detail from sessions.views, which show tasks (agents know nothing of sessions).
+"""
+
+from django.urls import include, path
+
+from agents import urls as agent_urls
+from sessions import views as session_views
+
+agent_pages = [
+    path("agents/", session_views.agent_list, name="agent-list"),
+    path("agents/<str:agent_id>/", session_views.agent_detail, name="agent-detail"),
+    *agent_urls.urlpatterns,
+]
+
+urlpatterns = [
+    path("", include("sessions.urls")),
+    path("", include((agent_pages, "agents"))),
+    path("", include("workflows.urls")),
+]
