@@ -31,7 +31,7 @@ def sign(*, secret: str, timestamp: str, body: bytes) -> str:
 def parse_timestamp(value: str) -> float:
     """Unix seconds from the header: integer seconds (what AgentKit sends) or ISO 8601 with an offset."""
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is True too
         return float(value)
     try:
         parsed = datetime.fromisoformat(value)

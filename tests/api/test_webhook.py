@@ -81,6 +81,8 @@ def test_iso_timestamp_header_is_accepted(db):
     ({"timestamp": str(int(time.time()) - 301)}, "stale_timestamp"),
     ({"timestamp": str(int(time.time()) + 400)}, "stale_timestamp"),
     ({"timestamp": "not-a-time"}, "bad_timestamp"),
+    ({"timestamp": "\u00b2"}, "bad_timestamp"),  # a non-ASCII digit: isdigit() but not a number
+    ({"timestamp": "\u0661\u0662"}, "bad_timestamp"),  # Arabic-Indic digits
     ({"unsigned": True}, "missing_signature"),
 ])
 def test_bad_signatures_are_401(db, kwargs, code):
