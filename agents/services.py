@@ -14,7 +14,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from agents.models import Agent, AgentState, ApiKey
+from agents.models import Agent, AgentState, ApiKey, WebhookReceipt
 from agents.signals import agent_state_reported
 
 logger = logging.getLogger(__name__)
@@ -241,4 +241,18 @@ def agent_deregister(*, agent_id: str, at: datetime) -> bool:
     if not Agent.objects.filter(pk=agent_id).exists():
         return False
     Agent.objects.filter(pk=agent_id, deregistered_at__isnull=True).update(deregistered_at=at)
+    return True
+
+
+def webhook_receipt_record(*, signature: str, timestamp: datetime, received_at: datetime, keep: timedelta) -> bool:
+    """Record an accepted webhook delivery; False if its signature was already recorded.
+
+    Also deletes receipts older than `keep`: past the tolerance window they can match nothing.
+    """
+    WebhookReceipt.objects.filter(received_at__lt=received_at - keep).delete()
+    try:
+        with transaction.atomic():
+            WebhookReceipt.objects.create(signature=signature, timestamp=timestamp, received_at=received_at)
+    except IntegrityError:
+        return False
     return True

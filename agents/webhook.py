@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -42,9 +43,17 @@ def parse_timestamp(value: str) -> float:
     return parsed.timestamp()
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """A verified delivery: its signature (lowercase hex) identifies it for the replay guard."""
+
+    signature: str
+    sent_at: datetime
+
+
 def verify(*, secret: str, timestamp: str | None, signature: str | None, body: bytes, now: float,
-           tolerance: int) -> None:
-    """Raise WebhookRefused unless the signature is good and the timestamp within `tolerance`."""
+           tolerance: int) -> Delivery:
+    """The verified delivery; WebhookRefused unless the signature is good and the timestamp within `tolerance`."""
     if not timestamp or not signature:
         raise WebhookRefused("missing_signature", f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} headers are required")
     sent_at = parse_timestamp(timestamp)
@@ -54,6 +63,7 @@ def verify(*, secret: str, timestamp: str | None, signature: str | None, body: b
     expected = sign(secret=secret, timestamp=timestamp, body=body)
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise WebhookRefused("bad_signature", f"{SIGNATURE_HEADER} does not match the body")
+    return Delivery(signature=expected, sent_at=datetime.fromtimestamp(sent_at, UTC))
 
 
 class AgentDetails(BaseModel):

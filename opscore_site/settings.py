@@ -107,11 +107,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# A shared cache, so qinfo, throttles and every process see the same numbers.
+# A shared cache, so qinfo, throttles and every process see the same numbers. Django's
+# default of 300 entries would cull live throttle counters and django-q2 stats.
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.db.DatabaseCache",
         "LOCATION": "opscore_cache",
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
     }
 }
 
