@@ -28,7 +28,7 @@ from agents.api.serializers import (
 )
 from agents.models import Agent
 from agents.services import agent_deregister, agent_register, agent_state_record, webhook_receipt_record
-from opscore_site.api import ServiceUnavailable, query_bool, query_choices, query_text
+from opscore_site.api import ServiceUnavailable, StateReportThrottle, query_bool, query_choices, query_text
 from opscore_site.parsers import parse_json_bytes
 from opscore_site.auth import AgentEndpoint, OperatorOrServiceKey
 
@@ -47,6 +47,10 @@ class AgentStateView(APIView):
     @property
     def operators_allowed(self) -> bool:
         return self.request.method == "GET"
+
+    def get_throttles(self):
+        # Each report is sent once, never retried (AGENTKIT.md section 2): not the API-wide rate.
+        return [StateReportThrottle()] if self.request.method == "POST" else super().get_throttles()
 
     @extend_schema(request=StateReportIn, responses={202: AcceptedOut}, operation_id="agent_state_report",
                    summary="Report an agent's state (AgentKit SDK)")
@@ -79,6 +83,9 @@ class AgentNotifyView(APIView):
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    # Authenticated by its HMAC; a throttle would run before that check and let any
+    # anonymous caller write a counter row per address.
+    throttle_classes: list = []
 
     @extend_schema(request=WebhookIn, responses={200: AcceptedOut}, auth=[], operation_id="agentkit_notify",
                    summary="AgentKit registration webhook (HMAC-signed)",

@@ -165,13 +165,37 @@ def test_body_over_the_limit_is_413(api, settings):
     assert_error(api.post(url("a1"), body, format="json"), 413, "payload_too_large")
 
 
-def test_throttled_is_429(api, settings):
+def test_state_reports_are_not_throttled_by_default(api, settings):
+    """A 429 is a lost report (AGENTKIT.md section 2): the API-wide rate does not apply to them."""
     settings.OPSCORE_THROTTLE_RATE = "2/min"
+    for _ in range(4):
+        assert api.post(url("a1"), report("a1"), format="json").status_code == 202
+    assert api.get(url("a1")).status_code == 200
+
+
+def test_state_reports_have_their_own_optional_rate(api, settings):
+    settings.OPSCORE_STATE_THROTTLE_RATE = "2/min"
     for _ in range(2):
         assert api.post(url("a1"), report("a1"), format="json").status_code == 202
     response = api.post(url("a1"), report("a1"), format="json")
     assert_error(response, 429, "throttled")
     assert "Retry-After" in response
+
+
+def test_other_endpoints_are_throttled_per_key(api, settings):
+    settings.OPSCORE_THROTTLE_RATE = "2/min"
+    for _ in range(2):
+        assert api.get("/v1/opscore/agents").status_code == 200
+    response = api.get("/v1/opscore/agents")
+    assert_error(response, 429, "throttled")
+    assert "Retry-After" in response
+
+
+def test_anonymous_clients_are_counted_by_socket_address_not_x_forwarded_for(client, settings):
+    settings.OPSCORE_THROTTLE_RATE = "2/min"
+    statuses = [client.get("/v1/opscore/schema", HTTP_X_FORWARDED_FOR=f"10.0.0.{n}").status_code
+                for n in range(3)]
+    assert statuses == [200, 200, 429]
 
 
 def test_last_used_is_written_at_most_once_a_minute(api, django_assert_num_queries):
@@ -184,13 +208,13 @@ def test_last_used_is_written_at_most_once_a_minute(api, django_assert_num_queri
     assert ApiKey.objects.get(name="fleet").last_used_at == first
 
 
-def test_the_report_is_one_short_transaction(api, settings, django_assert_max_num_queries):
-    """Auth lookup, the upsert, the history insert and the engine's check; nothing per history row."""
-    settings.OPSCORE_THROTTLE_RATE = ""
+def test_the_report_is_one_short_transaction(api, django_assert_num_queries):
+    """Default configuration: key lookup, upsert, history insert, the engine's check, and the
+    transaction (a savepoint pair under the test's atomic); nothing per history row, no throttle."""
     api.post(url("a1"), report("a1", "active"), format="json")  # last_used written here
     for n in range(30):
         api.post(url("a1"), report("a1", "active"), format="json")
-    with django_assert_max_num_queries(6):
+    with django_assert_num_queries(6):
         assert api.post(url("a1"), report("a1", "active"), format="json").status_code == 202
 
 
