@@ -145,6 +145,20 @@ def test_revoked_key_is_401(api, service_key):
     assert_error(api.post(url("a1"), report("a1"), format="json"), 401)
 
 
+def test_a_revoked_environment_key_stays_revoked(anon, settings, caplog):
+    from agents.models import ApiKey
+    from agents.services import BOOTSTRAP_KEY_NAME, api_key_revoke
+
+    settings.OPSCORE_API_KEY = "opk_fleet-wide-environment-key-01"
+    anon.credentials(HTTP_AUTHORIZATION=f"Bearer {settings.OPSCORE_API_KEY}")
+    assert anon.post(url("a1"), report("a1"), format="json").status_code == 202  # installed on first use
+    api_key_revoke(key=ApiKey.objects.get(name=BOOTSTRAP_KEY_NAME))
+    for _ in range(2):
+        assert_error(anon.post(url("a1"), report("a1"), format="json"), 401, "authentication_failed")
+    assert not ApiKey.objects.filter(revoked_at__isnull=True).exists()
+    assert "OPSCORE_API_KEY was revoked: rotate it" in caplog.text
+
+
 def test_operator_may_read_state_but_not_report(operator_api):
     AgentFactory(id="a1")
     assert operator_api.get(url("a1")).status_code == 200
@@ -193,8 +207,9 @@ def test_other_endpoints_are_throttled_per_key(api, settings):
 
 def test_anonymous_clients_are_counted_by_socket_address_not_x_forwarded_for(client, settings):
     settings.OPSCORE_THROTTLE_RATE = "2/min"
-    statuses = [client.get("/v1/opscore/schema", HTTP_X_FORWARDED_FOR=f"10.0.0.{n}").status_code
-                for n in range(3)]
+    # An address of its own: transactional tests (the fuzz) commit counters for 127.0.0.1.
+    statuses = [client.get("/v1/opscore/schema", REMOTE_ADDR="192.0.2.10",
+                           HTTP_X_FORWARDED_FOR=f"10.0.0.{n}").status_code for n in range(3)]
     assert statuses == [200, 200, 429]
 
 
