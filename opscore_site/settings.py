@@ -153,7 +153,9 @@ OPSCORE_MAX_BODY_BYTES = ENV.OPSCORE_MAX_BODY_BYTES
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = ENV.SECURE_SSL_REDIRECT
-    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$"]
+    # The API is exempt: AgentKit and its SDK follow no redirects (an in-cluster http:// URL
+    # would lose every report and webhook); operator pages still go to HTTPS.
+    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^v1/"]
     SECURE_HSTS_SECONDS = ENV.SECURE_HSTS_SECONDS
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
