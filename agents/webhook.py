@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agents.timestamps import parse_iso_timestamp
+
 TIMESTAMP_HEADER = "X-AgentKit-Timestamp"
 SIGNATURE_HEADER = "X-AgentKit-Signature"
 
@@ -35,12 +37,11 @@ def parse_timestamp(value: str) -> float:
     if value.isascii() and value.isdigit():  # "²".isdigit() is True too
         return float(value)
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise WebhookRefused("bad_timestamp", f"{TIMESTAMP_HEADER} must be Unix seconds or ISO 8601") from None
-    if parsed.tzinfo is None:
-        raise WebhookRefused("bad_timestamp", f"{TIMESTAMP_HEADER} in ISO 8601 needs a UTC offset")
-    return parsed.timestamp()
+        return parse_iso_timestamp(value).timestamp()
+    except ValueError as exc:
+        raise WebhookRefused(
+            "bad_timestamp", f"{TIMESTAMP_HEADER} must be Unix seconds or ISO 8601 with a UTC offset: the value {exc}"
+        ) from None
 
 
 @dataclass(frozen=True)
