@@ -143,7 +143,13 @@ class StateRecorded:
     is_current: bool  # the report became the agent's current state (newer by agent timestamp)
 
 
-_NEWER = "({t}.state_timestamp IS NULL OR excluded.state_timestamp > {t}.state_timestamp)"
+# Newer wins by the agent's clock; a tie (second-resolution clocks: `active` and `idle`
+# in the same second) goes to the report that arrived later; an exact duplicate changes nothing.
+_NEWER = (
+    "({t}.state_timestamp IS NULL OR excluded.state_timestamp > {t}.state_timestamp"
+    " OR (excluded.state_timestamp = {t}.state_timestamp AND excluded.state <> {t}.state"
+    " AND excluded.state_received_at > {t}.state_received_at))"
+)
 _UPSERT = """
 INSERT INTO {t} (id, name, version, capabilities, contact_endpoint, metadata, created_at, last_seen_at,
                  state, state_timestamp, state_received_at, state_details, drained_reason)

@@ -42,7 +42,7 @@ SS = Session.Status
 
 TASK_ALLOWED: dict[str, set[str]] = {
     S.PENDING: {S.QUEUED, S.CANCELLED},
-    S.QUEUED: {S.DISPATCHED, S.CANCELLED},
+    S.QUEUED: {S.DISPATCHED, S.FAILED, S.CANCELLED},  # FAILED: its agent is gone
     S.DISPATCHED: {S.RUNNING, S.COMPLETED, S.FAILED, S.CANCELLED},
     S.RUNNING: {S.COMPLETED, S.FAILED, S.CANCELLED},
     S.FAILED: {S.RETRY_SCHEDULED, S.DEAD, S.QUEUED, S.CANCELLED},  # QUEUED: an operator's retry
@@ -251,25 +251,36 @@ class DispatchResult:
 
 def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
     """Lock the task and its agent, check the agent, and fence a new attempt. Commits."""
+    agent_id = Task.objects.filter(pk=task_id, status=S.QUEUED).values_list("agent_id", flat=True).first()
+    if agent_id is None:
+        return DispatchResult("skipped", "no such queued task")
     with transaction.atomic():
+        # Lock order everywhere: agent, then task, then session. A state report holds the
+        # agent row (its upsert) while it touches the agent's tasks; locking the task first
+        # here would deadlock with it. The agent lock also serialises dispatches to one agent.
+        agent = Agent.objects.select_for_update().get(pk=agent_id)
         task = Task.objects.select_for_update().filter(pk=task_id).first()
-        if task is None:
-            return DispatchResult("skipped", "no such task")
-        if task.status != S.QUEUED:
-            return DispatchResult("skipped", f"task is {task.status}")
-        # Locking the agent row serialises dispatches to one agent across workers.
-        agent = Agent.objects.select_for_update().get(pk=task.agent_id)
+        if task is None or task.status != S.QUEUED:
+            return DispatchResult("skipped", f"task is {task.status if task else 'gone'}")
+        session = Session.objects.select_for_update().get(pk=task.session_id)
+        if session.is_terminal:
+            # A step queued while its session was being cancelled: it must not wait forever.
+            task_transition(task=task, to=S.CANCELLED, by=By.system(), reason=f"session is {session.status}",
+                            finished_at=timezone.now())
+            return DispatchResult("skipped", f"session is {session.status}")
         if agent.deregistered_at is not None:
-            return DispatchResult("unavailable", "agent is deregistered")
+            # Nothing will ever run it: fail it now so the fallback runs or the session fails.
+            reason = f"agent '{agent.pk}' is deregistered"
+            task_transition(task=task, to=S.FAILED, by=By.system(), reason=reason, last_error=reason,
+                            finished_at=timezone.now())
+            _task_dead(task=task, reason=reason)
+            return DispatchResult("unavailable", reason)
         if agent.drained_at is not None:
             return DispatchResult("unavailable", "agent is drained")
         if agent.state != Agent.State.IDLE:
             return DispatchResult("busy", f"agent is {agent.state or 'unknown'}")
         if Task.objects.filter(agent_id=agent.pk, status__in=Task.IN_FLIGHT).exists():
             return DispatchResult("busy", "agent has a task in flight")
-        session = Session.objects.select_for_update().get(pk=task.session_id)
-        if session.is_terminal:
-            return DispatchResult("skipped", f"session is {session.status}")
         now = timezone.now()
         number = task.attempt + 1
         try:
@@ -404,10 +415,21 @@ def _named_task_id(details: Any) -> str | None:
 def on_agent_state(*, agent_id: str, state: str, details: Any, received_at: datetime, **_: Any) -> None:
     """React to a recorded state report (receiver of agents.signals.agent_state_reported).
 
-    Runs inside the report's transaction. A report counts for the task in flight only
-    when it was received after that attempt's reference time and, if it names a task
-    id, names this task.
+    Runs inside the report's transaction, in a savepoint: if the engine fails here the
+    report is still recorded (an agent's report is sent once and never retried), and the
+    scheduler's timeout and lost-job sweeps recover the task.
     """
+    try:
+        with transaction.atomic():
+            _apply_report(agent_id=agent_id, state=state, details=details, received_at=received_at)
+    except Exception:
+        logger.exception("engine could not apply a %s report of agent %s; the sweeps will recover",
+                         state, agent_id)
+
+
+def _apply_report(*, agent_id: str, state: str, details: Any, received_at: datetime) -> None:
+    """A report counts for the task in flight only when it was received after that
+    attempt's reference time and, if it names a task id, names this task."""
     task = (Task.objects.select_for_update()
             .filter(agent_id=agent_id, status__in=Task.IN_FLIGHT).first())
     by = By.agent(agent_id)
@@ -442,6 +464,7 @@ def _error_text(details: Any) -> str:
 def _kick_queued(*, agent_id: str) -> None:
     """The agent is idle: enqueue its oldest queued task, if it has one."""
     task = (Task.objects.filter(agent_id=agent_id, status=S.QUEUED)
+            .exclude(session__status__in=Session.TERMINAL)
             .order_by("created_at").only("pk", "enqueued_at").first())
     if task is not None:
         task_enqueue(task=task)
@@ -453,7 +476,7 @@ def _kick_queued(*, agent_id: str) -> None:
 def session_cancel(*, session: Session, by: By, reason: str = "") -> Session:
     """Cancel a session and its unfinished tasks. A late report for them changes nothing."""
     with transaction.atomic():
-        # Lock order everywhere: task rows before their session row.
+        # Lock order: task rows before their session row (agent rows are never locked here).
         tasks = list(Task.objects.select_for_update().filter(session=session).exclude(status__in=Task.TERMINAL))
         session = Session.objects.select_for_update().get(pk=session.pk)
         if session.is_terminal:
@@ -522,54 +545,70 @@ class SweepCounts:
                 "requeued": self.requeued, "stale_agents": self.stale_agents}
 
 
-def _locked_batch(queryset, limit: int):
-    # skip_locked lets several schedulers share the work; SQLite ignores locking.
-    return list(queryset.select_for_update(skip_locked=True)[:limit])
+SWEEP_BATCH = 100
 
 
-def sweep_due_retries(*, now: datetime, limit: int = 500) -> int:
-    count = 0
+def _sweep(queryset, action, *, limit: int) -> list[Task]:
+    """Claim up to `limit` rows (SKIP LOCKED, so several schedulers share the work; SQLite
+    ignores locking) and act on each in its own savepoint: one bad row is logged and
+    skipped instead of blocking the sweep on every pass."""
+    done = []
     with transaction.atomic():
-        for task in _locked_batch(Task.objects.filter(status=S.RETRY_SCHEDULED, next_attempt_at__lte=now)
-                                  .order_by("next_attempt_at"), limit):
-            task_transition(task=task, to=S.QUEUED, by=By.system(), reason="retry due", next_attempt_at=None)
-            task_enqueue(task=task)
-            count += 1
-    return count
+        for task in list(queryset.select_for_update(skip_locked=True, of=("self",))[:limit]):
+            try:
+                with transaction.atomic():
+                    action(task)
+            except Exception:
+                logger.exception("scheduler could not handle task %s", task.pk)
+                continue
+            done.append(task)
+    return done
 
 
-def sweep_timeouts(*, now: datetime, limit: int = 500) -> int:
-    count = 0
-    with transaction.atomic():
-        for task in _locked_batch(Task.objects.filter(status__in=Task.IN_FLIGHT, timeout_at__lte=now)
-                                  .order_by("timeout_at"), limit):
-            _attempt_failed(task_id=task.pk, number=task.attempt, permanent=False, by=By.system(),
-                            error=f"no outcome within {task.timeout_seconds}s (attempt {task.attempt})")
-            count += 1
-    return count
+def _requeue_due(task: Task) -> None:
+    task_transition(task=task, to=S.QUEUED, by=By.system(), reason="retry due", next_attempt_at=None)
+    task_enqueue(task=task)
 
 
-def sweep_lost_jobs(*, now: datetime, limit: int = 500, dry_run: bool = False) -> list[Task]:
-    """Queued tasks whose agent could take them but whose job has not run for a while.
+def _time_out(task: Task) -> None:
+    _attempt_failed(task_id=task.pk, number=task.attempt, permanent=False, by=By.system(),
+                    error=f"no outcome within {task.timeout_seconds}s (attempt {task.attempt})")
 
-    Covers a worker killed mid-job and a job that found the agent busy and was never
-    kicked again. Re-enqueueing is safe: the job does nothing unless the task is queued.
+
+def sweep_due_retries(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
+    queryset = Task.objects.filter(status=S.RETRY_SCHEDULED, next_attempt_at__lte=now).order_by("next_attempt_at")
+    return len(_sweep(queryset, _requeue_due, limit=limit))
+
+
+def overdue_tasks(*, now: datetime):
+    """Tasks in flight past their deadline (what `sweep_timeouts` acts on)."""
+    return Task.objects.filter(status__in=Task.IN_FLIGHT, timeout_at__lte=now).order_by("timeout_at")
+
+
+def sweep_timeouts(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
+    return len(_sweep(overdue_tasks(now=now), _time_out, limit=limit))
+
+
+def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = False) -> list[Task]:
+    """Queued tasks whose job has not run for a while although it would now decide something.
+
+    Covers a worker killed mid-job, a job that found the agent busy and was never kicked
+    again, an agent that deregistered (the job fails the task) and a session ended while
+    the task was queued (the job cancels it). Re-enqueueing is safe: the job does nothing
+    unless the task is queued.
     """
     cutoff = now - timedelta(seconds=settings.OPSCORE_LOST_JOB_SECONDS)
     ready_agents = Agent.objects.filter(state=Agent.State.IDLE, deregistered_at__isnull=True,
                                         drained_at__isnull=True)
+    gone_agents = Agent.objects.filter(deregistered_at__isnull=False)  # their job fails the task
     busy_agents = Task.objects.filter(status__in=Task.IN_FLIGHT).values("agent_id")
-    queryset = (Task.objects.filter(status=S.QUEUED, agent__in=ready_agents)
+    queryset = (Task.objects.filter(status=S.QUEUED)
+                .filter(Q(agent__in=ready_agents) | Q(agent__in=gone_agents) | Q(session__status__in=Session.TERMINAL))
                 .filter(Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True))
                 .exclude(agent_id__in=busy_agents).order_by("created_at"))
     if dry_run:
         return list(queryset[:limit])
-    found = []
-    with transaction.atomic():
-        for task in _locked_batch(queryset, limit):
-            task_enqueue(task=task)
-            found.append(task)
-    return found
+    return _sweep(queryset, lambda task: task_enqueue(task=task), limit=limit)
 
 
 def scheduler_tick(*, now: datetime | None = None) -> SweepCounts:

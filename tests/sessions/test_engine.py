@@ -446,3 +446,127 @@ def test_a_scheduler_tick_reports_what_it_did(q_sync, agentkit_stub):
     agentkit_stub.answer = agentkit_stub.accept
     counts = engine.scheduler_tick(now=timezone.now() + timedelta(seconds=1))
     assert counts.retries_due == 1 and counts.errors == []
+
+
+# --------------------------------------------------------------------------- races and strandings (review findings)
+
+
+def test_active_and_idle_in_the_same_second_leave_the_agent_idle_and_the_next_step_goes_out(q_sync, agentkit_stub):
+    """Second-resolution clocks: a tie on the agent's timestamp goes to the later arrival."""
+    session = start()
+    same_second = (timezone.now() + timedelta(seconds=1)).replace(microsecond=0)
+    received = timezone.now()
+    agent_state_record(agent_id=session.agent_id, state="active", details={}, timestamp=same_second,
+                       received_at=received)
+    agent_state_record(agent_id=session.agent_id, state="idle", details={}, timestamp=same_second,
+                       received_at=received + timedelta(milliseconds=5))
+    assert Agent.objects.get(pk=session.agent_id).state == Agent.State.IDLE
+    assert task_of(session, 1).status == S.COMPLETED
+    assert task_of(session, 2).status == S.DISPATCHED
+
+
+def test_a_step_queued_while_its_session_was_cancelled_is_cancelled_not_stranded(q_sync, agentkit_stub, settings):
+    """Cancel and a completion race: the completion queued the next step after cancel looked."""
+    from tests.sessions.factories import SessionFactory, TaskFactory
+
+    settings.OPSCORE_LOST_JOB_SECONDS = 1
+    agent = AgentFactory()
+    orphan = TaskFactory(session=SessionFactory(agent=agent, status=SS.CANCELLED), status=S.QUEUED)
+    waiting = start(agent=AgentFactory(state=Agent.State.ACTIVE))  # unrelated work elsewhere
+    assert engine.sweep_lost_jobs(now=timezone.now() + timedelta(seconds=2), dry_run=True) == [orphan]
+    engine.sweep_lost_jobs(now=timezone.now() + timedelta(seconds=2))
+    orphan.refresh_from_db()
+    assert orphan.status == S.CANCELLED and not agentkit_stub.requests
+    assert task_of(waiting).status == S.QUEUED
+
+
+def test_the_idle_kick_skips_tasks_of_ended_sessions(q_sync, agentkit_stub):
+    from tests.sessions.factories import SessionFactory, TaskFactory
+
+    agent = AgentFactory(state=Agent.State.ACTIVE)
+    TaskFactory(session=SessionFactory(agent=agent, status=SS.CANCELLED), status=S.QUEUED)
+    live = start(agent=agent)
+    report(agent.id, "idle")
+    assert task_of(live).status == S.DISPATCHED
+
+
+def test_a_task_whose_agent_deregisters_in_flight_dies_and_the_session_fails(q_sync, agentkit_stub):
+    session = start(spec=spec_with(timeoutSeconds=5))
+    task = task_of(session)
+    Agent.objects.filter(pk=session.agent_id).update(deregistered_at=timezone.now())
+    engine.sweep_timeouts(now=task.timeout_at + timedelta(seconds=1))
+    engine.sweep_due_retries(now=timezone.now() + timedelta(minutes=5))
+    task.refresh_from_db()
+    session.refresh_from_db()
+    assert task.status == S.DEAD and "deregistered" in task.last_error
+    assert session.status == SS.FAILED
+    assert len(agentkit_stub.requests) == 1  # nothing was sent to the departed agent
+
+
+def test_a_queued_task_of_an_agent_that_deregisters_while_busy_is_swept_and_failed(q_sync, agentkit_stub, settings):
+    settings.OPSCORE_LOST_JOB_SECONDS = 1
+    agent = AgentFactory(state=Agent.State.ACTIVE)
+    session = start(agent=agent)
+    Agent.objects.filter(pk=agent.pk).update(deregistered_at=timezone.now())
+    engine.sweep_lost_jobs(now=timezone.now() + timedelta(seconds=2))
+    session.refresh_from_db()
+    assert task_of(session).status == S.DEAD and session.status == SS.FAILED
+
+
+def test_an_engine_failure_does_not_lose_the_report(q_sync, agentkit_stub, caplog):
+    from agents.models import AgentState
+
+    session = start()
+    Session.objects.filter(pk=session.pk).update(spec_snapshot={"broken": True})
+    report(session.agent_id, "idle")
+    assert AgentState.objects.filter(agent_id=session.agent_id, state="idle").exists()
+    assert Agent.objects.get(pk=session.agent_id).state == Agent.State.IDLE
+    assert task_of(session).status == S.DISPATCHED  # unchanged; the timeout sweep recovers it
+    assert "engine could not apply a idle report" in caplog.text
+
+
+def test_one_bad_row_does_not_block_a_sweep(caplog):
+    from tests.sessions.factories import SessionFactory, TaskFactory
+
+    past = timezone.now() - timedelta(seconds=1)
+    bad = TaskFactory(session=SessionFactory(spec_snapshot={"broken": True}), status=S.DISPATCHED, attempt=1,
+                      max_retries=0, timeout_at=past)
+    good = TaskFactory(status=S.DISPATCHED, attempt=1, max_retries=0, timeout_at=past)
+    assert engine.sweep_timeouts(now=timezone.now()) == 1
+    good.refresh_from_db()
+    bad.refresh_from_db()
+    assert good.status == S.DEAD
+    assert Session.objects.get(pk=good.session_id).status == SS.FAILED
+    assert bad.status == S.DISPATCHED  # rolled back to where it was, and logged
+    assert f"scheduler could not handle task {bad.pk}" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_dispatches_to_one_agent_send_exactly_one(agentkit_stub):
+    """Two workers claim two queued tasks of the same idle agent at the same moment."""
+    import threading
+
+    from django.db import connection
+
+    agent = AgentFactory()
+    Agent.objects.filter(pk=agent.pk).update(state=Agent.State.ACTIVE)
+    first, second = start(agent=agent), start(agent=agent)
+    Agent.objects.filter(pk=agent.pk).update(state=Agent.State.IDLE)
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def dispatch(task_id) -> None:
+        try:
+            barrier.wait()
+            outcomes.append(engine.task_dispatch(task_id=task_id).outcome)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=dispatch, args=(task_of(s).pk,)) for s in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["busy", "dispatched"]
+    assert len(agentkit_stub.requests) == 1
+    assert Task.objects.filter(agent=agent, status__in=Task.IN_FLIGHT).count() == 1

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-import time
-
 from django.core.cache import cache
 from django.core.management.base import BaseCommand, CommandError
-from django.db import close_old_connections
 from django.utils import timezone
 
+from opscore_site.commands import run_until_stopped
 from sessions import engine
 
 HEARTBEAT_KEY = "opscore:scheduler:heartbeat"
@@ -41,27 +38,13 @@ class Command(BaseCommand):
                 raise CommandError("; ".join(counts.errors))
             return
 
-        stopping = False
+        def step() -> None:
+            counts = engine.scheduler_tick()
+            cache.set(HEARTBEAT_KEY, timezone.now().isoformat(), timeout=None)
+            if any(counts.as_dict()[k] for k in ("retries_due", "timed_out", "requeued")):
+                self.stdout.write("scheduler: " + " ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
 
-        def stop(signum, frame) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
         self.stdout.write(f"scheduler: running every {interval}s")
-        while not stopping:
-            started = time.monotonic()
-            try:
-                close_old_connections()
-                counts = engine.scheduler_tick()
-                cache.set(HEARTBEAT_KEY, timezone.now().isoformat(), timeout=None)
-                if any(counts.as_dict()[k] for k in ("retries_due", "timed_out", "requeued")):
-                    self.stdout.write("scheduler: " + " ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
-            except Exception as exc:  # keep looping through a database blip
-                self.stderr.write(f"scheduler: pass failed: {exc.__class__.__name__}: {exc}")
-            remaining = interval - (time.monotonic() - started)
-            while remaining > 0 and not stopping:
-                time.sleep(min(remaining, 0.2))
-                remaining -= 0.2
+        run_until_stopped(interval=interval, step=step, on_error=lambda exc: self.stderr.write(
+            f"scheduler: pass failed: {exc.__class__.__name__}: {exc}"))
         self.stdout.write("scheduler: stopped")

@@ -1,0 +1,41 @@
+"""Small helpers shared by the manage.py commands of every app."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from django.db import close_old_connections, transaction
+
+
+@contextmanager
+def atomic_or_dry_run(dry_run: bool) -> Iterator[None]:
+    """One transaction for the whole command; rolled back at the end when `dry_run`."""
+    with transaction.atomic():
+        yield
+        if dry_run:
+            transaction.set_rollback(True)
+
+
+def run_until_stopped(*, interval: float, step: Callable[[], None], on_error: Callable[[Exception], None]) -> None:
+    """Call `step` every `interval` seconds until SIGINT or SIGTERM; a failing step is reported, not fatal."""
+    stopping = False
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping:
+        started = time.monotonic()
+        try:
+            close_old_connections()
+            step()
+        except Exception as exc:  # keep looping through a database blip
+            on_error(exc)
+        # Sleep in small slices so a signal stops the loop promptly.
+        while not stopping and time.monotonic() - started < interval:
+            time.sleep(min(0.2, max(interval - (time.monotonic() - started), 0.01)))

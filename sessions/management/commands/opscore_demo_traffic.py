@@ -1,0 +1,74 @@
+"""DEMO ONLY: keep the local demo busy by starting sessions for idle agents."""
+
+from __future__ import annotations
+
+import random
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from agents.models import Agent
+from opscore_site.commands import run_until_stopped
+from sessions import engine
+from sessions.engine import By
+from sessions.models import Session
+from workflows.models import WorkflowDefinition
+
+
+def start_for_idle_agents(*, workflow_ids: list[str], max_sessions: int) -> list[Session]:
+    """Start one session (random workflow) for each idle agent that has no unfinished session."""
+    definitions = list(WorkflowDefinition.objects.filter(pk__in=workflow_ids) if workflow_ids
+                       else WorkflowDefinition.objects.all())
+    if not definitions:
+        return []
+    busy = Session.objects.exclude(status__in=Session.TERMINAL).values("agent_id")
+    agents = (Agent.objects.active().filter(state=Agent.State.IDLE, drained_at__isnull=True)
+              .exclude(pk__in=busy).order_by("?")[:max_sessions])
+    started = []
+    for agent in agents:
+        try:
+            started.append(engine.session_start(definition=random.choice(definitions), agent=agent,
+                                                initial_payload={"demo": True}, by=By.system()))
+        except engine.EngineError:
+            continue  # the agent went away meanwhile
+    return started
+
+
+class Command(BaseCommand):
+    help = (
+        "DEMO ONLY (needs DEBUG=1 or --force): every few seconds, start a session of a random workflow "
+        "definition for each idle agent that has no unfinished session, so the local demo's dashboard "
+        "shows agents working. Stops on SIGINT/SIGTERM. Never run it against a real fleet."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--interval", type=float, default=3.0, help="Seconds between rounds (default 3).")
+        parser.add_argument("--workflow", action="append", default=[], metavar="ID",
+                            help="Only these definitions (repeatable; default all).")
+        parser.add_argument("--max-per-round", type=int, default=10, help="Sessions started per round (default 10).")
+        parser.add_argument("--once", action="store_true", help="One round, then exit.")
+        parser.add_argument("--force", action="store_true", help="Run even when DEBUG is off.")
+
+    def handle(self, *args, interval: float, workflow: list[str], max_per_round: int, once: bool,
+               force: bool, **options) -> None:
+        if not settings.DEBUG and not force:
+            raise CommandError("opscore_demo_traffic is for the local demo: it needs DEBUG=1 (or --force)")
+        if interval <= 0 or max_per_round < 1:
+            raise CommandError("--interval must be positive and --max-per-round at least 1")
+        missing = sorted(set(workflow) - set(WorkflowDefinition.objects.filter(pk__in=workflow)
+                                             .values_list("pk", flat=True)))
+        if missing:
+            raise CommandError(f"no workflow definition with id: {', '.join(missing)}")
+        if once:
+            started = start_for_idle_agents(workflow_ids=workflow, max_sessions=max_per_round)
+            self.stdout.write(f"demo traffic: started {len(started)} session(s)")
+            return
+
+        def step() -> None:
+            for session in start_for_idle_agents(workflow_ids=workflow, max_sessions=max_per_round):
+                self.stdout.write(f"demo traffic: started {session.workflow_id} for {session.agent_id}")
+
+        self.stdout.write(f"demo traffic: starting sessions for idle agents every {interval}s")
+        run_until_stopped(interval=interval, step=step, on_error=lambda exc: self.stderr.write(
+            f"demo traffic: round failed: {exc.__class__.__name__}: {exc}"))
+        self.stdout.write("demo traffic: stopped")

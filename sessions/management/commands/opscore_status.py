@@ -1,0 +1,140 @@
+"""One screen of health: agents, sessions, the job queue, the scheduler and the qcluster."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.cache import cache
+from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Count, Min
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django_q.conf import Conf
+from django_q.models import OrmQ
+from django_q.status import Stat
+
+from agents.models import Agent
+from sessions.management.commands.opscore_scheduler import HEARTBEAT_KEY
+from sessions.models import Session, Task
+
+UNHEALTHY_EXIT = 2
+
+
+def _age(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else round(max((now - moment).total_seconds(), 0.0), 1)
+
+
+def snapshot(*, now: datetime) -> dict[str, Any]:
+    """Everything the screen shows, as plain data (the --json output)."""
+    agents = Agent.objects.active()
+    by_state = {state or "unknown": n for state, n in
+                agents.values_list("state").annotate(n=Count("pk")).order_by("state")}
+    day_ago = now - timedelta(hours=24)
+    sessions_24h = {status: n for status, n in Session.objects.filter(created_at__gte=day_ago)
+                    .values_list("status").annotate(n=Count("pk")).order_by("status")}
+    # A job row's `lock` is its enqueue time until a worker leases it (then it moves into the
+    # future); so rows with lock <= now are waiting, and the smallest lock is the oldest wait.
+    waiting = OrmQ.objects.filter(key=Conf.CLUSTER_NAME, lock__lte=now)
+    queue = waiting.aggregate(depth=Count("pk"), oldest=Min("lock"))
+    leased = OrmQ.objects.filter(key=Conf.CLUSTER_NAME, lock__gt=now).count()
+    beat_text = cache.get(HEARTBEAT_KEY)
+    beat = parse_datetime(beat_text) if isinstance(beat_text, str) else None
+    clusters = [stat for stat in Stat.get_all() if stat.status != Conf.STOPPED]
+    return {
+        "time": now.isoformat(),
+        "agents": {
+            "by_state": by_state,
+            "total": sum(by_state.values()),
+            "stale": Agent.objects.stale(now=now).count(),
+            "drained": agents.filter(drained_at__isnull=False).count(),
+            "deregistered": Agent.objects.filter(deregistered_at__isnull=False).count(),
+        },
+        "sessions": {
+            "last_24h_by_status": sessions_24h,
+            "running": Session.objects.filter(status=Session.Status.RUNNING).count(),
+            "pending": Session.objects.filter(status=Session.Status.PENDING).count(),
+        },
+        "tasks": {
+            "queued": Task.objects.filter(status=Task.Status.QUEUED).count(),
+            "in_flight": Task.objects.filter(status__in=Task.IN_FLIGHT).count(),
+            "retry_scheduled": Task.objects.filter(status=Task.Status.RETRY_SCHEDULED).count(),
+            "failures_waiting": Task.objects.filter(status__in=Task.NEEDS_DECISION).count(),
+        },
+        "queue": {"depth": queue["depth"], "leased": leased,
+                  "oldest_waiting_seconds": _age(queue["oldest"], now)},
+        "scheduler": {"heartbeat": beat.isoformat() if beat else None, "heartbeat_age_seconds": _age(beat, now)},
+        "cluster": {"alive": len(clusters),
+                    "clusters": [{"id": str(s.cluster_id), "host": s.host, "status": str(s.status),
+                                  "workers": len(s.workers)} for s in clusters]},
+    }
+
+
+def problems(data: dict[str, Any], *, max_heartbeat_age: float, max_queue_age: float) -> list[str]:
+    found = []
+    beat_age = data["scheduler"]["heartbeat_age_seconds"]
+    if beat_age is None:
+        found.append("the scheduler has never reported (is `manage.py opscore_scheduler` running?)")
+    elif beat_age > max_heartbeat_age:
+        found.append(f"the scheduler's last pass was {beat_age:.0f}s ago (limit {max_heartbeat_age:.0f}s)")
+    if data["cluster"]["alive"] == 0:
+        found.append("no django-q2 cluster is alive (is `manage.py qcluster` running?)")
+    queue_age = data["queue"]["oldest_waiting_seconds"]
+    if queue_age is not None and queue_age > max_queue_age:
+        found.append(f"the oldest queued job has waited {queue_age:.0f}s (limit {max_queue_age:.0f}s)")
+    return found
+
+
+def _counts(mapping: dict[str, int]) -> str:
+    return "  ".join(f"{key} {value}" for key, value in mapping.items()) or "none"
+
+
+class Command(BaseCommand):
+    help = (
+        "Show Ops-Core's health on one screen: agents by state, sessions by status, the job queue, "
+        "the scheduler and the qcluster. Exits 2 when unhealthy (scheduler heartbeat missing or old, "
+        "no cluster alive, a queued job waiting too long), so cron and monitors can call it. --json for scripts."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--json", action="store_true", dest="as_json", help="Print one JSON object.")
+        parser.add_argument("--max-heartbeat-age", type=float, default=30.0, metavar="SECONDS",
+                            help="Unhealthy when the scheduler's last pass is older (default 30).")
+        parser.add_argument("--max-queue-age", type=float, default=300.0, metavar="SECONDS",
+                            help="Unhealthy when the oldest queued job has waited longer (default 300).")
+
+    def handle(self, *args, as_json: bool, max_heartbeat_age: float, max_queue_age: float, **options) -> None:
+        if max_heartbeat_age <= 0 or max_queue_age <= 0:
+            raise CommandError("--max-heartbeat-age and --max-queue-age must be positive")
+        data = snapshot(now=timezone.now())
+        found = problems(data, max_heartbeat_age=max_heartbeat_age, max_queue_age=max_queue_age)
+        data["healthy"], data["problems"] = not found, found
+        if as_json:
+            self.stdout.write(json.dumps(data, indent=2, default=str))
+        else:
+            self._screen(data)
+        if found:
+            raise SystemExit(UNHEALTHY_EXIT)
+
+    def _screen(self, data: dict[str, Any]) -> None:
+        a, s, t, q = data["agents"], data["sessions"], data["tasks"], data["queue"]
+        beat, cluster = data["scheduler"], data["cluster"]
+        oldest = "-" if q["oldest_waiting_seconds"] is None else f"{q['oldest_waiting_seconds']:.0f}s"
+        beat_age = "never" if beat["heartbeat_age_seconds"] is None else f"{beat['heartbeat_age_seconds']:.0f}s ago"
+        lines = [
+            f"Ops-Core status at {data['time']}",
+            f"  agents     {a['total']} registered: {_counts(a['by_state'])}",
+            f"             stale {a['stale']}  drained {a['drained']}  deregistered {a['deregistered']}",
+            f"  sessions   running {s['running']}  pending {s['pending']}  "
+            f"last 24h: {_counts(s['last_24h_by_status'])}",
+            f"  tasks      queued {t['queued']}  in flight {t['in_flight']}  retry scheduled "
+            f"{t['retry_scheduled']}  failures waiting {t['failures_waiting']}",
+            f"  job queue  depth {q['depth']}  leased {q['leased']}  oldest waiting {oldest}",
+            f"  scheduler  last pass {beat_age}",
+            f"  cluster    {cluster['alive']} alive"
+            + "".join(f"  [{c['host']} {c['status']}, {c['workers']} workers]" for c in cluster["clusters"]),
+            "  health     " + ("OK" if data["healthy"] else "UNHEALTHY"),
+        ]
+        lines += [f"    - {problem}" for problem in data["problems"]]
+        self.stdout.write("\n".join(lines))

@@ -1,0 +1,121 @@
+"""The README's quickstart (`scripts/run`) on a fresh SQLite file, headless and bounded.
+
+It must bring up the whole demo, complete sessions (checked through the API), and leave
+no process behind when its supervisor is told to stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.harness import ROOT, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+MARKER = "OPSCORE_QUICKSTART_RUN"
+
+
+def marked_pids(run_id: str) -> list[int]:
+    """Processes (of any process group) that inherited this run's marker variable."""
+    needle = f"{MARKER}={run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile, or not ours
+    return found
+
+
+def demo_env(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key: value for key, value in pairs}
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_the_quickstart_completes_sessions_and_stops_cleanly(tmp_path, stop_signal):
+    run_id = uuid.uuid4().hex
+    port, agentkit_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPSCORE_", "AGENTKIT_", "Q_", "DJANGO_")) and k not in {"DATABASE_URL", "DEBUG",
+                                                                                        "SECRET_KEY", "PORT"}}
+    env.update({
+        MARKER: run_id,
+        "PORT": str(port),
+        "AGENTKIT_PORT": str(agentkit_port),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+        "OPSCORE_DEMO_ENV_FILE": str(tmp_path / "demo.env"),
+        "LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    })
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(ROOT / "scripts" / "run")], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def logs() -> str:
+        return log_path.read_text(errors="replace")[-6000:]
+
+    last: dict[str, str] = {}
+    try:
+        base = f"http://127.0.0.1:{port}"
+        try:
+            def healthy():
+                assert proc.poll() is None, "the quickstart exited on its own"
+                return httpx.get(f"{base}/health", timeout=2).status_code == 200
+
+            wait_until(healthy, timeout=120, what="the quickstart's /health")
+            key = demo_env(tmp_path / "demo.env")["OPSCORE_API_KEY"]
+            api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
+            def completed():
+                assert proc.poll() is None, "the quickstart exited on its own"
+                response = api.get("/v1/opscore/sessions", params={"status": "completed"})
+                last["answer"] = f"{response.status_code} {response.text[:300]}"
+                return response.status_code == 200 and response.json()["count"] >= 1 and response.json()
+
+            body = wait_until(completed, timeout=120, interval=2, what="a completed session")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nlast API answer: {last.get('answer')}\n--- scripts/run output:\n{logs()}") from None
+        assert {s["status"] for s in body["results"]} == {"completed"}
+        printed = log_path.read_text(errors="replace")
+        password = demo_env(tmp_path / "demo.env")["OPSCORE_DEMO_PASSWORD"]
+        assert f"log in as:             operator / {password}" in printed
+        assert f"http://127.0.0.1:{port}/" in printed
+        assert marked_pids(run_id), "the demo's processes carry the marker"
+    finally:
+        if proc.poll() is None:
+            # Ctrl-C reaches the whole foreground group; SIGTERM (a service manager) only honcho.
+            if stop_signal == signal.SIGINT:
+                os.killpg(proc.pid, signal.SIGINT)
+            else:
+                os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        # honcho starts each process in its own session: look for every descendant, not one group.
+        deadline = time.monotonic() + 15
+        while marked_pids(run_id) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = marked_pids(run_id)
+        for pid in left:  # never leak into the rest of the suite, even when failing
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode is not None, f"honcho did not exit on {stop_signal.name}"
+    assert left == [], f"processes left after {stop_signal.name}: {left}\n{logs()}"
