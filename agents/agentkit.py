@@ -71,6 +71,17 @@ def _headers() -> dict[str, str]:
     return headers
 
 
+def _send(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One request to AgentKit with the configured timeout; transport failures as transient AgentKitError."""
+    try:
+        return _client().request(method, url, headers=_headers(), timeout=settings.AGENTKIT_TIMEOUT_SECONDS,
+                                 **kwargs)
+    except httpx.TimeoutException as exc:
+        raise AgentKitError(f"AgentKit timed out: {exc.__class__.__name__}", permanent=False) from exc
+    except httpx.HTTPError as exc:
+        raise AgentKitError(f"AgentKit unreachable: {exc.__class__.__name__}: {exc}", permanent=False) from exc
+
+
 def _detail(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -104,15 +115,7 @@ def dispatch_message(
 
 def run_task(*, agent_id: str, message: dict[str, Any]) -> Accepted:
     """POST a task to `/v1/agents/{agent_id}/run`. 2xx means only "scheduled" by AgentKit."""
-    url = f"{_base_url()}/v1/agents/{quote(agent_id, safe='')}/run"
-    try:
-        response = _client().post(
-            url, json=message, headers=_headers(), timeout=settings.AGENTKIT_TIMEOUT_SECONDS
-        )
-    except httpx.TimeoutException as exc:
-        raise AgentKitError(f"AgentKit timed out: {exc.__class__.__name__}", permanent=False) from exc
-    except httpx.HTTPError as exc:
-        raise AgentKitError(f"AgentKit unreachable: {exc.__class__.__name__}: {exc}", permanent=False) from exc
+    response = _send("POST", f"{_base_url()}/v1/agents/{quote(agent_id, safe='')}/run", json=message)
     status = response.status_code
     if 200 <= status < 300:
         try:
@@ -135,13 +138,7 @@ def run_task(*, agent_id: str, message: dict[str, Any]) -> Accepted:
 
 def list_agents() -> list[dict[str, Any]]:
     """GET /v1/agents. Raises AgentListingUnsupported when AgentKit has no listing (404)."""
-    url = f"{_base_url()}/v1/agents"
-    try:
-        response = _client().get(url, headers=_headers(), timeout=settings.AGENTKIT_TIMEOUT_SECONDS)
-    except httpx.TimeoutException as exc:
-        raise AgentKitError(f"AgentKit timed out: {exc.__class__.__name__}", permanent=False) from exc
-    except httpx.HTTPError as exc:
-        raise AgentKitError(f"AgentKit unreachable: {exc.__class__.__name__}: {exc}", permanent=False) from exc
+    response = _send("GET", f"{_base_url()}/v1/agents")
     if response.status_code == 404:
         raise AgentListingUnsupported(
             "this AgentKit has no agent listing endpoint (GET /v1/agents answered 404)",

@@ -172,3 +172,18 @@ class ApiKey(models.Model):
         # Keys are 256-bit random strings, so a fast hash is as safe as a slow one here
         # and keeps the hottest endpoint cheap.
         return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+class WebhookReceipt(models.Model):
+    """One accepted AgentKit webhook delivery: its signature may not be accepted again.
+
+    Rows older than twice the tolerance window can no longer match a fresh delivery and
+    are deleted as new deliveries arrive.
+    """
+
+    signature = models.CharField(max_length=64, unique=True, help_text="Lowercase hex HMAC-SHA256.")
+    timestamp = models.DateTimeField(help_text="The delivery's signed timestamp.")
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.signature[:12]}… @ {self.received_at.isoformat()}"

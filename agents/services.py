@@ -14,7 +14,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from agents.models import Agent, AgentState, ApiKey
+from agents.models import Agent, AgentState, ApiKey, WebhookReceipt
 from agents.signals import agent_state_reported
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ def api_key_bootstrap() -> ApiKey | None:
     """Make sure the fleet-wide service key from OPSCORE_API_KEY exists (and only it).
 
     Called on start-up paths (migrate, the first request that presents it). A changed
-    OPSCORE_API_KEY revokes the previous bootstrap key.
+    OPSCORE_API_KEY revokes the previous bootstrap key; a revoked one is never reinstalled
+    (ValueError): revoking it must stick until the fleet's key is rotated.
     """
     raw = settings.OPSCORE_API_KEY
     if not raw:
@@ -68,6 +69,9 @@ def api_key_bootstrap() -> ApiKey | None:
     if len(raw) < MIN_KEY_LENGTH:
         raise ValueError(f"OPSCORE_API_KEY must be at least {MIN_KEY_LENGTH} characters long")
     key_hash = ApiKey.hash_secret(raw)
+    if ApiKey.objects.filter(prefix=raw[: ApiKey.PREFIX_LENGTH], key_hash=key_hash,
+                             revoked_at__isnull=False).exists():
+        raise ValueError("OPSCORE_API_KEY was revoked: rotate it")
     for _ in range(3):
         try:
             with transaction.atomic():
@@ -134,8 +138,8 @@ def api_key_authenticate(*, raw: str, now: datetime) -> ApiKey | None:
     if key is None and settings.OPSCORE_API_KEY and hmac.compare_digest(raw.encode(), settings.OPSCORE_API_KEY.encode()):
         try:
             key = api_key_bootstrap()
-        except ValueError as exc:  # misconfigured key: refuse it (401) and say why in the log
-            logger.error("OPSCORE_API_KEY cannot be installed: %s", exc)
+        except ValueError as exc:  # misconfigured or revoked key: refuse it (401) and say why in the log
+            logger.error("OPSCORE_API_KEY is refused: %s", exc)
             return None
     if key is not None and (key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION):
         # Conditional, so concurrent requests write the row once a minute at most.
@@ -263,4 +267,18 @@ def agent_deregister(*, agent_id: str, at: datetime) -> bool:
     if not Agent.objects.filter(pk=agent_id).exists():
         return False
     Agent.objects.filter(pk=agent_id, deregistered_at__isnull=True).update(deregistered_at=at)
+    return True
+
+
+def webhook_receipt_record(*, signature: str, timestamp: datetime, received_at: datetime, keep: timedelta) -> bool:
+    """Record an accepted webhook delivery; False if its signature was already recorded.
+
+    Also deletes receipts older than `keep`: past the tolerance window they can match nothing.
+    """
+    WebhookReceipt.objects.filter(received_at__lt=received_at - keep).delete()
+    try:
+        with transaction.atomic():
+            WebhookReceipt.objects.create(signature=signature, timestamp=timestamp, received_at=received_at)
+    except IntegrityError:
+        return False
     return True

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agents.timestamps import parse_iso_timestamp
 
 TIMESTAMP_HEADER = "X-AgentKit-Timestamp"
 SIGNATURE_HEADER = "X-AgentKit-Signature"
@@ -31,20 +34,27 @@ def sign(*, secret: str, timestamp: str, body: bytes) -> str:
 def parse_timestamp(value: str) -> float:
     """Unix seconds from the header: integer seconds (what AgentKit sends) or ISO 8601 with an offset."""
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is True too
         return float(value)
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise WebhookRefused("bad_timestamp", f"{TIMESTAMP_HEADER} must be Unix seconds or ISO 8601") from None
-    if parsed.tzinfo is None:
-        raise WebhookRefused("bad_timestamp", f"{TIMESTAMP_HEADER} in ISO 8601 needs a UTC offset")
-    return parsed.timestamp()
+        return parse_iso_timestamp(value).timestamp()
+    except ValueError as exc:
+        raise WebhookRefused(
+            "bad_timestamp", f"{TIMESTAMP_HEADER} must be Unix seconds or ISO 8601 with a UTC offset: the value {exc}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A verified delivery: its signature (lowercase hex) identifies it for the replay guard."""
+
+    signature: str
+    sent_at: datetime
 
 
 def verify(*, secret: str, timestamp: str | None, signature: str | None, body: bytes, now: float,
-           tolerance: int) -> None:
-    """Raise WebhookRefused unless the signature is good and the timestamp within `tolerance`."""
+           tolerance: int) -> Delivery:
+    """The verified delivery; WebhookRefused unless the signature is good and the timestamp within `tolerance`."""
     if not timestamp or not signature:
         raise WebhookRefused("missing_signature", f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} headers are required")
     sent_at = parse_timestamp(timestamp)
@@ -54,6 +64,7 @@ def verify(*, secret: str, timestamp: str | None, signature: str | None, body: b
     expected = sign(secret=secret, timestamp=timestamp, body=body)
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise WebhookRefused("bad_signature", f"{SIGNATURE_HEADER} does not match the body")
+    return Delivery(signature=expected, sent_at=datetime.fromtimestamp(sent_at, UTC))
 
 
 class AgentDetails(BaseModel):

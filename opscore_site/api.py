@@ -133,7 +133,8 @@ class ApiThrottle(SimpleRateThrottle):
     """One rate (OPSCORE_THROTTLE_RATE) per credential, and per agent on the agent endpoints.
 
     Counters live in the default cache (the shared database cache), so every process
-    sees the same numbers.
+    sees the same numbers. Anonymous callers are told apart by the socket address, or by
+    X-Forwarded-For only as far as REST_FRAMEWORK["NUM_PROXIES"] (OPSCORE_NUM_PROXIES) trusts it.
     """
 
     scope = "api"
@@ -153,6 +154,15 @@ class ApiThrottle(SimpleRateThrottle):
         if agent_id:  # hashed: any characters, any length, fits the cache key column
             ident += ":agent:" + hashlib.sha256(agent_id.encode()).hexdigest()[:24]
         return f"throttle:{self.scope}:{ident}"
+
+
+class StateReportThrottle(ApiThrottle):
+    """State reports: off unless OPSCORE_STATE_THROTTLE_RATE is set, since a 429 is a lost report."""
+
+    scope = "state"
+
+    def get_rate(self) -> str | None:
+        return settings.OPSCORE_STATE_THROTTLE_RATE or None
 
 
 # --------------------------------------------------------------------------- Django level

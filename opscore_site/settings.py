@@ -109,11 +109,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# A shared cache, so qinfo, throttles and every process see the same numbers.
+# A shared cache, so qinfo, throttles and every process see the same numbers. Django's
+# default of 300 entries would cull live throttle counters and django-q2 stats.
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.db.DatabaseCache",
         "LOCATION": "opscore_cache",
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
     }
 }
 
@@ -153,7 +155,9 @@ OPSCORE_MAX_BODY_BYTES = ENV.OPSCORE_MAX_BODY_BYTES
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = ENV.SECURE_SSL_REDIRECT
-    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$"]
+    # The API is exempt: AgentKit and its SDK follow no redirects (an in-cluster http:// URL
+    # would lose every report and webhook); operator pages still go to HTTPS.
+    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^v1/"]
     SECURE_HSTS_SECONDS = ENV.SECURE_HSTS_SECONDS
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
@@ -173,6 +177,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["opscore_site.auth.OperatorOrServiceKey"],
     "DEFAULT_THROTTLE_CLASSES": ["opscore_site.api.ApiThrottle"],
+    # Trusted reverse proxies in front of Ops-Core; 0 ignores X-Forwarded-For (it is spoofable).
+    "NUM_PROXIES": ENV.OPSCORE_NUM_PROXIES,
     "DEFAULT_PAGINATION_CLASS": "opscore_site.api.Pagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "opscore_site.api.exception_handler",
@@ -201,6 +207,7 @@ OPSCORE_API_KEY = ENV.OPSCORE_API_KEY
 OPSCORE_WEBHOOK_TOLERANCE_SECONDS = ENV.OPSCORE_WEBHOOK_TOLERANCE_SECONDS
 OPSCORE_STATE_MAX_FUTURE_SECONDS = ENV.OPSCORE_STATE_MAX_FUTURE_SECONDS
 OPSCORE_THROTTLE_RATE = ENV.OPSCORE_THROTTLE_RATE
+OPSCORE_STATE_THROTTLE_RATE = ENV.OPSCORE_STATE_THROTTLE_RATE
 OPSCORE_IDEMPOTENCY_TTL_HOURS = ENV.OPSCORE_IDEMPOTENCY_TTL_HOURS
 OPSCORE_AGENT_STALE_SECONDS = ENV.OPSCORE_AGENT_STALE_SECONDS
 OPSCORE_RETENTION_DAYS = ENV.OPSCORE_RETENTION_DAYS

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from rest_framework import serializers
 
 from agents.models import Agent, AgentState
+from agents.timestamps import parse_iso_timestamp
 
 STATES = ", ".join(Agent.State.values)
 
@@ -26,17 +27,9 @@ class StateReportIn(serializers.Serializer):
 
     def validate_timestamp(self, value: str) -> datetime:
         try:
-            parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise serializers.ValidationError(
-                "must be ISO 8601, e.g. 2026-11-23T22:09:39.929454+00:00"
-            ) from None
-        if parsed.tzinfo is None or parsed.utcoffset() is None:
-            raise serializers.ValidationError("must include a UTC offset (e.g. +00:00)")
-        try:
-            parsed = parsed.astimezone(UTC)
-        except OverflowError:
-            raise serializers.ValidationError("is out of range") from None
+            parsed = parse_iso_timestamp(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
         limit = self.context["now"] + timedelta(seconds=settings.OPSCORE_STATE_MAX_FUTURE_SECONDS)
         if parsed > limit:
             raise serializers.ValidationError(

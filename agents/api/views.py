@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 
 from django.conf import settings
-from django.core.cache import cache
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -27,8 +27,8 @@ from agents.api.serializers import (
     WebhookIn,
 )
 from agents.models import Agent
-from agents.services import agent_deregister, agent_register, agent_state_record
-from opscore_site.api import ServiceUnavailable, query_bool, query_choices, query_text
+from agents.services import agent_deregister, agent_register, agent_state_record, webhook_receipt_record
+from opscore_site.api import ServiceUnavailable, StateReportThrottle, query_bool, query_choices, query_text
 from opscore_site.parsers import parse_json_bytes
 from opscore_site.auth import AgentEndpoint, OperatorOrServiceKey
 
@@ -47,6 +47,10 @@ class AgentStateView(APIView):
     @property
     def operators_allowed(self) -> bool:
         return self.request.method == "GET"
+
+    def get_throttles(self):
+        # Each report is sent once, never retried (AGENTKIT.md section 2): not the API-wide rate.
+        return [StateReportThrottle()] if self.request.method == "POST" else super().get_throttles()
 
     @extend_schema(request=StateReportIn, responses={202: AcceptedOut}, operation_id="agent_state_report",
                    summary="Report an agent's state (AgentKit SDK)")
@@ -79,6 +83,9 @@ class AgentNotifyView(APIView):
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    # Authenticated by its HMAC; a throttle would run before that check and let any
+    # anonymous caller write a counter row per address.
+    throttle_classes: list = []
 
     @extend_schema(request=WebhookIn, responses={200: AcceptedOut}, auth=[], operation_id="agentkit_notify",
                    summary="AgentKit registration webhook (HMAC-signed)",
@@ -92,7 +99,7 @@ class AgentNotifyView(APIView):
         if request.content_type.split(";")[0].strip().lower() != "application/json":
             raise exceptions.UnsupportedMediaType(request.content_type or "(none)")
         body = request.body
-        self._authenticate(request, body)
+        delivery = self._authenticate(request, body)
         document = parse_json_bytes(body)
         try:
             event = webhook.parse_event(document)
@@ -100,40 +107,43 @@ class AgentNotifyView(APIView):
             raise exceptions.ValidationError(exc.args[0]) from None
         details = event.agent_details
         now = timezone.now()
-        if event.event_type == "DEREGISTER":
-            known = agent_deregister(agent_id=details.agentId, at=now)
-            message = f"agent '{details.agentId}' deregistered" if known else \
-                f"agent '{details.agentId}' is unknown; nothing to deregister"
-        else:
-            _, created = agent_register(
-                agent_id=details.agentId, name=details.agentName or "", version=details.version or "",
-                capabilities=details.capabilities, contact_endpoint=details.contactEndpoint or "",
-                metadata=details.metadata, at=now,
-            )
-            message = f"agent '{details.agentId}' {'registered' if created else 'updated'}"
+        with transaction.atomic():
+            if delivery is not None and not webhook_receipt_record(
+                signature=delivery.signature, timestamp=delivery.sent_at, received_at=now,
+                keep=timedelta(seconds=2 * settings.OPSCORE_WEBHOOK_TOLERANCE_SECONDS),
+            ):
+                raise WebhookUnauthorized("this webhook delivery was already accepted (replay)", code="replayed")
+            if event.event_type == "DEREGISTER":
+                known = agent_deregister(agent_id=details.agentId, at=now)
+                message = f"agent '{details.agentId}' deregistered" if known else \
+                    f"agent '{details.agentId}' is unknown; nothing to deregister"
+            else:
+                _, created = agent_register(
+                    agent_id=details.agentId, name=details.agentName or "", version=details.version or "",
+                    capabilities=details.capabilities, contact_endpoint=details.contactEndpoint or "",
+                    metadata=details.metadata, at=now,
+                )
+                message = f"agent '{details.agentId}' {'registered' if created else 'updated'}"
         return Response({"status": "success", "message": message})
 
-    def _authenticate(self, request, body: bytes) -> None:
+    def _authenticate(self, request, body: bytes) -> webhook.Delivery | None:
+        """The verified delivery, None for an unsigned one in development; 401/503 otherwise."""
         timestamp = request.headers.get(webhook.TIMESTAMP_HEADER)
         signature = request.headers.get(webhook.SIGNATURE_HEADER)
         unsigned_ok = settings.OPSCORE_WEBHOOK_ALLOW_UNSIGNED and settings.DEBUG
         if unsigned_ok and not timestamp and not signature:
-            return
+            return None
         secret = settings.OPSCORE_WEBHOOK_SECRET
         if not secret:
             raise ServiceUnavailable(
                 "OPSCORE_WEBHOOK_SECRET is not configured, so webhooks cannot be verified and are refused",
                 code="webhook_not_configured",
             )
-        tolerance = settings.OPSCORE_WEBHOOK_TOLERANCE_SECONDS
         try:
-            webhook.verify(secret=secret, timestamp=timestamp, signature=signature, body=body,
-                           now=time.time(), tolerance=tolerance)
+            return webhook.verify(secret=secret, timestamp=timestamp, signature=signature, body=body,
+                                  now=time.time(), tolerance=settings.OPSCORE_WEBHOOK_TOLERANCE_SECONDS)
         except webhook.WebhookRefused as exc:
             raise WebhookUnauthorized(exc.detail, code=exc.code) from None
-        # Within the window, each signed delivery is accepted once (shared cache: all processes).
-        if not cache.add(f"agentkit-webhook:{timestamp}:{signature.strip().lower()}", 1, timeout=2 * tolerance + 5):
-            raise WebhookUnauthorized("this webhook delivery was already accepted (replay)", code="replayed")
 
 
 @extend_schema(parameters=[

@@ -53,6 +53,17 @@ def test_the_environment_key_bootstraps_one_service_key(db, settings):
     assert api_key_lookup("fleet-wide-key-0123456789") is None
 
 
+def test_a_revoked_environment_key_is_not_reinstalled(db, settings):
+    settings.OPSCORE_API_KEY = "fleet-wide-key-0123456789"
+    api_key_revoke(key=api_key_bootstrap())
+    with pytest.raises(ValueError, match="OPSCORE_API_KEY was revoked: rotate it"):
+        api_key_bootstrap()
+    assert not ApiKey.objects.filter(revoked_at__isnull=True).exists()
+    settings.OPSCORE_API_KEY = "rotated-fleet-key-987654321"
+    rotated = api_key_bootstrap()
+    assert rotated is not None and api_key_lookup("rotated-fleet-key-987654321") == rotated
+
+
 def test_a_short_environment_key_is_refused(db, settings):
     settings.OPSCORE_API_KEY = "short"
     with pytest.raises(ValueError, match="at least 16 characters"):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation import GenerationMode
 
 from agents.services import api_key_create
+from tests.api.test_hostile_json import HOSTILE
 
 # Raise for a longer run: OPSCORE_FUZZ_EXAMPLES=200 pytest tests/api/test_fuzz.py
 EXAMPLES_PER_OPERATION = int(os.environ.get("OPSCORE_FUZZ_EXAMPLES", "12"))
@@ -42,6 +45,16 @@ def test_fuzz_the_schema_finds_no_server_error(live_server, capsys):
                                     f"{response.text[:200]}")
 
             run()
+        if operation.method.upper() in ("POST", "PUT", "PATCH"):
+            # JSON that Python's json accepts but nothing downstream can store (tests/api/test_hostile_json.py).
+            path = re.sub(r"\{[^}]+\}", "fuzz", operation.path)
+            for value in HOSTILE.values():
+                ran += 1
+                response = httpx.request(operation.method.upper(), f"{live_server.url}{path}",
+                                         content=f'{{"x": {value}}}'.encode(), timeout=10,
+                                         headers={**headers, "Content-Type": "application/json"})
+                if response.status_code >= 500:
+                    failures.append(f"{operation.method} {path} hostile {value[:20]} -> {response.status_code}")
     with capsys.disabled():
         print(f"\nschemathesis: {ran} cases over {len(list(schema.get_all_operations()))} operations")
     assert ran > 100

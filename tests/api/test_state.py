@@ -145,6 +145,20 @@ def test_revoked_key_is_401(api, service_key):
     assert_error(api.post(url("a1"), report("a1"), format="json"), 401)
 
 
+def test_a_revoked_environment_key_stays_revoked(anon, settings, caplog):
+    from agents.models import ApiKey
+    from agents.services import BOOTSTRAP_KEY_NAME, api_key_revoke
+
+    settings.OPSCORE_API_KEY = "opk_fleet-wide-environment-key-01"
+    anon.credentials(HTTP_AUTHORIZATION=f"Bearer {settings.OPSCORE_API_KEY}")
+    assert anon.post(url("a1"), report("a1"), format="json").status_code == 202  # installed on first use
+    api_key_revoke(key=ApiKey.objects.get(name=BOOTSTRAP_KEY_NAME))
+    for _ in range(2):
+        assert_error(anon.post(url("a1"), report("a1"), format="json"), 401, "authentication_failed")
+    assert not ApiKey.objects.filter(revoked_at__isnull=True).exists()
+    assert "OPSCORE_API_KEY was revoked: rotate it" in caplog.text
+
+
 def test_operator_may_read_state_but_not_report(operator_api):
     AgentFactory(id="a1")
     assert operator_api.get(url("a1")).status_code == 200
@@ -165,13 +179,38 @@ def test_body_over_the_limit_is_413(api, settings):
     assert_error(api.post(url("a1"), body, format="json"), 413, "payload_too_large")
 
 
-def test_throttled_is_429(api, settings):
+def test_state_reports_are_not_throttled_by_default(api, settings):
+    """A 429 is a lost report (AGENTKIT.md section 2): the API-wide rate does not apply to them."""
     settings.OPSCORE_THROTTLE_RATE = "2/min"
+    for _ in range(4):
+        assert api.post(url("a1"), report("a1"), format="json").status_code == 202
+    assert api.get(url("a1")).status_code == 200
+
+
+def test_state_reports_have_their_own_optional_rate(api, settings):
+    settings.OPSCORE_STATE_THROTTLE_RATE = "2/min"
     for _ in range(2):
         assert api.post(url("a1"), report("a1"), format="json").status_code == 202
     response = api.post(url("a1"), report("a1"), format="json")
     assert_error(response, 429, "throttled")
     assert "Retry-After" in response
+
+
+def test_other_endpoints_are_throttled_per_key(api, settings):
+    settings.OPSCORE_THROTTLE_RATE = "2/min"
+    for _ in range(2):
+        assert api.get("/v1/opscore/agents").status_code == 200
+    response = api.get("/v1/opscore/agents")
+    assert_error(response, 429, "throttled")
+    assert "Retry-After" in response
+
+
+def test_anonymous_clients_are_counted_by_socket_address_not_x_forwarded_for(client, settings):
+    settings.OPSCORE_THROTTLE_RATE = "2/min"
+    # An address of its own: transactional tests (the fuzz) commit counters for 127.0.0.1.
+    statuses = [client.get("/v1/opscore/schema", REMOTE_ADDR="192.0.2.10",
+                           HTTP_X_FORWARDED_FOR=f"10.0.0.{n}").status_code for n in range(3)]
+    assert statuses == [200, 200, 429]
 
 
 def test_last_used_is_written_at_most_once_a_minute(api, django_assert_num_queries):
@@ -184,14 +223,13 @@ def test_last_used_is_written_at_most_once_a_minute(api, django_assert_num_queri
     assert ApiKey.objects.get(name="fleet").last_used_at == first
 
 
-def test_the_report_is_one_short_transaction(api, settings, django_assert_max_num_queries):
-    """Auth lookup, savepoint, the upsert, the history insert, the engine's savepoint and its
-    check for a task in flight, release; nothing grows with the history."""
-    settings.OPSCORE_THROTTLE_RATE = ""
+def test_the_report_is_one_short_transaction(api, django_assert_num_queries):
+    """Default configuration (no throttle): key lookup, savepoint, the upsert, the history insert,
+    the engine's savepoint and its check for a task in flight, release; nothing grows with the history."""
     api.post(url("a1"), report("a1", "active"), format="json")  # last_used written here
     for n in range(30):
         api.post(url("a1"), report("a1", "active"), format="json")
-    with django_assert_max_num_queries(8):
+    with django_assert_num_queries(8):
         assert api.post(url("a1"), report("a1", "active"), format="json").status_code == 202
 
 

@@ -81,6 +81,8 @@ def test_iso_timestamp_header_is_accepted(db):
     ({"timestamp": str(int(time.time()) - 301)}, "stale_timestamp"),
     ({"timestamp": str(int(time.time()) + 400)}, "stale_timestamp"),
     ({"timestamp": "not-a-time"}, "bad_timestamp"),
+    ({"timestamp": "\u00b2"}, "bad_timestamp"),  # a non-ASCII digit: isdigit() but not a number
+    ({"timestamp": "\u0661\u0662"}, "bad_timestamp"),  # Arabic-Indic digits
     ({"unsigned": True}, "missing_signature"),
 ])
 def test_bad_signatures_are_401(db, kwargs, code):
@@ -102,6 +104,66 @@ def test_replayed_delivery_is_401(db):
     signature = sign(secret=SECRET, timestamp=timestamp, body=body)
     assert deliver(body, timestamp=timestamp, signature=signature).status_code == 200
     assert_error(deliver(body, timestamp=timestamp, signature=signature), 401, "replayed")
+
+
+def test_replay_is_refused_after_the_shared_cache_filled_up(db):
+    """The replay guard is a table: ~300 throttle counters in the cache once culled it away."""
+    from django.core.cache import cache
+
+    body = register_body("a1")
+    timestamp = str(int(time.time()))
+    signature = sign(secret=SECRET, timestamp=timestamp, body=body)
+    assert deliver(body, timestamp=timestamp, signature=signature).status_code == 200
+    for n in range(400):
+        cache.set(f"throttle:api:ip:10.0.{n // 256}.{n % 256}", [time.time()], 60)
+    assert_error(deliver(body, timestamp=timestamp, signature=signature.upper()), 401, "replayed")
+
+
+def test_the_shared_cache_is_not_culled_at_300_entries(db):
+    from django.core.cache import cache
+
+    for n in range(400):
+        cache.set(f"throttle:api:key:{n:03d}", n, 60)
+    assert cache.get("throttle:api:key:000") == 0 and cache.get("throttle:api:key:399") == 399
+
+
+def test_receipts_past_twice_the_window_are_deleted(db, settings):
+    from datetime import timedelta
+
+    from agents.models import WebhookReceipt
+
+    settings.OPSCORE_WEBHOOK_TOLERANCE_SECONDS = 300
+    now = datetime.now(UTC)
+    WebhookReceipt.objects.create(signature="a" * 64, timestamp=now, received_at=now - timedelta(seconds=601))
+    WebhookReceipt.objects.create(signature="b" * 64, timestamp=now, received_at=now - timedelta(seconds=500))
+    assert deliver(register_body("a1")).status_code == 200
+    assert not WebhookReceipt.objects.filter(signature="a" * 64).exists()
+    assert WebhookReceipt.objects.filter(signature="b" * 64).exists() and WebhookReceipt.objects.count() == 2
+
+
+def test_a_refused_body_records_no_receipt(db):
+    from agents.models import WebhookReceipt
+
+    body = json.dumps({"event_type": "PING", "agent_details": {}}).encode()
+    assert_error(deliver(body), 400, "invalid")
+    assert not WebhookReceipt.objects.exists()
+
+
+def test_the_webhook_is_not_throttled_and_spoofed_callers_leave_no_cache_rows(db, settings):
+    from django.db import connection
+
+    settings.OPSCORE_THROTTLE_RATE = "2/min"
+    for n in range(3):
+        assert deliver(register_body(f"a{n}")).status_code == 200
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM opscore_cache")
+        (before,) = cursor.fetchone()
+        for n in range(5):
+            response = APIClient().post(URL, register_body("x"), content_type="application/json",
+                                        HTTP_X_FORWARDED_FOR=f"10.9.9.{n}")
+            assert_error(response, 401, "missing_signature")
+        cursor.execute("SELECT count(*) FROM opscore_cache")
+        assert cursor.fetchone() == (before,)
 
 
 def test_no_secret_refuses_with_503(db, settings):

@@ -101,3 +101,22 @@ def test_log_lines_are_json_with_the_request_id():
         handler.setStream(previous)
     record = json.loads(buffer.getvalue().strip().splitlines()[-1])
     assert record["message"] == "hello world" and record["request_id"] == "req-42" and record["level"] == "WARNING"
+
+
+def test_production_redirects_operator_pages_to_https_but_not_the_api(db, settings):
+    """AgentKit and its SDK follow no redirects: a 301 on an in-cluster http:// URL is a lost report."""
+    from rest_framework.test import APIClient
+
+    from agents.services import api_key_create
+
+    assert not settings.DEBUG  # the production block of settings.py, with its SECURE_REDIRECT_EXEMPT
+    settings.SECURE_SSL_REDIRECT = True
+    _, raw = api_key_create(name="fleet")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    body = {"agentId": "x", "timestamp": "2026-11-23T22:09:39+00:00", "state": "idle", "details": {}}
+    assert client.post("/v1/opscore/agent/x/state", body, format="json").status_code == 202
+    assert client.post("/v1/opscore/internal/agent/notify", b"{}", content_type="application/json").status_code == 401
+    page = client.get("/")
+    assert page.status_code == 301 and page["Location"].startswith("https://")
+    assert client.get("/health").status_code == 200
