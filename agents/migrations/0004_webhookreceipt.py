@@ -6,9 +6,8 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
 
-    # Another branch adds 0003_agent_drained_by; at merge this dependency is re-pointed to it.
     dependencies = [
-        ('agents', '0002_cache_table'),
+        ('agents', '0003_agent_drained_by'),
     ]
 
     operations = [
