@@ -570,3 +570,67 @@ def test_concurrent_dispatches_to_one_agent_send_exactly_one(agentkit_stub):
     assert sorted(outcomes) == ["busy", "dispatched"]
     assert len(agentkit_stub.requests) == 1
     assert Task.objects.filter(agent=agent, status__in=Task.IN_FLIGHT).count() == 1
+
+
+def test_a_cancelled_task_keeps_its_agent_busy_until_the_agent_reports_idle(q_sync, agentkit_stub, operator):
+    """The agent works on a cancelled task until it reports (AGENTKIT.md section 4: `active`/`idle` come
+    only after the work). A session started meanwhile must wait, or the cancelled task's late `idle`
+    would complete it."""
+    agent = AgentFactory()
+    first = start(agent=agent)
+    assert task_of(first).status == S.DISPATCHED
+    engine.session_cancel(session=first, by=By.operator(operator))
+    second = start(agent=agent)
+    assert task_of(second).status == S.QUEUED and len(agentkit_stub.requests) == 1
+    # The late pair for the cancelled task: changes nothing for the new session's task...
+    report(agent.id, "active")
+    assert task_of(second).status == S.QUEUED
+    report(agent.id, "idle")
+    # ...and once the agent is idle again, the new task goes out, with its own reference time.
+    task = task_of(second)
+    assert task.status == S.DISPATCHED and len(agentkit_stub.requests) == 2
+    assert task.result is None and task.reference_at > task_of(first).reference_at
+
+
+def test_a_cancelled_retry_holds_its_agent_even_if_an_earlier_attempt_was_refused(q_sync, agentkit_stub, operator):
+    agent = AgentFactory()
+    agentkit_stub.respond(503)
+    first = start(agent=agent, spec=spec_with(retryBackoffSeconds=0))
+    agentkit_stub.answer = agentkit_stub.accept
+    engine.sweep_due_retries(now=timezone.now() + timedelta(seconds=1))
+    assert task_of(first).attempt == 2 and task_of(first).status == S.DISPATCHED
+    engine.session_cancel(session=first, by=By.operator(operator))
+    second = start(agent=agent)
+    assert task_of(second).status == S.QUEUED and len(agentkit_stub.requests) == 2
+
+
+def test_a_cancelled_task_stops_holding_its_agent_at_its_deadline(q_sync, agentkit_stub, operator):
+    """A cancelled attempt whose agent never reports (a lost forward) frees the agent at its deadline."""
+    agent = AgentFactory()
+    first = start(agent=agent, spec=spec_with(timeoutSeconds=30))
+    engine.session_cancel(session=first, by=By.operator(operator))
+    second = start(agent=agent)
+    assert engine.task_dispatch(task_id=task_of(second).pk).outcome == "busy"
+    # 31 seconds later, still no word from the agent: the attempt's deadline has passed.
+    Task.objects.filter(pk=task_of(first).pk).update(reference_at=timezone.now() - timedelta(seconds=31))
+    assert engine.task_dispatch(task_id=task_of(second).pk).outcome == "dispatched"
+
+
+def test_a_cancelled_task_whose_post_failed_does_not_hold_its_agent(agentkit_stub, operator):
+    """Cancelled between the fence and the POST, and AgentKit refused it: the agent never got it."""
+    agent = AgentFactory()
+    session = engine.session_start(definition=WorkflowDefinitionFactory(), agent=agent, by=By.system())
+    task = task_of(session)
+
+    def answer(request):
+        engine.session_cancel(session=session, by=By.operator(operator))
+        return httpx.Response(503, json={"detail": "down"})
+
+    agentkit_stub.answer = answer
+    assert engine.task_dispatch(task_id=task.pk).outcome == "failed"
+    assert task_of(session).status == S.CANCELLED
+    attempt = task.attempts.get()
+    assert attempt.outcome == TaskAttempt.Outcome.CANCELLED and attempt.http_status == 503
+    agentkit_stub.answer = agentkit_stub.accept
+    second = engine.session_start(definition=WorkflowDefinitionFactory(), agent=agent, by=By.system())
+    assert engine.task_dispatch(task_id=task_of(second).pk).outcome == "dispatched"
