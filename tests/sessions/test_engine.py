@@ -634,3 +634,39 @@ def test_a_cancelled_task_whose_post_failed_does_not_hold_its_agent(agentkit_stu
     agentkit_stub.answer = agentkit_stub.accept
     second = engine.session_start(definition=WorkflowDefinitionFactory(), agent=agent, by=By.system())
     assert engine.task_dispatch(task_id=task_of(second).pk).outcome == "dispatched"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_one_in_flight_constraint_firing_in_a_claim_is_busy_not_an_error(agentkit_stub):
+    """The database constraint is the final guard: a claim that only it stops answers `busy`."""
+    import threading
+    import time
+
+    from django.db import connection
+
+    agent = AgentFactory(state=Agent.State.ACTIVE)
+    first, second = start(agent=agent), start(agent=agent)
+    Agent.objects.filter(pk=agent.pk).update(state=Agent.State.IDLE)
+    rogue_started, release = threading.Event(), threading.Event()
+
+    def rogue() -> None:
+        # Another writer puts the first task in flight without the agent lock, and commits
+        # only once the claim below is waiting on the unique index.
+        try:
+            with transaction.atomic():
+                Task.objects.filter(pk=task_of(first).pk).update(status=S.DISPATCHED)
+                rogue_started.set()
+                release.wait(10)
+                time.sleep(0.5)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=rogue)
+    thread.start()
+    assert rogue_started.wait(10)
+    release.set()
+    result = engine.task_dispatch(task_id=task_of(second).pk)
+    thread.join()
+    assert (result.outcome, result.detail) == ("busy", "another dispatch won the race")
+    assert task_of(second).status == S.QUEUED and not task_of(second).attempts.exists()
+    assert not agentkit_stub.requests
