@@ -67,6 +67,23 @@ def test_start_queues_the_first_task_and_dispatches_it_to_an_idle_agent(q_sync, 
         ("pending", "queued"), ("queued", "dispatched")]
 
 
+@pytest.mark.parametrize("api_key", ["", "ak-secret"])
+def test_the_dispatch_request_is_agentkit_section_3_exactly(q_sync, agentkit_stub, settings, api_key):
+    settings.AGENTKIT_API_KEY = api_key
+    session = start(payload={"x": 1})
+    task = task_of(session)
+    request = agentkit_stub.requests[0]
+    assert (request.method, str(request.url)) == ("POST", f"http://agentkit.test/v1/agents/{session.agent_id}/run")
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers.get("Authorization") == (f"Bearer {api_key}" if api_key else None)
+    ids = {"opscore_session_id": str(session.pk), "opscore_task_id": str(task.pk)}
+    assert agentkit_stub.bodies[0] == {
+        "senderId": "opscore", "messageType": "workflow_task",
+        "payload": {"task_name": "step_1", "task_parameters": {"a": 1, "x": 1}, **ids, "attempt": 1},
+        "sessionContext": {"sessionId": str(session.pk)}, "task_name": "step_1", **ids,
+    }
+
+
 def test_a_busy_agent_keeps_the_task_queued_until_it_reports_idle(q_sync, agentkit_stub):
     agent = AgentFactory(state=Agent.State.ACTIVE)
     session = start(agent=agent)
