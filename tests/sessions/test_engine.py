@@ -674,7 +674,15 @@ def test_the_one_in_flight_constraint_firing_in_a_claim_is_busy_not_an_error(age
                 Task.objects.filter(pk=task_of(first).pk).update(status=S.DISPATCHED)
                 rogue_started.set()
                 release.wait(10)
-                time.sleep(0.5)
+                deadline = time.monotonic() + 10
+                with connection.cursor() as cursor:
+                    while time.monotonic() < deadline:  # until the claim waits on our row
+                        cursor.execute("SELECT pg_stat_clear_snapshot()")
+                        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                       " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+                        if cursor.fetchone()[0]:
+                            break
+                        time.sleep(0.01)
         finally:
             connection.close()
 
