@@ -80,6 +80,8 @@ def _send(method: str, url: str, **kwargs: Any) -> httpx.Response:
         raise AgentKitError(f"AgentKit timed out: {exc.__class__.__name__}", permanent=False) from exc
     except httpx.HTTPError as exc:
         raise AgentKitError(f"AgentKit unreachable: {exc.__class__.__name__}: {exc}", permanent=False) from exc
+    except httpx.InvalidURL as exc:  # not an HTTPError: a typo in the setting must not crash the job
+        raise AgentKitError(f"AGENTKIT_API_URL is not a valid URL: {exc}", permanent=False) from exc
 
 
 def _detail(response: httpx.Response) -> str:

@@ -64,6 +64,30 @@ class OpscoreEnv(BaseSettings):
     Q_POLL: float = Field(default=1.0, gt=0, le=60)
     Q_MAX_RSS_KB: int = Field(default=262_144, ge=1024)
 
+    @field_validator("AGENTKIT_API_URL")
+    @classmethod
+    def _agentkit_url(cls, value: str) -> str:
+        # Checked here, not at the first dispatch: a bad URL would fail every attempt of every task.
+        value = value.strip()
+        if not value:
+            return value
+        import httpx
+
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an http:// or https:// URL, e.g. http://agentkit:8000")
+        return value
+
+    @field_validator("AGENTKIT_API_KEY")
+    @classmethod
+    def _header_safe(cls, value: str) -> str:
+        if value and not (value.isascii() and value.isprintable()):
+            raise ValueError("must be printable ASCII (it is sent in an HTTP header)")
+        return value
+
     @field_validator("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -26,7 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from agents import agentkit
@@ -282,6 +282,9 @@ def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
         if Task.objects.filter(agent_id=agent.pk, status__in=Task.IN_FLIGHT).exists():
             return DispatchResult("busy", "agent has a task in flight")
         now = timezone.now()
+        held = _held_by_cancelled_task(agent=agent, now=now)
+        if held is not None:
+            return DispatchResult("busy", f"agent may still be working on cancelled task {held.pk}")
         number = task.attempt + 1
         try:
             with transaction.atomic():
@@ -297,6 +300,29 @@ def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
         if session.status == SS.PENDING:
             session_transition(session=session, to=SS.RUNNING, by=By.system(), reason="first task dispatched")
     return task, attempt
+
+
+def _held_by_cancelled_task(*, agent: Agent, now: datetime) -> Task | None:
+    """A task cancelled in flight that its agent may still be working on, or None.
+
+    An agent reports only after its work (AGENTKIT.md section 4), so cancelling a task
+    does not free the agent: its late `active`/`idle` would be taken for the outcome of
+    the next task sent to it. The cancelled attempt holds the agent until the agent
+    reports a state received after the attempt went out, or the attempt's deadline
+    passes (a lost forward), unless AgentKit refused the POST (it never reached the agent).
+    """
+    # One filter() call: every condition is about the same (latest) attempt row.
+    candidates = Task.objects.filter(
+        Q(attempts__http_status__isnull=True) | Q(attempts__http_status__lt=300),
+        agent_id=agent.pk, status=S.CANCELLED, attempts__number=F("attempt"),
+        attempts__outcome=TaskAttempt.Outcome.CANCELLED,
+    )
+    if agent.state_received_at is not None:
+        candidates = candidates.filter(reference_at__gte=agent.state_received_at)
+    for task in candidates.only("pk", "reference_at", "timeout_seconds"):
+        if task.reference_at + timedelta(seconds=task.timeout_seconds) > now:
+            return task
+    return None
 
 
 def task_dispatch(*, task_id) -> DispatchResult:
@@ -317,6 +343,9 @@ def task_dispatch(*, task_id) -> DispatchResult:
         with transaction.atomic():
             _attempt_failed(task_id=task.pk, number=attempt.number, error=exc.message,
                             permanent=exc.permanent, http_status=exc.http_status, by=By.system())
+            # Cancelled meanwhile: keep AgentKit's answer (a refusal means the agent never got it).
+            TaskAttempt.objects.filter(pk=attempt.pk, outcome=TaskAttempt.Outcome.CANCELLED).update(
+                http_status=exc.http_status, error=exc.message[:5000])
         return DispatchResult("failed", exc.message)
     # Only the fence row changes here: an instant agent may already have completed the task.
     TaskAttempt.objects.filter(pk=attempt.pk, outcome=TaskAttempt.Outcome.SENDING).update(
@@ -474,7 +503,12 @@ def _kick_queued(*, agent_id: str) -> None:
 
 
 def session_cancel(*, session: Session, by: By, reason: str = "") -> Session:
-    """Cancel a session and its unfinished tasks. A late report for them changes nothing."""
+    """Cancel a session and its unfinished tasks. A late report for them changes nothing.
+
+    A task cancelled in flight still holds its agent until the agent reports again or the
+    attempt's deadline passes (`_held_by_cancelled_task`), so that late report cannot
+    complete the next task sent to the agent.
+    """
     with transaction.atomic():
         # Lock order: task rows before their session row (agent rows are never locked here).
         tasks = list(Task.objects.select_for_update().filter(session=session).exclude(status__in=Task.TERMINAL))

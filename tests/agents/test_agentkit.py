@@ -91,3 +91,12 @@ def test_no_configured_url_is_a_transient_error(settings):
     with pytest.raises(AgentKitError, match="AGENTKIT_API_URL is not configured") as caught:
         list_agents()
     assert not caught.value.permanent
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://agentkit.test:abc"])
+def test_a_malformed_url_is_a_clear_transient_error_not_a_crash(settings, url):
+    """A typo in AGENTKIT_API_URL must fail the attempt like any unreachable AgentKit (the job must not raise)."""
+    settings.AGENTKIT_API_URL = url
+    with pytest.raises(AgentKitError, match="AGENTKIT_API_URL") as caught:
+        agentkit.run_task(agent_id="a1", message={"senderId": "opscore"})
+    assert not caught.value.permanent and caught.value.http_status is None

@@ -46,6 +46,42 @@ def test_sdk_report_then_webhook_byte_for_byte(service_key):
     assert state == {"agentId": AGENT_ID, "state": "error", "details": None, "timestamp": "2026-11-23T22:09:40Z"}
 
 
+# AGENTKIT.md section 1's example delivery: integer-seconds timestamp, signature computed
+# independently (openssl dgst -sha256 -hmac test-webhook-secret over b"1795471675." + body).
+WEBHOOK_TIMESTAMP = "1795471675"
+WEBHOOK_SIGNATURE = "e9eab6a70b04042ad69a8355b70775eaf2a866f60a4b9d682a0f2eec2c62ec9e"
+
+
+def test_agentkits_signature_over_the_example_bytes_is_accepted(db, settings):
+    settings.OPSCORE_WEBHOOK_TOLERANCE_SECONDS = int(time.time()) - 1795471675 + 60  # the example's moment
+    response = APIClient().generic("POST", "/v1/opscore/internal/agent/notify", WEBHOOK_BODY,
+                                   content_type="application/json", HTTP_X_AGENTKIT_TIMESTAMP=WEBHOOK_TIMESTAMP,
+                                   HTTP_X_AGENTKIT_SIGNATURE=WEBHOOK_SIGNATURE)
+    assert response.status_code == 200, response.content
+    assert Agent.objects.get(pk=AGENT_ID).version == "1.2.3"
+    # One byte of the body or the timestamp changed: refused.
+    response = APIClient().generic("POST", "/v1/opscore/internal/agent/notify", WEBHOOK_BODY.replace(b"1.2.3", b"1.2.4"),
+                                   content_type="application/json", HTTP_X_AGENTKIT_TIMESTAMP=WEBHOOK_TIMESTAMP,
+                                   HTTP_X_AGENTKIT_SIGNATURE=WEBHOOK_SIGNATURE)
+    assert response.status_code == 401 and response.json()["code"] == "bad_signature"
+    response = APIClient().generic("POST", "/v1/opscore/internal/agent/notify", WEBHOOK_BODY,
+                                   content_type="application/json", HTTP_X_AGENTKIT_TIMESTAMP="1795471676",
+                                   HTTP_X_AGENTKIT_SIGNATURE=WEBHOOK_SIGNATURE)
+    assert response.status_code == 401 and response.json()["code"] == "bad_signature"
+
+
+def test_the_standin_sends_the_same_bytes_and_headers():
+    """agentkit_standin's webhook is AgentKit's, byte for byte (AGENTKIT.md section 1)."""
+    from agentkit_standin import wire
+
+    details = {"agentId": AGENT_ID, "agentName": "echo-agent", "version": "1.2.3", "capabilities": ["a", "b"],
+               "contactEndpoint": "http://host:9000/", "metadata": {}}
+    assert wire.webhook_body("REGISTER", details) == WEBHOOK_BODY
+    assert wire.webhook_headers(WEBHOOK_BODY, "test-webhook-secret", now=1795471675.9) == {
+        "Content-Type": "application/json", "X-AgentKit-Timestamp": WEBHOOK_TIMESTAMP,
+        "X-AgentKit-Signature": WEBHOOK_SIGNATURE}
+
+
 def test_the_env_key_works_without_a_migrate(db, settings):
     """OPSCORE_API_KEY (the SDK's fleet-wide key) is installed on its first use."""
     settings.OPSCORE_API_KEY = "opk_fleet-wide-key-from-the-environment"

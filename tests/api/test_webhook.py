@@ -187,3 +187,16 @@ def test_bad_bodies_are_400(db):
     assert "event_type" in body["errors"] and "agent_details.agentId" in body["errors"]
     response = APIClient().post(URL, b"x=1", content_type="text/plain")
     assert_error(response, 415)
+
+
+def test_the_webhook_is_csrf_exempt_even_next_to_an_operator_session(db, operator):
+    """AgentKit sends no CSRF token; a session cookie on the same client must not make it a 403."""
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(operator)
+    body = register_body("a1")
+    timestamp = str(int(time.time()))
+    response = client.post(URL, body, content_type="application/json", HTTP_X_AGENTKIT_TIMESTAMP=timestamp,
+                           HTTP_X_AGENTKIT_SIGNATURE=sign(secret=SECRET, timestamp=timestamp, body=body))
+    assert response.status_code == 200, response.content
+    # And the session does not stand in for the signature.
+    assert_error(client.post(URL, register_body("a2"), content_type="application/json"), 401, "missing_signature")

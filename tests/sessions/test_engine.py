@@ -67,6 +67,23 @@ def test_start_queues_the_first_task_and_dispatches_it_to_an_idle_agent(q_sync, 
         ("pending", "queued"), ("queued", "dispatched")]
 
 
+@pytest.mark.parametrize("api_key", ["", "ak-secret"])
+def test_the_dispatch_request_is_agentkit_section_3_exactly(q_sync, agentkit_stub, settings, api_key):
+    settings.AGENTKIT_API_KEY = api_key
+    session = start(payload={"x": 1})
+    task = task_of(session)
+    request = agentkit_stub.requests[0]
+    assert (request.method, str(request.url)) == ("POST", f"http://agentkit.test/v1/agents/{session.agent_id}/run")
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers.get("Authorization") == (f"Bearer {api_key}" if api_key else None)
+    ids = {"opscore_session_id": str(session.pk), "opscore_task_id": str(task.pk)}
+    assert agentkit_stub.bodies[0] == {
+        "senderId": "opscore", "messageType": "workflow_task",
+        "payload": {"task_name": "step_1", "task_parameters": {"a": 1, "x": 1}, **ids, "attempt": 1},
+        "sessionContext": {"sessionId": str(session.pk)}, "task_name": "step_1", **ids,
+    }
+
+
 def test_a_busy_agent_keeps_the_task_queued_until_it_reports_idle(q_sync, agentkit_stub):
     agent = AgentFactory(state=Agent.State.ACTIVE)
     session = start(agent=agent)
@@ -570,3 +587,111 @@ def test_concurrent_dispatches_to_one_agent_send_exactly_one(agentkit_stub):
     assert sorted(outcomes) == ["busy", "dispatched"]
     assert len(agentkit_stub.requests) == 1
     assert Task.objects.filter(agent=agent, status__in=Task.IN_FLIGHT).count() == 1
+
+
+def test_a_cancelled_task_keeps_its_agent_busy_until_the_agent_reports_idle(q_sync, agentkit_stub, operator):
+    """The agent works on a cancelled task until it reports (AGENTKIT.md section 4: `active`/`idle` come
+    only after the work). A session started meanwhile must wait, or the cancelled task's late `idle`
+    would complete it."""
+    agent = AgentFactory()
+    first = start(agent=agent)
+    assert task_of(first).status == S.DISPATCHED
+    engine.session_cancel(session=first, by=By.operator(operator))
+    second = start(agent=agent)
+    assert task_of(second).status == S.QUEUED and len(agentkit_stub.requests) == 1
+    # The late pair for the cancelled task: changes nothing for the new session's task...
+    report(agent.id, "active")
+    assert task_of(second).status == S.QUEUED
+    report(agent.id, "idle")
+    # ...and once the agent is idle again, the new task goes out, with its own reference time.
+    task = task_of(second)
+    assert task.status == S.DISPATCHED and len(agentkit_stub.requests) == 2
+    assert task.result is None and task.reference_at > task_of(first).reference_at
+
+
+def test_a_cancelled_retry_holds_its_agent_even_if_an_earlier_attempt_was_refused(q_sync, agentkit_stub, operator):
+    agent = AgentFactory()
+    agentkit_stub.respond(503)
+    first = start(agent=agent, spec=spec_with(retryBackoffSeconds=0))
+    agentkit_stub.answer = agentkit_stub.accept
+    engine.sweep_due_retries(now=timezone.now() + timedelta(seconds=1))
+    assert task_of(first).attempt == 2 and task_of(first).status == S.DISPATCHED
+    engine.session_cancel(session=first, by=By.operator(operator))
+    second = start(agent=agent)
+    assert task_of(second).status == S.QUEUED and len(agentkit_stub.requests) == 2
+
+
+def test_a_cancelled_task_stops_holding_its_agent_at_its_deadline(q_sync, agentkit_stub, operator):
+    """A cancelled attempt whose agent never reports (a lost forward) frees the agent at its deadline."""
+    agent = AgentFactory()
+    first = start(agent=agent, spec=spec_with(timeoutSeconds=30))
+    engine.session_cancel(session=first, by=By.operator(operator))
+    second = start(agent=agent)
+    assert engine.task_dispatch(task_id=task_of(second).pk).outcome == "busy"
+    # 31 seconds later, still no word from the agent: the attempt's deadline has passed.
+    Task.objects.filter(pk=task_of(first).pk).update(reference_at=timezone.now() - timedelta(seconds=31))
+    assert engine.task_dispatch(task_id=task_of(second).pk).outcome == "dispatched"
+
+
+def test_a_cancelled_task_whose_post_failed_does_not_hold_its_agent(agentkit_stub, operator):
+    """Cancelled between the fence and the POST, and AgentKit refused it: the agent never got it."""
+    agent = AgentFactory()
+    session = engine.session_start(definition=WorkflowDefinitionFactory(), agent=agent, by=By.system())
+    task = task_of(session)
+
+    def answer(request):
+        engine.session_cancel(session=session, by=By.operator(operator))
+        return httpx.Response(503, json={"detail": "down"})
+
+    agentkit_stub.answer = answer
+    assert engine.task_dispatch(task_id=task.pk).outcome == "failed"
+    assert task_of(session).status == S.CANCELLED
+    attempt = task.attempts.get()
+    assert attempt.outcome == TaskAttempt.Outcome.CANCELLED and attempt.http_status == 503
+    agentkit_stub.answer = agentkit_stub.accept
+    second = engine.session_start(definition=WorkflowDefinitionFactory(), agent=agent, by=By.system())
+    assert engine.task_dispatch(task_id=task_of(second).pk).outcome == "dispatched"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_one_in_flight_constraint_firing_in_a_claim_is_busy_not_an_error(agentkit_stub):
+    """The database constraint is the final guard: a claim that only it stops answers `busy`."""
+    import threading
+    import time
+
+    from django.db import connection
+
+    agent = AgentFactory(state=Agent.State.ACTIVE)
+    first, second = start(agent=agent), start(agent=agent)
+    Agent.objects.filter(pk=agent.pk).update(state=Agent.State.IDLE)
+    rogue_started, release = threading.Event(), threading.Event()
+
+    def rogue() -> None:
+        # Another writer puts the first task in flight without the agent lock, and commits
+        # only once the claim below is waiting on the unique index.
+        try:
+            with transaction.atomic():
+                Task.objects.filter(pk=task_of(first).pk).update(status=S.DISPATCHED)
+                rogue_started.set()
+                release.wait(10)
+                deadline = time.monotonic() + 10
+                with connection.cursor() as cursor:
+                    while time.monotonic() < deadline:  # until the claim waits on our row
+                        cursor.execute("SELECT pg_stat_clear_snapshot()")
+                        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                       " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+                        if cursor.fetchone()[0]:
+                            break
+                        time.sleep(0.01)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=rogue)
+    thread.start()
+    assert rogue_started.wait(10)
+    release.set()
+    result = engine.task_dispatch(task_id=task_of(second).pk)
+    thread.join()
+    assert (result.outcome, result.detail) == ("busy", "another dispatch won the race")
+    assert task_of(second).status == S.QUEUED and not task_of(second).attempts.exists()
+    assert not agentkit_stub.requests

@@ -49,6 +49,18 @@ def test_a_mistyped_variable_is_named():
     assert "Q_WORKERS" in result.stderr
 
 
+@pytest.mark.parametrize("name, value", [
+    ("AGENTKIT_API_URL", "agentkit:8000"),  # no scheme
+    ("AGENTKIT_API_URL", "http://[::1"),
+    ("AGENTKIT_API_URL", "ftp://agentkit"),
+    ("AGENTKIT_API_KEY", "clé-secrète"),
+])
+def test_an_agentkit_setting_that_could_never_work_stops_start_up(name, value):
+    result = run_manage("check", env={**PRODUCTION, name: value})
+    assert result.returncode != 0
+    assert f"{name}: Value error, " in result.stderr
+
+
 def test_a_lease_shorter_than_the_job_timeout_is_refused():
     result = run_manage("check", env={**PRODUCTION, "Q_TIMEOUT": "100", "Q_RETRY": "120"})
     assert result.returncode != 0
