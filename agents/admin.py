@@ -8,10 +8,11 @@ from django.http import HttpRequest
 
 from agents.models import Agent, AgentState, ApiKey
 from agents.services import api_key_create, api_key_revoke
+from ui.permissions import ReadOnlyGroupAdminMixin
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     list_display = ("id", "name", "state", "state_timestamp", "last_seen_at", "deregistered_at", "drained_at")
     list_filter = ("state", ("deregistered_at", admin.EmptyFieldListFilter), ("drained_at", admin.EmptyFieldListFilter))
     search_fields = ("id", "name", "contact_endpoint")
@@ -29,7 +30,7 @@ class AgentAdmin(admin.ModelAdmin):
 
 
 @admin.register(AgentState)
-class AgentStateAdmin(admin.ModelAdmin):
+class AgentStateAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     list_display = ("agent", "state", "timestamp", "received_at")
     list_filter = ("state",)
     search_fields = ("agent__id",)
@@ -43,7 +44,7 @@ class AgentStateAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     list_display = ("name", "kind", "agent_id", "prefix", "created_at", "last_used_at", "revoked_at")
     list_filter = ("kind", ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("name", "prefix", "agent_id")
@@ -64,7 +65,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         obj.__dict__.update(key.__dict__)
         messages.warning(request, f"The new key is shown this once; copy it now: {raw}")
 
-    @admin.action(description="Revoke selected API keys")
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = 0
         for key in queryset.filter(revoked_at__isnull=True):

@@ -8,6 +8,7 @@ from django.http import HttpRequest
 
 from sessions import engine
 from sessions.models import Session, Task, TaskAttempt, TaskEvent
+from ui.permissions import ReadOnlyGroupAdminMixin
 
 
 def _run_each(modeladmin: admin.ModelAdmin, request: HttpRequest, objects, action, verb: str) -> None:
@@ -40,7 +41,7 @@ class TaskInline(admin.TabularInline):
 
 
 @admin.register(Session)
-class SessionAdmin(admin.ModelAdmin):
+class SessionAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     list_display = ("id", "workflow_id", "agent", "status", "created_at", "ended_at")
     list_filter = ("status", "workflow_id")
     search_fields = ("=id", "workflow_id", "agent__id")
@@ -84,7 +85,7 @@ class AttemptInline(admin.TabularInline):
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     list_display = ("id", "step_id", "session", "agent", "status", "attempt", "updated_at")
     list_filter = ("status",)
     search_fields = ("=id", "=session__id", "step_id", "agent__id", "last_error")
@@ -111,7 +112,7 @@ class TaskAdmin(admin.ModelAdmin):
 
 
 @admin.register(TaskAttempt)
-class TaskAttemptAdmin(admin.ModelAdmin):
+class TaskAttemptAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     list_display = ("task", "number", "outcome", "http_status", "started_at", "ended_at")
     list_filter = ("outcome",)
     search_fields = ("=task__id", "error")
@@ -124,7 +125,7 @@ class TaskAttemptAdmin(admin.ModelAdmin):
 
 
 @admin.register(TaskEvent)
-class TaskEventAdmin(admin.ModelAdmin):
+class TaskEventAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     list_display = ("created_at", "session", "task", "old_status", "new_status", "actor", "actor_user", "reason")
     list_filter = ("actor", "new_status")
     search_fields = ("=session__id", "=task__id", "reason", "actor_agent_id")

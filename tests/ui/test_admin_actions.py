@@ -51,3 +51,58 @@ def test_retry_selected_failed_sessions(client, operator):
     assert any("Retried session(s): 1." in m and "Skipped 1" in m for m in msgs), msgs
     dead.session.refresh_from_db()
     assert dead.session.status == Session.Status.RUNNING
+
+
+# ---------------------------------------------------------------- who may act in the admin
+
+
+def _read_only_superuser():
+    from django.contrib.auth.models import Group, User
+
+    from ui.permissions import READ_ONLY_GROUP
+
+    user = User.objects.create_superuser("ros", "ros@example.com", "correct-horse-battery")
+    user.groups.add(Group.objects.get_or_create(name=READ_ONLY_GROUP)[0])
+    return user
+
+
+def test_revoking_keys_in_the_admin_needs_the_change_permission(client):
+    from django.contrib.auth.models import Permission, User
+
+    from agents.services import api_key_create
+
+    viewer = User.objects.create_user("vera", "vera@example.com", "correct-horse-battery", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_apikey"))
+    client.force_login(viewer)
+    key, _ = api_key_create(name="fleet")
+    response = client.post(reverse("admin:agents_apikey_changelist"),
+                           {"action": "revoke_selected", "_selected_action": [str(key.pk)]})
+    assert response.status_code in (200, 302)
+    key.refresh_from_db()
+    assert key.revoked_at is None
+    assert b"revoke_selected" not in client.get(reverse("admin:agents_apikey_changelist")).content
+
+
+def test_a_read_only_operator_cannot_act_in_the_admin_even_as_superuser(client):
+    from agents.services import api_key_create
+
+    client.force_login(_read_only_superuser())
+    dead = failed_session()
+    running = TaskFactory(status=Task.Status.QUEUED).session
+    key, _ = api_key_create(name="fleet")
+    for model, action, pks in [("opscore_sessions_task", "retry_selected", [dead.pk]),
+                               ("opscore_sessions_session", "cancel_selected", [running.pk]),
+                               ("opscore_sessions_session", "retry_selected", [dead.session_id]),
+                               ("agents_apikey", "revoke_selected", [key.pk]),
+                               ("opscore_sessions_session", "delete_selected", [running.pk])]:
+        client.post(reverse(f"admin:{model}_changelist"), {"action": action, "post": "yes",
+                                                           "_selected_action": [str(pk) for pk in pks]})
+    dead.refresh_from_db()
+    running.refresh_from_db()
+    key.refresh_from_db()
+    assert dead.status == Task.Status.DEAD and dead.session.status == Session.Status.FAILED
+    assert running.status == Session.Status.RUNNING
+    assert key.revoked_at is None
+    # It may still look.
+    assert client.get(reverse("admin:opscore_sessions_task_change", args=[dead.pk])).status_code == 200
+    assert client.get(reverse("admin:workflows_workflowdefinition_add")).status_code == 403
