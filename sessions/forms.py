@@ -39,7 +39,8 @@ class SessionFilterForm(forms.Form):
                                  widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=DATETIME_INPUT[0]))
 
     def filter(self, queryset):
-        data = self.cleaned_data if self.is_valid() else {}
+        self.is_valid()  # a bad value is shown and ignored; the other filters still apply
+        data = self.cleaned_data
         if query := data.get("q"):
             queryset = queryset.filter(_id_filter("id", query))
         if status := data.get("status"):
@@ -66,7 +67,8 @@ class FailureFilterForm(forms.Form):
     q = forms.CharField(required=False, label="Error contains")
 
     def filter(self, queryset):
-        data = self.cleaned_data if self.is_valid() else {}
+        self.is_valid()  # a bad value is shown and ignored; the other filters still apply
+        data = self.cleaned_data
         queryset = queryset.filter(status__in=Task.NEEDS_DECISION)
         if status := data.get("status"):
             queryset = queryset.filter(status=status)

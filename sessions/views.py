@@ -249,35 +249,42 @@ def failure_list(request: HttpRequest) -> HttpResponse:
         "session__id", "session__workflow_id", "session__status",
     ).order_by("-updated_at", "id")
     page = paginate(request, tasks)
-    context = {"form": form, "page": page, "query": query_without_page(request)}
+    context = {"form": form, "page": page, "query": query_without_page(request), "filters": _filter_params(form)}
     return render_page(request, "sessions/failure_list.html", "sessions/_failure_rows.html", context)
 
 
-def _bulk_targets(params) -> tuple[object, str, list[str]]:
-    """The tasks a bulk retry is about: the selected ids, or all matching the filter."""
+def _bulk_targets(params) -> tuple[object, str, list[str], FailureFilterForm]:
+    """The tasks a bulk retry is about: the selected ids, or all matching the filter.
+
+    A filter with a bad value selects nothing: ignoring it would retry more than the operator asked for.
+    """
     form, tasks = _failures(params)
     problems: list[str] = []
     if params.get("scope") == "all":
-        return tasks, "all", problems
+        if form.errors:
+            problems = [f"filter '{name}': {' '.join(errors)}" for name, errors in form.errors.items()]
+            return Task.objects.none(), "all", problems, form
+        return tasks, "all", problems, form
     ids = []
     for raw in params.getlist("ids"):
         try:
             ids.append(uuid.UUID(raw))
         except ValueError:
             problems.append(f"'{raw}' is not a task id")
-    return Task.objects.filter(pk__in=ids, status__in=Task.NEEDS_DECISION), "selected", problems
+    return Task.objects.filter(pk__in=ids, status__in=Task.NEEDS_DECISION), "selected", problems, form
 
 
-def _filter_params(params) -> dict:
-    keep = {name: params.get(name) for name in FailureFilterForm.base_fields if params.get(name)}
-    return keep
+def _filter_params(form: FailureFilterForm) -> dict:
+    """The filter values in force (valid and not empty), as they were typed."""
+    form.is_valid()
+    return {name: form.data.get(name) for name in FailureFilterForm.base_fields if form.cleaned_data.get(name)}
 
 
 @viewer_required
 def failure_retry(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         return _failure_retry_post(request)
-    tasks, scope, problems = _bulk_targets(request.GET)
+    tasks, scope, problems, form = _bulk_targets(request.GET)
     count = tasks.count()
     context = {
         "count": count,
@@ -285,9 +292,9 @@ def failure_retry(request: HttpRequest) -> HttpResponse:
         "problems": problems,
         "sample": tasks.select_related("session").order_by("-updated_at", "id")[:20],
         "ids": request.GET.getlist("ids"),
-        "filters": _filter_params(request.GET),
+        "filters": _filter_params(form),
         "limit": BULK_RETRY_LIMIT,
-        "back": reverse("sessions:failure-list") + "?" + urlencode(_filter_params(request.GET)),
+        "back": reverse("sessions:failure-list") + "?" + urlencode(_filter_params(form)),
         "form": ReasonForm(),
     }
     return render(request, "sessions/failure_confirm.html", context)
@@ -295,7 +302,11 @@ def failure_retry(request: HttpRequest) -> HttpResponse:
 
 @actor_required
 def _failure_retry_post(request: HttpRequest) -> HttpResponse:
-    tasks, scope, problems = _bulk_targets(request.POST)
+    tasks, scope, problems, filter_form = _bulk_targets(request.POST)
+    back = reverse("sessions:failure-list") + "?" + urlencode(_filter_params(filter_form))
+    if filter_form.errors and scope == "all":
+        messages.error(request, "Nothing retried: " + "; ".join(problems))
+        return redirect(back)
     form = ReasonForm(request.POST)
     form.is_valid()
     reason = form.cleaned_data.get("reason", "") or f"bulk retry ({scope}) by operator"
@@ -319,7 +330,7 @@ def _failure_retry_post(request: HttpRequest) -> HttpResponse:
         messages.warning(request, text)
     else:
         messages.success(request, text)
-    return redirect(reverse("sessions:failure-list") + "?" + urlencode(_filter_params(request.POST)))
+    return redirect(back)
 
 
 # --------------------------------------------------------------------------- starting a session

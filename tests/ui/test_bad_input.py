@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
+from sessions.models import Session, Task
 from tests.agents.factories import AgentFactory
+from tests.ui.helpers import failed_session
 from tests.workflows.factories import WorkflowDefinitionFactory
 
 pytestmark = pytest.mark.django_db
@@ -20,3 +25,52 @@ def test_ids_with_nul_in_the_path_are_404(staff_client):
         assert staff_client.get(url).status_code == 404, url
     for url in ["/agents/a%00/drain/", "/agents/a%00/undrain/"]:
         assert staff_client.post(url, {"reason": "x"}).status_code == 404, url
+
+
+def test_a_bad_filter_value_is_shown_and_the_other_filters_still_apply(staff_client):
+    AgentFactory(id="alpha-1", state="idle")
+    AgentFactory(id="beta-1", state="idle")
+    response = staff_client.get(reverse("agents:agent-list") + "?state=bogus&q=alpha")
+    assert response.status_code == 200
+    assert [a.pk for a in response.context["page"]] == ["alpha-1"]  # the search still applies
+    assert b"filter-errors" in response.content and b"bogus" in response.content
+
+    old, new = failed_session(), failed_session()
+    Session.objects.filter(pk=old.session_id).update(created_at=timezone.now() - timedelta(days=3))
+    response = staff_client.get(reverse("sessions:session-list") + "?since=1h&after=garbage")
+    assert [s.pk for s in response.context["page"]] == [new.session_id]
+    assert b"Started after" in response.content and b"Enter a valid date/time" in response.content
+
+
+def test_a_nul_in_a_search_is_a_message_not_a_500(staff_client):
+    WorkflowDefinitionFactory(id="nightly")
+    for name in ["workflows:workflow-list", "agents:agent-list", "sessions:session-list", "sessions:failure-list"]:
+        response = staff_client.get(reverse(name) + "?q=night%00")
+        assert response.status_code == 200, name
+        assert b"Null characters are not allowed" in response.content, name
+
+
+def test_retry_all_matching_with_a_bad_filter_retries_nothing(staff_client):
+    """Ignoring the bad value would widen 'all matching' to every failure of the fleet."""
+    wanted = failed_session(definition=WorkflowDefinitionFactory(id="wanted"))
+    other = failed_session(definition=WorkflowDefinitionFactory(id="other"))
+    query = "?scope=all&workflow=wanted&status=bogus"
+    confirm = staff_client.get(reverse("sessions:failure-retry") + query)
+    assert confirm.status_code == 200
+    assert confirm.context["count"] == 0 and b"confirm-retry" not in confirm.content
+    assert b"status" in confirm.content and b"bogus" in confirm.content
+    response = staff_client.post(reverse("sessions:failure-retry"),
+                                 {"scope": "all", "workflow": "wanted", "status": "bogus"}, follow=True)
+    assert any("Nothing retried" in str(m) for m in response.context["messages"])
+    for task in (wanted, other):
+        task.refresh_from_db()
+        assert task.status == Task.Status.DEAD
+
+
+def test_the_failures_queue_hands_only_the_filters_in_force_to_bulk_retry(staff_client):
+    failed_session(definition=WorkflowDefinitionFactory(id="wanted"))
+    page = staff_client.get(reverse("sessions:failure-list") + "?workflow=wanted&status=bogus&scope=all&ids=x")
+    content = page.content.decode()
+    assert '<input type="hidden" name="workflow" value="wanted">' in content
+    for name in ("status", "scope", "ids"):
+        assert f'<input type="hidden" name="{name}"' not in content, name
