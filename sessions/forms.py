@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import timedelta
 
 from django import forms
 from django.db.models import Q
 from django.utils import timezone
+from rest_framework.exceptions import ParseError
 
 from agents.models import Agent
+from opscore_site.parsers import parse_json_bytes
 from sessions.models import Session, Task
 
 SINCE_CHOICES = [("", "any time"), ("1h", "last hour"), ("24h", "last 24 h"), ("7d", "last 7 days")]
@@ -103,9 +104,11 @@ class SessionStartForm(forms.Form):
         if not text:
             return None
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            # The API's strict reader: what json accepts but PostgreSQL cannot store (NUL, NaN, Infinity,
+            # very deep nesting, huge integers) is a message here, not a failure in the database (a 500).
+            value = parse_json_bytes(text.encode("utf-8", "surrogatepass"))
+        except ParseError as exc:
+            raise forms.ValidationError(f"invalid JSON: {str(exc.detail).removeprefix('JSON parse error - ')}") from None
         if not isinstance(value, dict):
             raise forms.ValidationError(f"must be a JSON object, not {type(value).__name__}")
         return value

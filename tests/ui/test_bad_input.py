@@ -74,3 +74,23 @@ def test_the_failures_queue_hands_only_the_filters_in_force_to_bulk_retry(staff_
     assert '<input type="hidden" name="workflow" value="wanted">' in content
     for name in ("status", "scope", "ids"):
         assert f'<input type="hidden" name="{name}"' not in content, name
+
+
+@pytest.mark.parametrize("payload,message", [
+    ('{"note": "a\\u0000b"}', "NUL"),
+    ('{"ratio": NaN}', "NaN is not a valid JSON number"),
+    ('{"ratio": -Infinity}', "-Infinity is not a valid JSON number"),
+    ('{"n": ' + "9" * 5000 + "}", "integer string conversion"),
+    ('{"deep": ' + "[" * 5000 + "]" * 5000 + "}", "nested more than"),
+    ('{"deep": ' + "[" * 50 + "]" * 50 + ", oops}", "line 1 column"),
+])
+def test_an_initial_payload_postgresql_cannot_store_is_explained(staff_client, payload, message):
+    """json.loads accepts these; PostgreSQL (or Python) then failed: a 500 and the operator's input lost."""
+    agent = AgentFactory()
+    definition = WorkflowDefinitionFactory()
+    response = staff_client.post(reverse("sessions:session-start", args=[definition.pk]),
+                                 {"agent": agent.pk, "initial_payload": payload})
+    assert response.status_code == 400
+    errors = response.context["form"].errors["initial_payload"]
+    assert any(message in e for e in errors), errors
+    assert not Session.objects.exists()
