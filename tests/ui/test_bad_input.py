@@ -94,3 +94,35 @@ def test_an_initial_payload_postgresql_cannot_store_is_explained(staff_client, p
     errors = response.context["form"].errors["initial_payload"]
     assert any(message in e for e in errors), errors
     assert not Session.objects.exists()
+
+
+def test_a_definition_postgresql_cannot_store_gets_the_validators_message(staff_client):
+    """Through the page (create), the admin and an uploaded YAML file: was a 500."""
+    import json
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.workflows.factories import two_step_spec
+    from workflows.models import WorkflowDefinition
+
+    document = two_step_spec("nul-name")
+    document["name"] = "a\x00b"
+    response = staff_client.post(reverse("workflows:workflow-create"), {"document": json.dumps(document)})
+    assert response.status_code == 400
+    assert response.context["form"].spec_errors == {"name": ["text may not contain NUL (\\u0000) characters"]}
+
+    upload = SimpleUploadedFile("bad.yaml", b"id: bin\nname: n\ntasks:\n- taskId: a\n  parameters: {b: !!binary gA==}\n")
+    response = staff_client.post(reverse("workflows:workflow-import"), {"upload": upload})
+    assert response.status_code == 400
+    assert "tasks.0.parameters.b" in response.context["form"].spec_errors
+    assert not WorkflowDefinition.objects.exists()
+
+
+def test_the_admin_form_refuses_what_postgresql_cannot_store(admin_client):
+    from workflows.models import WorkflowDefinition
+
+    spec = '{"id": "adm", "name": "n", "tasks": [{"taskId": "a", "parameters": {"r": NaN, "s": "\\u0000"}}]}'
+    response = admin_client.post(reverse("admin:workflows_workflowdefinition_add"), {"spec": spec})
+    assert response.status_code == 200
+    assert b"numbers must be finite" in response.content and b"NUL" in response.content
+    assert not WorkflowDefinition.objects.exists()
