@@ -106,3 +106,16 @@ def test_a_read_only_operator_cannot_act_in_the_admin_even_as_superuser(client):
     # It may still look.
     assert client.get(reverse("admin:opscore_sessions_task_change", args=[dead.pk])).status_code == 200
     assert client.get(reverse("admin:workflows_workflowdefinition_add")).status_code == 403
+
+
+def test_the_admin_refuses_an_agent_id_no_url_can_carry(client, operator):
+    from agents.models import Agent
+
+    client.force_login(operator)
+    response = client.post(reverse("admin:agents_agent_add"),
+                           {"id": "rack/7", "name": "", "version": "", "capabilities": "[]", "contact_endpoint": "",
+                            "metadata": "{}", "drained_reason": ""})
+    assert response.status_code == 200
+    assert b"may not contain" in response.content
+    assert not Agent.objects.exists()
+    assert client.get(reverse("agents:agent-list")).status_code == 200
