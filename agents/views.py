@@ -13,7 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 
 from agents.models import Agent, ApiKey
 from agents.services import agent_drain, agent_undrain, api_key_create, api_key_revoke
-from ui.forms import ReasonForm, RequiredReasonForm
+from ui.forms import ReasonForm, RequiredReasonForm, reason_problem
 from ui.permissions import actor_required, viewer_required
 from ui.rendering import paginate, query_without_page
 
@@ -22,8 +22,8 @@ from ui.rendering import paginate, query_without_page
 def agent_drain_view(request: HttpRequest, agent_id: str) -> HttpResponse:
     agent = get_object_or_404(Agent, pk=agent_id)
     form = RequiredReasonForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, "Draining needs a reason: " + " ".join(form.errors.get("reason", [])))
+    if problem := reason_problem(form):
+        messages.error(request, f"Not drained: {problem}")
         return redirect("agents:agent-detail", agent_id=agent.pk)
     agent_drain(agent=agent, by_user=request.user, reason=form.cleaned_data["reason"])
     messages.success(request, f"Agent {agent.pk} is drained: no new task will be dispatched to it.")
@@ -34,8 +34,10 @@ def agent_drain_view(request: HttpRequest, agent_id: str) -> HttpResponse:
 def agent_undrain_view(request: HttpRequest, agent_id: str) -> HttpResponse:
     agent = get_object_or_404(Agent, pk=agent_id)
     form = ReasonForm(request.POST)
-    form.is_valid()
-    agent_undrain(agent=agent, by_user=request.user, reason=form.cleaned_data.get("reason", ""))
+    if problem := reason_problem(form):
+        messages.error(request, f"Not undrained: {problem}")
+        return redirect("agents:agent-detail", agent_id=agent.pk)
+    agent_undrain(agent=agent, by_user=request.user, reason=form.cleaned_data["reason"])
     messages.success(request, f"Agent {agent.pk} takes tasks again; its queued tasks are picked up shortly.")
     return redirect("agents:agent-detail", agent_id=agent.pk)
 

@@ -22,7 +22,7 @@ from agents.models import Agent
 from sessions import engine
 from sessions.forms import FailureFilterForm, SessionFilterForm, SessionStartForm
 from sessions.models import Session, Task, TaskEvent
-from ui.forms import ReasonForm, RequiredReasonForm
+from ui.forms import ReasonForm, RequiredReasonForm, reason_problem
 from ui.permissions import actor_required, viewer_required
 from ui.rendering import paginate, query_without_page, render_page
 from workflows.models import WorkflowDefinition
@@ -187,8 +187,8 @@ def _back(request: HttpRequest, default: str) -> HttpResponse:
 def session_cancel(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _session_or_404(session_id)
     form = RequiredReasonForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, "Cancelling needs a reason.")
+    if problem := reason_problem(form):
+        messages.error(request, f"Not cancelled: {problem}")
         return redirect("sessions:session-detail", session_id=session.pk)
     try:
         engine.session_cancel(session=session, by=engine.By.operator(request.user),
@@ -204,10 +204,12 @@ def session_cancel(request: HttpRequest, session_id: str) -> HttpResponse:
 def session_retry(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _session_or_404(session_id)
     form = ReasonForm(request.POST)
-    form.is_valid()
+    if problem := reason_problem(form):
+        messages.error(request, f"Not retried: {problem}")
+        return redirect("sessions:session-detail", session_id=session.pk)
     try:
         task = engine.session_retry(session=session, by=engine.By.operator(request.user),
-                                    reason=form.cleaned_data.get("reason", ""))
+                                    reason=form.cleaned_data["reason"])
     except engine.InvalidTransition as exc:
         messages.error(request, f"Not retried: {exc}")
     else:
@@ -222,15 +224,18 @@ def task_retry(request: HttpRequest, task_id: str) -> HttpResponse:
     except ValueError:
         pk = None
     task = get_object_or_404(Task, pk=pk)
+    back = reverse("sessions:session-detail", kwargs={"session_id": task.session_id})
     form = ReasonForm(request.POST)
-    form.is_valid()
+    if problem := reason_problem(form):
+        messages.error(request, f"Not retried: {problem}")
+        return _back(request, back)
     try:
-        engine.task_retry(task=task, by=engine.By.operator(request.user), reason=form.cleaned_data.get("reason", ""))
+        engine.task_retry(task=task, by=engine.By.operator(request.user), reason=form.cleaned_data["reason"])
     except engine.InvalidTransition as exc:
         messages.error(request, f"Not retried: {exc}")
     else:
         messages.success(request, f"Task '{task.step_id}' of session {task.session_id} is queued again.")
-    return _back(request, reverse("sessions:session-detail", kwargs={"session_id": task.session_id}))
+    return _back(request, back)
 
 
 # --------------------------------------------------------------------------- failures queue
@@ -308,8 +313,10 @@ def _failure_retry_post(request: HttpRequest) -> HttpResponse:
         messages.error(request, "Nothing retried: " + "; ".join(problems))
         return redirect(back)
     form = ReasonForm(request.POST)
-    form.is_valid()
-    reason = form.cleaned_data.get("reason", "") or f"bulk retry ({scope}) by operator"
+    if problem := reason_problem(form):
+        messages.error(request, f"Nothing retried: {problem}")
+        return redirect(back)
+    reason = form.cleaned_data["reason"] or f"bulk retry ({scope}) by operator"
     by = engine.By.operator(request.user)
     retried, skipped = 0, []
     batch = list(tasks.order_by("updated_at", "id")[:BULK_RETRY_LIMIT])

@@ -41,7 +41,7 @@ def test_it_drains_an_agent_with_the_operator_and_reason(staff_client, staff_ope
 def test_draining_needs_a_reason(staff_client):
     agent = AgentFactory()
     response = staff_client.post(reverse("agents:agent-drain", args=[agent.pk]), {"reason": "  "}, follow=True)
-    assert b"needs a reason" in response.content
+    assert b"Not drained: Say why (it is recorded with your name)." in response.content
     agent.refresh_from_db()
     assert agent.drained_at is None
 

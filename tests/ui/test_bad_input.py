@@ -8,8 +8,9 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from sessions.models import Session, Task
+from sessions.models import Session, Task, TaskEvent
 from tests.agents.factories import AgentFactory
+from tests.sessions.factories import TaskFactory
 from tests.ui.helpers import failed_session
 from tests.workflows.factories import WorkflowDefinitionFactory
 
@@ -126,3 +127,37 @@ def test_the_admin_form_refuses_what_postgresql_cannot_store(admin_client):
     assert response.status_code == 200
     assert b"numbers must be finite" in response.content and b"NUL" in response.content
     assert not WorkflowDefinition.objects.exists()
+
+
+def test_an_action_whose_reason_cannot_be_recorded_is_refused_not_done_without_it(staff_client):
+    """A reason over 500 characters (or with NUL) was dropped and the retry done anyway; cancel said 'needs a reason'."""
+    too_long = "x" * 501
+    dead = failed_session()
+    running = TaskFactory(status=Task.Status.QUEUED).session
+    agent = AgentFactory()
+    cases = [
+        (reverse("sessions:task-retry", args=[dead.pk]), "Not retried: Ensure this value has at most 500"),
+        (reverse("sessions:session-retry", args=[dead.session_id]), "Not retried: Ensure this value has at most 500"),
+        (reverse("sessions:session-cancel", args=[running.pk]), "Not cancelled: Ensure this value has at most 500"),
+        (reverse("agents:agent-drain", args=[agent.pk]), "Not drained: Ensure this value has at most 500"),
+    ]
+    for url, message in cases:
+        response = staff_client.post(url, {"reason": too_long}, follow=True)
+        assert any(message in str(m) for m in response.context["messages"]), url
+    response = staff_client.post(reverse("sessions:failure-retry"), {"scope": "all", "reason": "a\x00b"}, follow=True)
+    assert any("Nothing retried: Null characters are not allowed." in str(m) for m in response.context["messages"])
+    dead.refresh_from_db()
+    running.refresh_from_db()
+    agent.refresh_from_db()
+    assert dead.status == Task.Status.DEAD and running.status == Session.Status.RUNNING and agent.drained_at is None
+    assert not TaskEvent.objects.filter(task=dead, new_status=Task.Status.QUEUED).exists()
+
+
+def test_undrain_with_a_reason_that_cannot_be_recorded_changes_nothing(staff_client, staff_operator):
+    from agents.services import agent_drain
+
+    agent = agent_drain(agent=AgentFactory(), by_user=staff_operator, reason="disk")
+    response = staff_client.post(reverse("agents:agent-undrain", args=[agent.pk]), {"reason": "y" * 501}, follow=True)
+    assert any("Not undrained" in str(m) for m in response.context["messages"])
+    agent.refresh_from_db()
+    assert agent.drained_at is not None
