@@ -59,11 +59,13 @@ class AgentStateAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
-    list_display = ("name", "kind", "agent_id", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_display = ("name", "kind", "agent_id", "prefix", "created_at", "last_used_at", "revoked_at", "revoked_by")
     list_filter = ("kind", ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("name", "prefix", "agent_id")
-    fields = ("name", "agent_id", "kind", "prefix", "created_at", "created_by", "last_used_at", "revoked_at")
-    readonly_fields = ("kind", "prefix", "created_at", "created_by", "last_used_at", "revoked_at")
+    fields = ("name", "agent_id", "kind", "prefix", "created_at", "created_by", "last_used_at", "revoked_at",
+              "revoked_by")
+    readonly_fields = ("kind", "prefix", "created_at", "created_by", "last_used_at", "revoked_at", "revoked_by")
+    list_select_related = ("revoked_by",)
     actions = ["revoke_selected"]
 
     def get_readonly_fields(self, request, obj=None):
@@ -83,6 +85,6 @@ class ApiKeyAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = 0
         for key in queryset.filter(revoked_at__isnull=True):
-            api_key_revoke(key=key)
+            api_key_revoke(key=key, by=request.user)
             count += 1
         self.message_user(request, f"Revoked {count} API key(s).", messages.SUCCESS)

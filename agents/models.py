@@ -157,6 +157,10 @@ class ApiKey(models.Model):
     )
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The operator who revoked the key (empty: a command or the OPSCORE_API_KEY rotation).",
+    )
 
     class Meta:
         ordering = ["-created_at"]

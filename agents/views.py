@@ -56,7 +56,7 @@ def apikey_list(request: HttpRequest) -> HttpResponse:
 def _apikey_page(request: HttpRequest, *, form: ApiKeyForm | None = None, created: tuple | None = None,
                  status: int = 200) -> HttpResponse:
     show = request.GET.get("show", "active")
-    keys = ApiKey.objects.select_related("created_by").order_by("-created_at")
+    keys = ApiKey.objects.select_related("created_by", "revoked_by").order_by("-created_at")
     if show != "all":
         keys = keys.filter(revoked_at__isnull=True)
     context = {
@@ -85,7 +85,7 @@ def apikey_create(request: HttpRequest) -> HttpResponse:
 def apikey_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     key = get_object_or_404(ApiKey, pk=key_id)
     was_active = key.is_active
-    api_key_revoke(key=key)
+    api_key_revoke(key=key, by=request.user)
     if was_active:
         messages.success(request, f"API key {key} is revoked.")
     else:

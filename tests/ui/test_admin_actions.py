@@ -119,3 +119,21 @@ def test_the_admin_refuses_an_agent_id_no_url_can_carry(client, operator):
     assert b"may not contain" in response.content
     assert not Agent.objects.exists()
     assert client.get(reverse("agents:agent-list")).status_code == 200
+
+
+def test_revoke_selected_keys_records_the_operator(client, operator):
+    from agents.models import ApiKey
+    from agents.services import api_key_create
+
+    client.force_login(operator)
+    active, _ = api_key_create(name="fleet")
+    gone, _ = api_key_create(name="old")
+    ApiKey.objects.filter(pk=gone.pk).update(revoked_at="2020-01-01T00:00:00Z")
+    response = client.post(reverse("admin:agents_apikey_changelist"),
+                           {"action": "revoke_selected", "_selected_action": [str(active.pk), str(gone.pk)]},
+                           follow=True)
+    assert any("Revoked 1 API key(s)." in str(m) for m in response.context["messages"])
+    active.refresh_from_db()
+    gone.refresh_from_db()
+    assert active.revoked_at is not None and active.revoked_by == operator
+    assert gone.revoked_by is None and gone.revoked_at.year == 2020
