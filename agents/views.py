@@ -15,7 +15,7 @@ from agents.models import Agent, ApiKey
 from agents.services import agent_drain, agent_undrain, api_key_create, api_key_revoke
 from ui.forms import ReasonForm, RequiredReasonForm, reason_problem
 from ui.permissions import actor_required, viewer_required
-from ui.rendering import paginate, query_without_page
+from ui.rendering import paginate, query_without_page, render_page
 
 
 @actor_required
@@ -67,6 +67,8 @@ def _apikey_page(request: HttpRequest, *, form: ApiKeyForm | None = None, create
         "created_key": created[0] if created else None,
         "raw_key": created[1] if created else None,
     }
+    if status == 200 and request.method == "GET":
+        return render_page(request, "agents/apikey_list.html", "agents/_apikey_rows.html", context)
     return render(request, "agents/apikey_list.html", context, status=status)
 
 

@@ -8,7 +8,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
 from ui.permissions import actor_required, viewer_required
-from ui.rendering import paginate, query_without_page
+from ui.rendering import paginate, query_without_page, render_page
 from workflows.forms import SpecForm, WorkflowFilterForm
 from workflows.models import WorkflowDefinition
 from workflows.services import workflow_save
@@ -32,7 +32,8 @@ def workflow_list(request: HttpRequest) -> HttpResponse:
     if form.is_valid() and (query := form.cleaned_data["q"]):
         definitions = definitions.filter(Q(id__icontains=query) | Q(name__icontains=query))
     context = {"page": paginate(request, definitions), "query": query_without_page(request), "form": form}
-    return render(request, "workflows/workflowdefinition_list.html", context)
+    return render_page(request, "workflows/workflowdefinition_list.html", "workflows/_workflowdefinition_rows.html",
+                       context)
 
 
 @viewer_required
