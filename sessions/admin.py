@@ -60,6 +60,11 @@ class SessionAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False  # sessions are started through the engine (API, UI or command)
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Deleting a session here would end it outside the engine and erase who did what; finished
+        # sessions leave through opscore_prune (retention).
+        return False
+
     @admin.action(description="Cancel selected sessions", permissions=["change"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
         _run_each(self, request, queryset.exclude(status__in=Session.TERMINAL),
@@ -104,6 +109,9 @@ class TaskAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # history: the engine and opscore_prune own these rows
+
     @admin.action(description="Retry selected tasks (dead or failed)", permissions=["change"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         _run_each(self, request, queryset,
@@ -123,6 +131,9 @@ class TaskAttemptAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # history: the engine and opscore_prune own these rows
+
 
 @admin.register(TaskEvent)
 class TaskEventAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
@@ -139,3 +150,6 @@ class TaskEventAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # history: the engine and opscore_prune own these rows

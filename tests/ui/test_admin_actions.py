@@ -137,3 +137,17 @@ def test_revoke_selected_keys_records_the_operator(client, operator):
     gone.refresh_from_db()
     assert active.revoked_at is not None and active.revoked_by == operator
     assert gone.revoked_by is None and gone.revoked_at.year == 2020
+
+
+def test_sessions_and_their_history_cannot_be_deleted_in_the_admin(client, operator):
+    """Deleting a running session ended it outside the engine and erased who did what."""
+    client.force_login(operator)
+    running = TaskFactory(status=Task.Status.QUEUED)
+    TaskEvent.objects.create(session=running.session, task=running, new_status="queued", actor="system")
+    client.post(reverse("admin:opscore_sessions_session_changelist"),
+                {"action": "delete_selected", "post": "yes", "_selected_action": [str(running.session_id)]})
+    for model, pk in [("session", running.session_id), ("task", running.pk),
+                      ("taskevent", TaskEvent.objects.get(task=running).pk)]:
+        assert client.get(reverse(f"admin:opscore_sessions_{model}_delete", args=[pk])).status_code == 403, model
+    assert Session.objects.filter(pk=running.session_id).exists()
+    assert Task.objects.filter(pk=running.pk).exists() and TaskEvent.objects.filter(task=running).exists()
