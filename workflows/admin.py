@@ -22,7 +22,7 @@ class WorkflowDefinitionForm(forms.ModelForm):
     def clean_spec(self):
         document = self.cleaned_data["spec"]
         try:
-            spec = validate_definition(document)
+            spec = validate_definition(document, new_input=True)
         except SpecError as exc:
             raise forms.ValidationError(
                 [f"{path}: {'; '.join(msgs)}" if path else "; ".join(msgs) for path, msgs in exc.errors.items()]

@@ -194,16 +194,17 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-MAX_DEPTH = 64  # nested objects/lists, like the API's JSON reader
-MAX_NODES = 100_000  # values in one document; a YAML alias bomb expands to billions
+MAX_DEPTH = 64  # nested objects/lists in a new document, like the API's JSON reader
+MAX_NODES = 1_000_000  # values in a new document: far above any 1 MB file; a YAML alias bomb expands to billions
 
 
-def _storable_problems(document: Any) -> dict[str, list[str]]:
+def _storable_problems(document: Any, *, bounded: bool) -> dict[str, list[str]]:
     """Why `document` is not plain JSON that PostgreSQL can store, by field path (empty when it is).
 
     json and YAML readers accept things a definition cannot keep: NUL characters, NaN and
     Infinity, YAML binary/date/set values, non-text keys (YAML's `1:` and `'1':` would collide).
-    Iterative, and bounded in depth and size, so no document exhausts the stack or the memory.
+    Iterative, so no document exhausts the stack. `bounded` (new input) also limits depth and size;
+    stored specs and snapshots are not held to limits they may predate.
     """
     errors: dict[str, list[str]] = {}
     stack: list[tuple[Any, tuple[Any, ...]]] = [(document, ())]
@@ -211,7 +212,7 @@ def _storable_problems(document: Any) -> dict[str, list[str]]:
     while stack and len(errors) < 20:
         value, loc = stack.pop()
         seen += 1
-        if seen > MAX_NODES:
+        if bounded and seen > MAX_NODES:
             return {"": [f"the document has more than {MAX_NODES} values (YAML aliases count each time they are used)"]}
         path = _format_loc(loc)
         if isinstance(value, str):
@@ -223,7 +224,7 @@ def _storable_problems(document: Any) -> dict[str, list[str]]:
             if not math.isfinite(value):
                 errors.setdefault(path, []).append(f"numbers must be finite, not {value}")
         elif isinstance(value, (dict, list)):
-            if len(loc) >= MAX_DEPTH:
+            if bounded and len(loc) >= MAX_DEPTH:
                 errors.setdefault(path, []).append(f"nested more than {MAX_DEPTH} levels deep")
                 continue
             if isinstance(value, list):
@@ -244,14 +245,16 @@ def _storable_problems(document: Any) -> dict[str, list[str]]:
     return errors
 
 
-def validate_definition(document: Any) -> WorkflowSpec:
+def validate_definition(document: Any, *, new_input: bool = False) -> WorkflowSpec:
     """Validate a parsed document (a dict) and return the spec, or raise SpecError.
 
     Field errors are keyed by their path in the upstream shape (`tasks.1.nextTaskId`).
+    `new_input` (a form, a file, the admin) also bounds nesting and size; the API's JSON
+    reader bounds its bodies itself.
     """
     if not isinstance(document, dict):
         raise SpecError({"": [f"a workflow definition must be a JSON object, not {type(document).__name__}"]})
-    if problems := _storable_problems(document):
+    if problems := _storable_problems(document, bounded=new_input):
         raise SpecError(problems)
     try:
         return WorkflowSpec.model_validate(document)
@@ -309,4 +312,4 @@ def parse_document(text: str | bytes, *, fmt: str = "auto") -> WorkflowSpec:
             raise SpecError({"": [f"invalid YAML: nested more than {MAX_DEPTH} levels deep"]}) from None
         except ValueError as exc:  # an integer too long to read
             raise SpecError({"": [f"invalid YAML: {exc}"]}) from None
-    return validate_definition(document)
+    return validate_definition(document, new_input=True)
