@@ -161,3 +161,25 @@ def test_undrain_with_a_reason_that_cannot_be_recorded_changes_nothing(staff_cli
     assert any("Not undrained" in str(m) for m in response.context["messages"])
     agent.refresh_from_db()
     assert agent.drained_at is not None
+
+
+def test_a_form_too_large_to_read_says_why(staff_client, settings):
+    """Django's own page said only 'Bad Request (400)'."""
+    definition = WorkflowDefinitionFactory()
+    response = staff_client.post(reverse("workflows:workflow-edit", args=[definition.pk]),
+                                 {"document": "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)})
+    assert response.status_code == 400
+    assert b"The form is larger than 1,048,576 bytes (OPSCORE_MAX_BODY_BYTES); nothing was saved." in response.content
+    response = staff_client.post(reverse("sessions:failure-retry"), {"scope": "selected", "ids": ["x"] * 1500})
+    assert response.status_code == 400 and b"more than 1,000 fields; nothing was done" in response.content
+    api = staff_client.generic("POST", "/v1/opscore/workflows", b"{" + b" " * 2_000_000 + b"}",
+                               content_type="application/json")
+    assert api["Content-Type"] == "application/json"  # the API keeps its own error shape
+
+
+def test_refusals_and_unknown_pages_say_why(read_only_client):
+    response = read_only_client.post(reverse("agents:apikey-create"), {"name": "k"})
+    assert response.status_code == 403
+    assert b"read-only operators cannot change anything" in response.content
+    response = read_only_client.get(reverse("agents:agent-detail", args=["ghost"]))
+    assert response.status_code == 404 and b"No Agent matches the given query" in response.content
