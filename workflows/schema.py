@@ -198,6 +198,16 @@ MAX_DEPTH = 64  # nested objects/lists in a new document, like the API's JSON re
 MAX_NODES = 1_000_000  # values in a new document: far above any 1 MB file; a YAML alias bomb expands to billions
 
 
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "text may not contain NUL (\\u0000) characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "text may not contain lone surrogates (they cannot be stored as UTF-8)"
+    return None
+
+
 def _storable_problems(document: Any, *, bounded: bool) -> dict[str, list[str]]:
     """Why `document` is not plain JSON that PostgreSQL can store, by field path (empty when it is).
 
@@ -216,8 +226,8 @@ def _storable_problems(document: Any, *, bounded: bool) -> dict[str, list[str]]:
             return {"": [f"the document has more than {MAX_NODES} values (YAML aliases count each time they are used)"]}
         path = _format_loc(loc)
         if isinstance(value, str):
-            if "\x00" in value:
-                errors.setdefault(path, []).append("text may not contain NUL (\\u0000) characters")
+            if problem := _text_problem(value):
+                errors.setdefault(path, []).append(problem)
         elif isinstance(value, bool) or value is None or isinstance(value, int):
             continue
         elif isinstance(value, float):
@@ -235,8 +245,8 @@ def _storable_problems(document: Any, *, bounded: bool) -> dict[str, list[str]]:
                     errors.setdefault(path, []).append(
                         f"keys must be text, not {type(key).__name__} {key!r} (quote it in YAML)")
                     continue
-                if "\x00" in key:
-                    errors.setdefault(path, []).append("keys may not contain NUL (\\u0000) characters")
+                if problem := _text_problem(key):
+                    errors.setdefault(path, []).append(f"a key: {problem}")
                     continue
                 stack.append((item, (*loc, key)))
         else:

@@ -211,3 +211,10 @@ def test_it_refuses_a_yaml_alias_bomb_quickly():
     text = "id: bomb\nname: n\ntasks:\n- taskId: a\n  parameters:\n" + "\n".join("    " + line for line in lines)
     errors = parse_errors(text, fmt="yaml")
     assert errors[""][0].startswith("the document has more than 1000000 values")
+
+
+def test_it_refuses_lone_surrogates_postgresql_cannot_encode():
+    errors = parse_errors('{"id": "x", "name": "n", "tasks": [{"taskId": "a", "parameters": {"\\ud800": "\\udfff"}}]}')
+    assert errors == {"tasks.0.parameters": ["a key: text may not contain lone surrogates (they cannot be stored as UTF-8)"]}
+    errors = parse_errors('{"id": "x", "name": "n\\ud800", "tasks": [{"taskId": "a"}]}')
+    assert errors == {"name": ["text may not contain lone surrogates (they cannot be stored as UTF-8)"]}
