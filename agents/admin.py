@@ -8,7 +8,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from agents.models import Agent, AgentState, ApiKey, agent_id_problem
-from agents.services import api_key_create, api_key_revoke
+from agents.services import agent_drain, agent_undrain, api_key_create, api_key_revoke
 from ui.permissions import ReadOnlyGroupAdminMixin
 
 
@@ -32,15 +32,33 @@ class AgentAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     search_fields = ("id", "name", "contact_endpoint")
     readonly_fields = (
         "id", "created_at", "registered_at", "last_seen_at", "state", "state_timestamp",
-        "state_received_at", "state_details", "deregistered_at", "drained_at", "drained_by",
+        "state_received_at", "state_details", "deregistered_at", "drained_at", "drained_by", "drained_reason",
     )
     show_full_result_count = False
+
+    actions = ["drain_selected", "undrain_selected"]
 
     def get_readonly_fields(self, request, obj=None):
         # Agents are created by their reports or AgentKit's webhook; the id is set once.
         if obj is None:
             return tuple(f for f in self.readonly_fields if f != "id")
         return self.readonly_fields
+
+    @admin.action(description="Drain selected agents (no new tasks)", permissions=["change"])
+    def drain_selected(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        count = 0
+        for agent in queryset.filter(drained_at__isnull=True):
+            agent_drain(agent=agent, by_user=request.user, reason="drained in the admin")
+            count += 1
+        self.message_user(request, f"Drained {count} agent(s); a task in flight still finishes.", messages.SUCCESS)
+
+    @admin.action(description="Undrain selected agents", permissions=["change"])
+    def undrain_selected(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        count = 0
+        for agent in queryset.filter(drained_at__isnull=False):
+            agent_undrain(agent=agent, by_user=request.user, reason="undrained in the admin")
+            count += 1
+        self.message_user(request, f"Undrained {count} agent(s).", messages.SUCCESS)
 
 
 @admin.register(AgentState)

@@ -151,3 +151,21 @@ def test_sessions_and_their_history_cannot_be_deleted_in_the_admin(client, opera
         assert client.get(reverse(f"admin:opscore_sessions_{model}_delete", args=[pk])).status_code == 403, model
     assert Session.objects.filter(pk=running.session_id).exists()
     assert Task.objects.filter(pk=running.pk).exists() and TaskEvent.objects.filter(task=running).exists()
+
+
+def test_drain_and_undrain_selected_agents_record_the_operator(client, operator):
+    from agents.models import Agent
+    from tests.agents.factories import AgentFactory
+
+    client.force_login(operator)
+    first, second = AgentFactory(), AgentFactory()
+    response = client.post(reverse("admin:agents_agent_changelist"),
+                           {"action": "drain_selected", "_selected_action": [first.pk, second.pk]}, follow=True)
+    assert any("Drained 2 agent(s)" in str(m) for m in response.context["messages"])
+    first.refresh_from_db()
+    assert first.drained_at is not None and first.drained_by == operator
+    assert first.drained_reason == "drained in the admin"
+    response = client.post(reverse("admin:agents_agent_changelist"),
+                           {"action": "undrain_selected", "_selected_action": [first.pk]}, follow=True)
+    assert any("Undrained 1 agent(s)" in str(m) for m in response.context["messages"])
+    assert list(Agent.objects.filter(drained_at__isnull=False).values_list("pk", flat=True)) == [second.pk]
