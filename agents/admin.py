@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from agents.models import Agent, AgentState, ApiKey
-from agents.services import api_key_create, api_key_revoke
+from agents.models import Agent, AgentState, ApiKey, agent_id_problem
+from agents.services import agent_drain, agent_undrain, api_key_create, api_key_revoke
+from ui.permissions import ReadOnlyGroupAdminMixin
+
+
+class AgentAdminForm(forms.ModelForm):
+    class Meta:
+        model = Agent
+        fields = "__all__"
+
+    def clean_id(self):
+        agent_id = self.cleaned_data["id"]
+        if problem := agent_id_problem(agent_id):
+            raise forms.ValidationError(problem)  # such an agent could never be addressed (and broke the UI)
+        return agent_id
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
+    form = AgentAdminForm
     list_display = ("id", "name", "state", "state_timestamp", "last_seen_at", "deregistered_at", "drained_at")
     list_filter = ("state", ("deregistered_at", admin.EmptyFieldListFilter), ("drained_at", admin.EmptyFieldListFilter))
     search_fields = ("id", "name", "contact_endpoint")
     readonly_fields = (
         "id", "created_at", "registered_at", "last_seen_at", "state", "state_timestamp",
-        "state_received_at", "state_details", "deregistered_at", "drained_at", "drained_by",
+        "state_received_at", "state_details", "deregistered_at", "drained_at", "drained_by", "drained_reason",
     )
     show_full_result_count = False
+
+    actions = ["drain_selected", "undrain_selected"]
 
     def get_readonly_fields(self, request, obj=None):
         # Agents are created by their reports or AgentKit's webhook; the id is set once.
@@ -27,9 +44,25 @@ class AgentAdmin(admin.ModelAdmin):
             return tuple(f for f in self.readonly_fields if f != "id")
         return self.readonly_fields
 
+    @admin.action(description="Drain selected agents (no new tasks)", permissions=["change"])
+    def drain_selected(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        count = 0
+        for agent in queryset.filter(drained_at__isnull=True):
+            agent_drain(agent=agent, by_user=request.user, reason="drained in the admin")
+            count += 1
+        self.message_user(request, f"Drained {count} agent(s); a task in flight still finishes.", messages.SUCCESS)
+
+    @admin.action(description="Undrain selected agents", permissions=["change"])
+    def undrain_selected(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        count = 0
+        for agent in queryset.filter(drained_at__isnull=False):
+            agent_undrain(agent=agent, by_user=request.user, reason="undrained in the admin")
+            count += 1
+        self.message_user(request, f"Undrained {count} agent(s).", messages.SUCCESS)
+
 
 @admin.register(AgentState)
-class AgentStateAdmin(admin.ModelAdmin):
+class AgentStateAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     list_display = ("agent", "state", "timestamp", "received_at")
     list_filter = ("state",)
     search_fields = ("agent__id",)
@@ -43,12 +76,14 @@ class AgentStateAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "agent_id", "prefix", "created_at", "last_used_at", "revoked_at")
+class ApiKeyAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
+    list_display = ("name", "kind", "agent_id", "prefix", "created_at", "last_used_at", "revoked_at", "revoked_by")
     list_filter = ("kind", ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("name", "prefix", "agent_id")
-    fields = ("name", "agent_id", "kind", "prefix", "created_at", "created_by", "last_used_at", "revoked_at")
-    readonly_fields = ("kind", "prefix", "created_at", "created_by", "last_used_at", "revoked_at")
+    fields = ("name", "agent_id", "kind", "prefix", "created_at", "created_by", "last_used_at", "revoked_at",
+              "revoked_by")
+    readonly_fields = ("kind", "prefix", "created_at", "created_by", "last_used_at", "revoked_at", "revoked_by")
+    list_select_related = ("revoked_by",)
     actions = ["revoke_selected"]
 
     def get_readonly_fields(self, request, obj=None):
@@ -64,10 +99,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
         obj.__dict__.update(key.__dict__)
         messages.warning(request, f"The new key is shown this once; copy it now: {raw}")
 
-    @admin.action(description="Revoke selected API keys")
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = 0
         for key in queryset.filter(revoked_at__isnull=True):
-            api_key_revoke(key=key)
+            api_key_revoke(key=key, by=request.user)
             count += 1
         self.message_user(request, f"Revoked {count} API key(s).", messages.SUCCESS)

@@ -19,7 +19,8 @@ class AgentFilterForm(forms.Form):
                                                               ("all", "all")])
 
     def filter(self, queryset):
-        data = self.cleaned_data if self.is_valid() else {}
+        self.is_valid()  # a bad value is shown and ignored; the other filters still apply
+        data = self.cleaned_data
         if query := data.get("q"):
             queryset = queryset.filter(Q(id__icontains=query) | Q(name__icontains=query))
         if state := data.get("state"):

@@ -11,6 +11,17 @@ from django.db.models import Q
 from django.utils import timezone
 
 
+def agent_id_problem(agent_id: str) -> str | None:
+    """Why `agent_id` cannot name an agent, or None. AgentKit's URLs and ours carry it as one path segment."""
+    if not agent_id.strip():
+        return "an agent id may not be blank"
+    if "/" in agent_id or "\x00" in agent_id:
+        return "an agent id may not contain '/' or NUL (it is one segment of AgentKit's and Ops-Core's URLs)"
+    if len(agent_id) > 255:
+        return "an agent id has at most 255 characters"
+    return None
+
+
 class AgentQuerySet(models.QuerySet["Agent"]):
     def active(self) -> AgentQuerySet:
         """Agents that are not deregistered."""
@@ -146,6 +157,10 @@ class ApiKey(models.Model):
     )
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The operator who revoked the key (empty: a command or the OPSCORE_API_KEY rotation).",
+    )
 
     class Meta:
         ordering = ["-created_at"]

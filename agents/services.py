@@ -48,11 +48,14 @@ def api_key_create(*, name: str, agent_id: str = "", by=None) -> tuple[ApiKey, s
     raise RuntimeError("could not draw a unique API key prefix")
 
 
-def api_key_revoke(*, key: ApiKey) -> ApiKey:
-    """Revoke `key` (idempotent)."""
+def api_key_revoke(*, key: ApiKey, by=None) -> ApiKey:
+    """Revoke `key`, recording the operator `by` (idempotent: the first revocation's time and operator stay)."""
     if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
+        now = timezone.now()
+        # Conditional, so two operators revoking at once record one of them, not a mix.
+        if ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now, revoked_by=by):
+            logger.info("API key %s revoked by %s", key, by or "system")
+        key.refresh_from_db(fields=["revoked_at", "revoked_by"])
     return key
 
 

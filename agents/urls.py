@@ -3,10 +3,11 @@
 from django.urls import path
 
 from agents import views
+from ui import converters  # noqa: F401 (registers <opsid:...>)
 
 urlpatterns = [
-    path("agents/<str:agent_id>/drain/", views.agent_drain_view, name="agent-drain"),
-    path("agents/<str:agent_id>/undrain/", views.agent_undrain_view, name="agent-undrain"),
+    path("agents/<opsid:agent_id>/drain/", views.agent_drain_view, name="agent-drain"),
+    path("agents/<opsid:agent_id>/undrain/", views.agent_undrain_view, name="agent-undrain"),
     path("api-keys/", views.apikey_list, name="apikey-list"),
     path("api-keys/new/", views.apikey_create, name="apikey-create"),
     path("api-keys/<int:key_id>/revoke/", views.apikey_revoke, name="apikey-revoke"),

@@ -13,17 +13,17 @@ from django.shortcuts import get_object_or_404, redirect, render
 
 from agents.models import Agent, ApiKey
 from agents.services import agent_drain, agent_undrain, api_key_create, api_key_revoke
-from ui.forms import ReasonForm, RequiredReasonForm
+from ui.forms import ReasonForm, RequiredReasonForm, reason_problem
 from ui.permissions import actor_required, viewer_required
-from ui.rendering import paginate, query_without_page
+from ui.rendering import paginate, query_without_page, render_page
 
 
 @actor_required
 def agent_drain_view(request: HttpRequest, agent_id: str) -> HttpResponse:
     agent = get_object_or_404(Agent, pk=agent_id)
     form = RequiredReasonForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, "Draining needs a reason: " + " ".join(form.errors.get("reason", [])))
+    if problem := reason_problem(form):
+        messages.error(request, f"Not drained: {problem}")
         return redirect("agents:agent-detail", agent_id=agent.pk)
     agent_drain(agent=agent, by_user=request.user, reason=form.cleaned_data["reason"])
     messages.success(request, f"Agent {agent.pk} is drained: no new task will be dispatched to it.")
@@ -34,8 +34,10 @@ def agent_drain_view(request: HttpRequest, agent_id: str) -> HttpResponse:
 def agent_undrain_view(request: HttpRequest, agent_id: str) -> HttpResponse:
     agent = get_object_or_404(Agent, pk=agent_id)
     form = ReasonForm(request.POST)
-    form.is_valid()
-    agent_undrain(agent=agent, by_user=request.user, reason=form.cleaned_data.get("reason", ""))
+    if problem := reason_problem(form):
+        messages.error(request, f"Not undrained: {problem}")
+        return redirect("agents:agent-detail", agent_id=agent.pk)
+    agent_undrain(agent=agent, by_user=request.user, reason=form.cleaned_data["reason"])
     messages.success(request, f"Agent {agent.pk} takes tasks again; its queued tasks are picked up shortly.")
     return redirect("agents:agent-detail", agent_id=agent.pk)
 
@@ -54,7 +56,7 @@ def apikey_list(request: HttpRequest) -> HttpResponse:
 def _apikey_page(request: HttpRequest, *, form: ApiKeyForm | None = None, created: tuple | None = None,
                  status: int = 200) -> HttpResponse:
     show = request.GET.get("show", "active")
-    keys = ApiKey.objects.select_related("created_by").order_by("-created_at")
+    keys = ApiKey.objects.select_related("created_by", "revoked_by").order_by("-created_at")
     if show != "all":
         keys = keys.filter(revoked_at__isnull=True)
     context = {
@@ -65,6 +67,8 @@ def _apikey_page(request: HttpRequest, *, form: ApiKeyForm | None = None, create
         "created_key": created[0] if created else None,
         "raw_key": created[1] if created else None,
     }
+    if status == 200 and request.method == "GET":
+        return render_page(request, "agents/apikey_list.html", "agents/_apikey_rows.html", context)
     return render(request, "agents/apikey_list.html", context, status=status)
 
 
@@ -83,7 +87,7 @@ def apikey_create(request: HttpRequest) -> HttpResponse:
 def apikey_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     key = get_object_or_404(ApiKey, pk=key_id)
     was_active = key.is_active
-    api_key_revoke(key=key)
+    api_key_revoke(key=key, by=request.user)
     if was_active:
         messages.success(request, f"API key {key} is revoked.")
     else:

@@ -211,7 +211,9 @@ class ApiBodyLimitMiddleware:
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_api(request):
         return json_error("Bad request.", "bad_request", 400)
-    return defaults.bad_request(request, exception)
+    from ui.rendering import bad_request_page  # the operator pages' 400, with the reason
+
+    return bad_request_page(request, exception)
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -8,6 +8,7 @@ from django.http import HttpRequest
 
 from sessions import engine
 from sessions.models import Session, Task, TaskAttempt, TaskEvent
+from ui.permissions import ReadOnlyGroupAdminMixin
 
 
 def _run_each(modeladmin: admin.ModelAdmin, request: HttpRequest, objects, action, verb: str) -> None:
@@ -40,7 +41,7 @@ class TaskInline(admin.TabularInline):
 
 
 @admin.register(Session)
-class SessionAdmin(admin.ModelAdmin):
+class SessionAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     list_display = ("id", "workflow_id", "agent", "status", "created_at", "ended_at")
     list_filter = ("status", "workflow_id")
     search_fields = ("=id", "workflow_id", "agent__id")
@@ -58,6 +59,11 @@ class SessionAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False  # sessions are started through the engine (API, UI or command)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Deleting a session here would end it outside the engine and erase who did what; finished
+        # sessions leave through opscore_prune (retention).
+        return False
 
     @admin.action(description="Cancel selected sessions", permissions=["change"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
@@ -84,7 +90,7 @@ class AttemptInline(admin.TabularInline):
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     list_display = ("id", "step_id", "session", "agent", "status", "attempt", "updated_at")
     list_filter = ("status",)
     search_fields = ("=id", "=session__id", "step_id", "agent__id", "last_error")
@@ -103,6 +109,9 @@ class TaskAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # history: the engine and opscore_prune own these rows
+
     @admin.action(description="Retry selected tasks (dead or failed)", permissions=["change"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         _run_each(self, request, queryset,
@@ -111,7 +120,7 @@ class TaskAdmin(admin.ModelAdmin):
 
 
 @admin.register(TaskAttempt)
-class TaskAttemptAdmin(admin.ModelAdmin):
+class TaskAttemptAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     list_display = ("task", "number", "outcome", "http_status", "started_at", "ended_at")
     list_filter = ("outcome",)
     search_fields = ("=task__id", "error")
@@ -122,9 +131,12 @@ class TaskAttemptAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # history: the engine and opscore_prune own these rows
+
 
 @admin.register(TaskEvent)
-class TaskEventAdmin(admin.ModelAdmin):
+class TaskEventAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     list_display = ("created_at", "session", "task", "old_status", "new_status", "actor", "actor_user", "reason")
     list_filter = ("actor", "new_status")
     search_fields = ("=session__id", "=task__id", "reason", "actor_agent_id")
@@ -138,3 +150,6 @@ class TaskEventAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # history: the engine and opscore_prune own these rows

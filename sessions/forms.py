@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import timedelta
 
 from django import forms
 from django.db.models import Q
 from django.utils import timezone
+from rest_framework.exceptions import ParseError
 
 from agents.models import Agent
+from opscore_site.parsers import parse_json_bytes
 from sessions.models import Session, Task
 
 SINCE_CHOICES = [("", "any time"), ("1h", "last hour"), ("24h", "last 24 h"), ("7d", "last 7 days")]
@@ -39,7 +40,8 @@ class SessionFilterForm(forms.Form):
                                  widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=DATETIME_INPUT[0]))
 
     def filter(self, queryset):
-        data = self.cleaned_data if self.is_valid() else {}
+        self.is_valid()  # a bad value is shown and ignored; the other filters still apply
+        data = self.cleaned_data
         if query := data.get("q"):
             queryset = queryset.filter(_id_filter("id", query))
         if status := data.get("status"):
@@ -66,7 +68,8 @@ class FailureFilterForm(forms.Form):
     q = forms.CharField(required=False, label="Error contains")
 
     def filter(self, queryset):
-        data = self.cleaned_data if self.is_valid() else {}
+        self.is_valid()  # a bad value is shown and ignored; the other filters still apply
+        data = self.cleaned_data
         queryset = queryset.filter(status__in=Task.NEEDS_DECISION)
         if status := data.get("status"):
             queryset = queryset.filter(status=status)
@@ -101,9 +104,11 @@ class SessionStartForm(forms.Form):
         if not text:
             return None
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            # The API's strict reader: what json accepts but PostgreSQL cannot store (NUL, NaN, Infinity,
+            # very deep nesting, huge integers) is a message here, not a failure in the database (a 500).
+            value = parse_json_bytes(text.encode("utf-8", "surrogatepass"))
+        except ParseError as exc:
+            raise forms.ValidationError(f"invalid JSON: {str(exc.detail).removeprefix('JSON parse error - ')}") from None
         if not isinstance(value, dict):
             raise forms.ValidationError(f"must be a JSON object, not {type(value).__name__}")
         return value

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from sessions import views
+from ui import converters  # noqa: F401 (registers <opsid:...>)
 
 app_name = "sessions"
 
@@ -13,5 +14,5 @@ urlpatterns = [
     path("tasks/<str:task_id>/retry/", views.task_retry, name="task-retry"),
     path("failures/", views.failure_list, name="failure-list"),
     path("failures/retry/", views.failure_retry, name="failure-retry"),
-    path("workflows/<str:workflow_id>/start/", views.session_start, name="session-start"),
+    path("workflows/<opsid:workflow_id>/start/", views.session_start, name="session-start"),
 ]

@@ -22,7 +22,7 @@ from agents.models import Agent
 from sessions import engine
 from sessions.forms import FailureFilterForm, SessionFilterForm, SessionStartForm
 from sessions.models import Session, Task, TaskEvent
-from ui.forms import ReasonForm, RequiredReasonForm
+from ui.forms import ReasonForm, RequiredReasonForm, reason_problem
 from ui.permissions import actor_required, viewer_required
 from ui.rendering import paginate, query_without_page, render_page
 from workflows.models import WorkflowDefinition
@@ -187,8 +187,8 @@ def _back(request: HttpRequest, default: str) -> HttpResponse:
 def session_cancel(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _session_or_404(session_id)
     form = RequiredReasonForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, "Cancelling needs a reason.")
+    if problem := reason_problem(form):
+        messages.error(request, f"Not cancelled: {problem}")
         return redirect("sessions:session-detail", session_id=session.pk)
     try:
         engine.session_cancel(session=session, by=engine.By.operator(request.user),
@@ -204,10 +204,12 @@ def session_cancel(request: HttpRequest, session_id: str) -> HttpResponse:
 def session_retry(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _session_or_404(session_id)
     form = ReasonForm(request.POST)
-    form.is_valid()
+    if problem := reason_problem(form):
+        messages.error(request, f"Not retried: {problem}")
+        return redirect("sessions:session-detail", session_id=session.pk)
     try:
         task = engine.session_retry(session=session, by=engine.By.operator(request.user),
-                                    reason=form.cleaned_data.get("reason", ""))
+                                    reason=form.cleaned_data["reason"])
     except engine.InvalidTransition as exc:
         messages.error(request, f"Not retried: {exc}")
     else:
@@ -222,15 +224,18 @@ def task_retry(request: HttpRequest, task_id: str) -> HttpResponse:
     except ValueError:
         pk = None
     task = get_object_or_404(Task, pk=pk)
+    back = reverse("sessions:session-detail", kwargs={"session_id": task.session_id})
     form = ReasonForm(request.POST)
-    form.is_valid()
+    if problem := reason_problem(form):
+        messages.error(request, f"Not retried: {problem}")
+        return _back(request, back)
     try:
-        engine.task_retry(task=task, by=engine.By.operator(request.user), reason=form.cleaned_data.get("reason", ""))
+        engine.task_retry(task=task, by=engine.By.operator(request.user), reason=form.cleaned_data["reason"])
     except engine.InvalidTransition as exc:
         messages.error(request, f"Not retried: {exc}")
     else:
         messages.success(request, f"Task '{task.step_id}' of session {task.session_id} is queued again.")
-    return _back(request, reverse("sessions:session-detail", kwargs={"session_id": task.session_id}))
+    return _back(request, back)
 
 
 # --------------------------------------------------------------------------- failures queue
@@ -249,35 +254,42 @@ def failure_list(request: HttpRequest) -> HttpResponse:
         "session__id", "session__workflow_id", "session__status",
     ).order_by("-updated_at", "id")
     page = paginate(request, tasks)
-    context = {"form": form, "page": page, "query": query_without_page(request)}
+    context = {"form": form, "page": page, "query": query_without_page(request), "filters": _filter_params(form)}
     return render_page(request, "sessions/failure_list.html", "sessions/_failure_rows.html", context)
 
 
-def _bulk_targets(params) -> tuple[object, str, list[str]]:
-    """The tasks a bulk retry is about: the selected ids, or all matching the filter."""
+def _bulk_targets(params) -> tuple[object, str, list[str], FailureFilterForm]:
+    """The tasks a bulk retry is about: the selected ids, or all matching the filter.
+
+    A filter with a bad value selects nothing: ignoring it would retry more than the operator asked for.
+    """
     form, tasks = _failures(params)
     problems: list[str] = []
     if params.get("scope") == "all":
-        return tasks, "all", problems
+        if form.errors:
+            problems = [f"filter '{name}': {' '.join(errors)}" for name, errors in form.errors.items()]
+            return Task.objects.none(), "all", problems, form
+        return tasks, "all", problems, form
     ids = []
     for raw in params.getlist("ids"):
         try:
             ids.append(uuid.UUID(raw))
         except ValueError:
             problems.append(f"'{raw}' is not a task id")
-    return Task.objects.filter(pk__in=ids, status__in=Task.NEEDS_DECISION), "selected", problems
+    return Task.objects.filter(pk__in=ids, status__in=Task.NEEDS_DECISION), "selected", problems, form
 
 
-def _filter_params(params) -> dict:
-    keep = {name: params.get(name) for name in FailureFilterForm.base_fields if params.get(name)}
-    return keep
+def _filter_params(form: FailureFilterForm) -> dict:
+    """The filter values in force (valid and not empty), as they were typed."""
+    form.is_valid()
+    return {name: form.data.get(name) for name in FailureFilterForm.base_fields if form.cleaned_data.get(name)}
 
 
 @viewer_required
 def failure_retry(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         return _failure_retry_post(request)
-    tasks, scope, problems = _bulk_targets(request.GET)
+    tasks, scope, problems, form = _bulk_targets(request.GET)
     count = tasks.count()
     context = {
         "count": count,
@@ -285,9 +297,9 @@ def failure_retry(request: HttpRequest) -> HttpResponse:
         "problems": problems,
         "sample": tasks.select_related("session").order_by("-updated_at", "id")[:20],
         "ids": request.GET.getlist("ids"),
-        "filters": _filter_params(request.GET),
+        "filters": _filter_params(form),
         "limit": BULK_RETRY_LIMIT,
-        "back": reverse("sessions:failure-list") + "?" + urlencode(_filter_params(request.GET)),
+        "back": reverse("sessions:failure-list") + "?" + urlencode(_filter_params(form)),
         "form": ReasonForm(),
     }
     return render(request, "sessions/failure_confirm.html", context)
@@ -295,10 +307,16 @@ def failure_retry(request: HttpRequest) -> HttpResponse:
 
 @actor_required
 def _failure_retry_post(request: HttpRequest) -> HttpResponse:
-    tasks, scope, problems = _bulk_targets(request.POST)
+    tasks, scope, problems, filter_form = _bulk_targets(request.POST)
+    back = reverse("sessions:failure-list") + "?" + urlencode(_filter_params(filter_form))
+    if filter_form.errors and scope == "all":
+        messages.error(request, "Nothing retried: " + "; ".join(problems))
+        return redirect(back)
     form = ReasonForm(request.POST)
-    form.is_valid()
-    reason = form.cleaned_data.get("reason", "") or f"bulk retry ({scope}) by operator"
+    if problem := reason_problem(form):
+        messages.error(request, f"Nothing retried: {problem}")
+        return redirect(back)
+    reason = form.cleaned_data["reason"] or f"bulk retry ({scope}) by operator"
     by = engine.By.operator(request.user)
     retried, skipped = 0, []
     batch = list(tasks.order_by("updated_at", "id")[:BULK_RETRY_LIMIT])
@@ -319,7 +337,7 @@ def _failure_retry_post(request: HttpRequest) -> HttpResponse:
         messages.warning(request, text)
     else:
         messages.success(request, text)
-    return redirect(reverse("sessions:failure-list") + "?" + urlencode(_filter_params(request.POST)))
+    return redirect(back)
 
 
 # --------------------------------------------------------------------------- starting a session

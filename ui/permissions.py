@@ -15,6 +15,11 @@ from django.views.decorators.http import require_POST
 READ_ONLY_GROUP = "Read-only operators"
 
 
+def is_read_only(user) -> bool:
+    """Whether `user` is in the read-only group (cached on the user for the request)."""
+    return _in_read_only_group(user)
+
+
 def _in_read_only_group(user) -> bool:
     cached = getattr(user, "_opscore_read_only", None)
     if cached is None:
@@ -66,3 +71,19 @@ def context(request) -> dict:
     if user is None or not user.is_authenticated:
         return {"may_act": False}
     return {"may_act": may_act(user)}
+
+
+class ReadOnlyGroupAdminMixin:
+    """The same rule in the Django admin: a read-only operator may look but never add, change or delete,
+    whatever permissions (or superuser flag) the account has. Admin actions need the change permission,
+    so they are hidden and refused too.
+    """
+
+    def has_add_permission(self, request, *args, **kwargs) -> bool:
+        return not is_read_only(request.user) and super().has_add_permission(request, *args, **kwargs)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return not is_read_only(request.user) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return not is_read_only(request.user) and super().has_delete_permission(request, obj)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.template import loader
+from django.views import defaults
 
 PAGE_SIZE = 50
 PARTIAL_HEADER = "HTTP_X_OPSCORE_PARTIAL"
@@ -27,3 +31,22 @@ def query_without_page(request: HttpRequest) -> str:
     params = request.GET.copy()
     params.pop("page", None)
     return params.urlencode()
+
+
+def bad_request_page(request: HttpRequest, exception: Exception | None) -> HttpResponse:
+    """An operator page's 400 that says why (Django's own page says only 'Bad Request (400)')."""
+    if isinstance(exception, RequestDataTooBig):
+        reason = (f"The form is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes "
+                  "(OPSCORE_MAX_BODY_BYTES); nothing was saved. Make it smaller, or upload a definition as a file.")
+    elif isinstance(exception, TooManyFieldsSent):
+        reason = (f"The form has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS:,} fields; nothing was done. "
+                  "Select fewer rows, or use 'retry all matching' with a filter.")
+    elif isinstance(exception, TooManyFilesSent):
+        reason = "The form carries too many files; nothing was done."
+    else:
+        reason = "The request could not be read; nothing was done."
+    try:
+        body = loader.get_template("400.html").render({"reason": reason}, request)
+    except Exception:  # never let the error page fail in turn (a DisallowedHost, a broken request)
+        return defaults.bad_request(request, exception)
+    return HttpResponse(body, status=400)

@@ -8,10 +8,11 @@ from django.urls import include, path
 
 from agents import urls as agent_urls
 from sessions import views as session_views
+from ui import converters  # noqa: F401 (registers <opsid:...>)
 
 agent_pages = [
     path("agents/", session_views.agent_list, name="agent-list"),
-    path("agents/<str:agent_id>/", session_views.agent_detail, name="agent-detail"),
+    path("agents/<opsid:agent_id>/", session_views.agent_detail, name="agent-detail"),
     *agent_urls.urlpatterns,
 ]
 

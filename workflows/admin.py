@@ -10,6 +10,7 @@ from django.contrib import admin
 from workflows.models import WorkflowDefinition, WorkflowDefinitionRevision
 from workflows.schema import SpecError, WorkflowSpec, validate_definition
 from workflows.services import workflow_save
+from ui.permissions import ReadOnlyGroupAdminMixin
 
 
 class WorkflowDefinitionForm(forms.ModelForm):
@@ -21,7 +22,7 @@ class WorkflowDefinitionForm(forms.ModelForm):
     def clean_spec(self):
         document = self.cleaned_data["spec"]
         try:
-            spec = validate_definition(document)
+            spec = validate_definition(document, new_input=True)
         except SpecError as exc:
             raise forms.ValidationError(
                 [f"{path}: {'; '.join(msgs)}" if path else "; ".join(msgs) for path, msgs in exc.errors.items()]
@@ -48,7 +49,7 @@ class RevisionInline(admin.TabularInline):
 
 
 @admin.register(WorkflowDefinition)
-class WorkflowDefinitionAdmin(admin.ModelAdmin):
+class WorkflowDefinitionAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     form = WorkflowDefinitionForm
     list_display = ("id", "name", "version", "revision", "updated_at", "updated_by")
     search_fields = ("id", "name", "description")
@@ -66,7 +67,7 @@ class WorkflowDefinitionAdmin(admin.ModelAdmin):
 
 
 @admin.register(WorkflowDefinitionRevision)
-class WorkflowDefinitionRevisionAdmin(admin.ModelAdmin):
+class WorkflowDefinitionRevisionAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     list_display = ("definition", "revision", "created_at", "created_by")
     search_fields = ("definition__id",)
     raw_id_fields = ("definition",)

@@ -9,6 +9,10 @@ from workflows.schema import SpecError, WorkflowSpec, parse_document
 MAX_UPLOAD_BYTES = 1_000_000
 
 
+class WorkflowFilterForm(forms.Form):
+    q = forms.CharField(required=False, max_length=200, strip=True, label="Search")
+
+
 class SpecForm(forms.Form):
     """A definition as JSON or YAML text, or an uploaded file (the file wins when both are given)."""
 

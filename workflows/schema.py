@@ -10,6 +10,7 @@ decides whether a definition is valid.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import yaml
@@ -127,30 +128,34 @@ class WorkflowSpec(BaseModel):
         return self
 
     def _find_cycle(self) -> list[str] | None:
-        """A cycle over next and fallback links, as the list of step ids on it, or None."""
+        """A cycle over next and fallback links, as the list of step ids on it, or None.
+
+        Iterative (an explicit stack): a long chain of steps must not exhaust the Python stack.
+        """
         edges = {
             step.taskId: [t for t in (step.nextTaskId, step.fallbackTaskId) if t is not None]
             for step in self.tasks
         }
         WHITE, GREY, BLACK = 0, 1, 2
         colour = dict.fromkeys(edges, WHITE)
-        path: list[str] = []
-
-        def visit(node: str) -> list[str] | None:
-            colour[node] = GREY
-            path.append(node)
-            for nxt in edges[node]:
+        for start in edges:
+            if colour[start] != WHITE:
+                continue
+            path: list[str] = [start]
+            pending: list[list[str]] = [list(reversed(edges[start]))]
+            colour[start] = GREY
+            while path:
+                if not pending[-1]:
+                    colour[path.pop()] = BLACK
+                    pending.pop()
+                    continue
+                nxt = pending[-1].pop()
                 if colour[nxt] == GREY:
                     return path[path.index(nxt):] + [nxt]
-                if colour[nxt] == WHITE and (found := visit(nxt)):
-                    return found
-            path.pop()
-            colour[node] = BLACK
-            return None
-
-        for step in self.tasks:
-            if colour[step.taskId] == WHITE and (found := visit(step.taskId)):
-                return found
+                if colour[nxt] == WHITE:
+                    colour[nxt] = GREY
+                    path.append(nxt)
+                    pending.append(list(reversed(edges[nxt])))
         return None
 
     # Reading helpers for the engine.
@@ -189,13 +194,78 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def validate_definition(document: Any) -> WorkflowSpec:
+MAX_DEPTH = 64  # nested objects/lists in a new document, like the API's JSON reader
+MAX_NODES = 1_000_000  # values in a new document: far above any 1 MB file; a YAML alias bomb expands to billions
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "text may not contain NUL (\\u0000) characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "text may not contain lone surrogates (they cannot be stored as UTF-8)"
+    return None
+
+
+def _storable_problems(document: Any, *, bounded: bool) -> dict[str, list[str]]:
+    """Why `document` is not plain JSON that PostgreSQL can store, by field path (empty when it is).
+
+    json and YAML readers accept things a definition cannot keep: NUL characters, NaN and
+    Infinity, YAML binary/date/set values, non-text keys (YAML's `1:` and `'1':` would collide).
+    Iterative, so no document exhausts the stack. `bounded` (new input) also limits depth and size;
+    stored specs and snapshots are not held to limits they may predate.
+    """
+    errors: dict[str, list[str]] = {}
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(document, ())]
+    seen = 0
+    while stack and len(errors) < 20:
+        value, loc = stack.pop()
+        seen += 1
+        if bounded and seen > MAX_NODES:
+            return {"": [f"the document has more than {MAX_NODES} values (YAML aliases count each time they are used)"]}
+        path = _format_loc(loc)
+        if isinstance(value, str):
+            if problem := _text_problem(value):
+                errors.setdefault(path, []).append(problem)
+        elif isinstance(value, bool) or value is None or isinstance(value, int):
+            continue
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                errors.setdefault(path, []).append(f"numbers must be finite, not {value}")
+        elif isinstance(value, (dict, list)):
+            if bounded and len(loc) >= MAX_DEPTH:
+                errors.setdefault(path, []).append(f"nested more than {MAX_DEPTH} levels deep")
+                continue
+            if isinstance(value, list):
+                stack.extend((item, (*loc, index)) for index, item in enumerate(value))
+                continue
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    errors.setdefault(path, []).append(
+                        f"keys must be text, not {type(key).__name__} {key!r} (quote it in YAML)")
+                    continue
+                if problem := _text_problem(key):
+                    errors.setdefault(path, []).append(f"a key: {problem}")
+                    continue
+                stack.append((item, (*loc, key)))
+        else:
+            errors.setdefault(path, []).append(
+                f"{type(value).__name__} values are not JSON (in YAML, quote dates and avoid !!binary and !!set)")
+    return errors
+
+
+def validate_definition(document: Any, *, new_input: bool = False) -> WorkflowSpec:
     """Validate a parsed document (a dict) and return the spec, or raise SpecError.
 
     Field errors are keyed by their path in the upstream shape (`tasks.1.nextTaskId`).
+    `new_input` (a form, a file, the admin) also bounds nesting and size; the API's JSON
+    reader bounds its bodies itself.
     """
     if not isinstance(document, dict):
         raise SpecError({"": [f"a workflow definition must be a JSON object, not {type(document).__name__}"]})
+    if problems := _storable_problems(document, bounded=new_input):
+        raise SpecError(problems)
     try:
         return WorkflowSpec.model_validate(document)
     except SpecError:
@@ -217,6 +287,10 @@ def validate_definition(document: Any) -> WorkflowSpec:
         raise SpecError(errors) from None
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
 def parse_document(text: str | bytes, *, fmt: str = "auto") -> WorkflowSpec:
     """Parse JSON or YAML text (fmt "json", "yaml" or "auto") and validate it."""
     if isinstance(text, bytes):
@@ -229,9 +303,13 @@ def parse_document(text: str | bytes, *, fmt: str = "auto") -> WorkflowSpec:
         raise SpecError({"": [f"unknown format '{fmt}': use json or yaml"]})
     if fmt == "json" or (fmt == "auto" and text.lstrip().startswith(("{", "["))):
         try:
-            document = json.loads(text)
+            document = json.loads(text, parse_constant=_reject_constant)
         except json.JSONDecodeError as exc:
             raise SpecError({"": [f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]}) from None
+        except RecursionError:
+            raise SpecError({"": [f"invalid JSON: nested more than {MAX_DEPTH} levels deep"]}) from None
+        except ValueError as exc:  # NaN/Infinity, or an integer too long to read
+            raise SpecError({"": [f"invalid JSON: {exc}"]}) from None
     else:
         try:
             document = yaml.safe_load(text)
@@ -240,4 +318,8 @@ def parse_document(text: str | bytes, *, fmt: str = "auto") -> WorkflowSpec:
             where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
             problem = getattr(exc, "problem", None) or str(exc)
             raise SpecError({"": [f"invalid YAML: {problem}{where}"]}) from None
-    return validate_definition(document)
+        except RecursionError:
+            raise SpecError({"": [f"invalid YAML: nested more than {MAX_DEPTH} levels deep"]}) from None
+        except ValueError as exc:  # an integer too long to read
+            raise SpecError({"": [f"invalid YAML: {exc}"]}) from None
+    return validate_definition(document, new_input=True)

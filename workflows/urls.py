@@ -1,6 +1,7 @@
 from django.urls import path
 
 from workflows import views
+from ui import converters  # noqa: F401 (registers <opsid:...>)
 
 app_name = "workflows"
 
@@ -8,7 +9,7 @@ urlpatterns = [
     path("workflows/", views.workflow_list, name="workflow-list"),
     path("workflows/new/", views.workflow_create, name="workflow-create"),
     path("workflows/import/", views.workflow_import, name="workflow-import"),
-    path("workflows/<str:workflow_id>/", views.workflow_detail, name="workflow-detail"),
-    path("workflows/<str:workflow_id>/edit/", views.workflow_edit, name="workflow-edit"),
-    path("workflows/<str:workflow_id>/export.<str:fmt>", views.workflow_export, name="workflow-export"),
+    path("workflows/<opsid:workflow_id>/", views.workflow_detail, name="workflow-detail"),
+    path("workflows/<opsid:workflow_id>/edit/", views.workflow_edit, name="workflow-edit"),
+    path("workflows/<opsid:workflow_id>/export.<str:fmt>", views.workflow_export, name="workflow-export"),
 ]

@@ -8,8 +8,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
 from ui.permissions import actor_required, viewer_required
-from ui.rendering import paginate, query_without_page
-from workflows.forms import SpecForm
+from ui.rendering import paginate, query_without_page, render_page
+from workflows.forms import SpecForm, WorkflowFilterForm
 from workflows.models import WorkflowDefinition
 from workflows.services import workflow_save
 
@@ -28,10 +28,12 @@ EXAMPLE = """{
 @viewer_required
 def workflow_list(request: HttpRequest) -> HttpResponse:
     definitions = WorkflowDefinition.objects.select_related("updated_by").order_by("id")
-    if query := request.GET.get("q", "").strip():
+    form = WorkflowFilterForm(request.GET)
+    if form.is_valid() and (query := form.cleaned_data["q"]):
         definitions = definitions.filter(Q(id__icontains=query) | Q(name__icontains=query))
-    context = {"page": paginate(request, definitions), "query": query_without_page(request), "q": query}
-    return render(request, "workflows/workflowdefinition_list.html", context)
+    context = {"page": paginate(request, definitions), "query": query_without_page(request), "form": form}
+    return render_page(request, "workflows/workflowdefinition_list.html", "workflows/_workflowdefinition_rows.html",
+                       context)
 
 
 @viewer_required

@@ -152,3 +152,13 @@ def test_revoke_refuses_unknown_or_malformed_keys():
         run("opscore_revoke_api_key", "999")
     with pytest.raises(CommandError, match="neither a key id nor a prefix"):
         run("opscore_revoke_api_key", "opk_")
+
+
+def test_sync_skips_agent_ids_no_url_can_carry(agentkit_server):
+    """An id with '/' could never be dispatched to, and broke the operator's agent list (NoReverseMatch: a 500)."""
+    agentkit_server.status = 200
+    agentkit_server.body = {"data": [{"agentId": "rack/7"}, {"agentId": "x" * 256}, {"agentId": "ok-1"}]}
+    out, err = run("opscore_sync_agents")
+    assert "3 agent(s) listed: 1 created, 0 updated, 0 unchanged, 2 skipped" in out
+    assert err.count("skipped an entry without an agent id Ops-Core can use") == 2
+    assert list(Agent.objects.values_list("pk", flat=True)) == ["ok-1"]

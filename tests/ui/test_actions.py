@@ -41,7 +41,7 @@ def test_it_drains_an_agent_with_the_operator_and_reason(staff_client, staff_ope
 def test_draining_needs_a_reason(staff_client):
     agent = AgentFactory()
     response = staff_client.post(reverse("agents:agent-drain", args=[agent.pk]), {"reason": "  "}, follow=True)
-    assert b"needs a reason" in response.content
+    assert b"Not drained: Say why (it is recorded with your name)." in response.content
     agent.refresh_from_db()
     assert agent.drained_at is None
 
@@ -348,11 +348,14 @@ def test_an_api_key_needs_a_name(staff_client):
     assert not ApiKey.objects.exists()
 
 
-def test_it_revokes_an_api_key(staff_client):
+def test_it_revokes_an_api_key(staff_client, staff_operator):
     key, raw = api_key_create(name="old")
     response = staff_client.post(reverse("agents:apikey-revoke", args=[key.pk]), follow=True)
     assert any("is revoked" in m for m in messages_of(response))
     assert api_key_lookup(raw) is None
+    key.refresh_from_db()
+    assert key.revoked_by == staff_operator  # recorded with the operator's name
+    assert b"by bob" in staff_client.get(reverse("agents:apikey-list") + "?show=all").content
     again = staff_client.post(reverse("agents:apikey-revoke", args=[key.pk]), follow=True)
     assert any("already revoked" in m for m in messages_of(again))
 

@@ -207,8 +207,9 @@ def many_sessions():
         failed_session(definition=definition)
 
 
-POLLED_LIST_PAGES = ["sessions:dashboard", "agents:agent-list", "sessions:session-list", "sessions:failure-list"]
-LIST_PAGES = [*POLLED_LIST_PAGES, "workflows:workflow-list", "agents:apikey-list"]
+POLLED_LIST_PAGES = ["sessions:dashboard", "agents:agent-list", "sessions:session-list", "sessions:failure-list",
+                     "workflows:workflow-list", "agents:apikey-list"]
+LIST_PAGES = POLLED_LIST_PAGES
 
 
 @pytest.mark.parametrize("name", LIST_PAGES)
@@ -245,3 +246,25 @@ def test_agent_detail_queries_are_bounded(staff_client, django_assert_max_num_qu
     with django_assert_max_num_queries(12):
         response = staff_client.get(reverse("agents:agent-detail", args=[agent.pk]))
     assert len(response.context["history"]) == 100
+
+
+def test_every_list_page_refreshes_itself_keeping_its_filters(staff_client):
+    """Workflow definitions and API keys (last use, revocations by others) poll like the other lists."""
+    from agents.services import api_key_create, api_key_revoke
+
+    WorkflowDefinitionFactory(id="nightly-a")
+    pages = {reverse(name): f'data-poll="'.encode() for name in POLLED_LIST_PAGES}
+    for url, needle in pages.items():
+        assert needle in staff_client.get(url).content, url
+    WorkflowDefinitionFactory(id="nightly-b")
+    WorkflowDefinitionFactory(id="daily")
+    rows = staff_client.get(reverse("workflows:workflow-list") + "?q=nightly", **PARTIAL)
+    assert b"<html" not in rows.content and b"nightly-b" in rows.content and b"daily" not in rows.content
+
+    key, _ = api_key_create(name="gone-key")
+    api_key_revoke(key=key)
+    rows = staff_client.get(reverse("agents:apikey-list") + "?show=all", **PARTIAL)
+    assert b"<html" not in rows.content and b"gone-key" in rows.content
+    # The answer that shows a new key once is not polled (its URL only takes POSTs).
+    created = staff_client.post(reverse("agents:apikey-create"), {"name": "fresh"})
+    assert b"data-testid=\"raw-key\"" in created.content and b'id="apikey-rows" data-poll' not in created.content

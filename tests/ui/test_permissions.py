@@ -225,3 +225,15 @@ def test_the_api_refuses_read_only_operators_changes_but_lets_them_read(client, 
     assert response.status_code == 403, response.content
     task.session.refresh_from_db()
     assert task.session.status == Session.Status.RUNNING
+
+
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/", "/\\evil.example/",
+                                    "https:evil.example", "javascript:alert(1)"])
+def test_login_and_actions_never_redirect_off_site(client, staff_operator, target):
+    response = client.post(reverse("login"), {"username": "bob", "password": "correct-horse-battery",
+                                              "next": target})
+    assert response.status_code == 302 and response["Location"] == "/", response["Location"]
+    assert target.encode() not in client.get(reverse("login") + "?next=" + target).content
+    dead = failed_session()
+    response = client.post(reverse("sessions:task-retry", args=[dead.pk]), {"next": target})
+    assert response["Location"] == reverse("sessions:session-detail", args=[dead.session_id])

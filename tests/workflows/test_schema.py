@@ -129,3 +129,92 @@ def test_it_refuses_bytes_that_are_not_utf8():
     with pytest.raises(SpecError) as excinfo:
         parse_document(b"\xff\xfe")
     assert excinfo.value.errors == {"": ["the file is not UTF-8 text"]}
+
+
+# ---------------------------------------------------------------- hostile documents (each was a 500 or a silent change)
+
+
+def parse_errors(text: str, fmt: str = "auto") -> dict[str, list[str]]:
+    with pytest.raises(SpecError) as excinfo:
+        parse_document(text, fmt=fmt)
+    return excinfo.value.errors
+
+
+def test_it_finds_no_cycle_in_a_long_chain_without_exhausting_the_stack():
+    steps = [{"taskId": f"s{i}", "nextTaskId": f"s{i + 1}" if i < 2999 else None} for i in range(3000)]
+    spec = validate_definition({"id": "chain", "name": "long", "tasks": steps})
+    assert len(spec.ordered_steps()) == 3000
+    steps[-1]["nextTaskId"] = "s0"
+    errors = errors_of({"id": "chain", "name": "long", "tasks": steps})
+    assert errors["tasks"][0].startswith("the steps form a cycle: s0 -> s1 -> ") and errors["tasks"][0].endswith(
+        "s2999 -> s0")
+
+
+@pytest.mark.parametrize("where", ["name", "description", "parameters"])
+def test_it_refuses_nul_characters_postgresql_cannot_store(where):
+    document = two_step_spec()
+    if where == "parameters":
+        document["tasks"][0]["parameters"] = {"note": "a\x00b"}
+        path = "tasks.0.parameters.note"
+    else:
+        document[where] = "a\x00b"
+        path = where
+    assert errors_of(document) == {path: ["text may not contain NUL (\\u0000) characters"]}
+
+
+def test_it_refuses_nan_and_infinity_instead_of_storing_null():
+    assert parse_errors('{"id": "x", "name": "n", "tasks": [{"taskId": "a", "parameters": {"r": NaN}}]}') == {
+        "": ["invalid JSON: NaN is not a valid JSON number"]}
+    errors = parse_errors("id: x\nname: n\ntasks:\n- taskId: a\n  parameters: {r: .inf}\n", fmt="yaml")
+    assert errors == {"tasks.0.parameters.r": ["numbers must be finite, not inf"]}
+
+
+def test_it_refuses_yaml_values_that_are_not_json():
+    errors = parse_errors("id: x\nname: n\ntasks:\n- taskId: a\n  parameters: {b: !!binary gA==, k: {1: one, '1': uno}}\n",
+                          fmt="yaml")
+    assert errors["tasks.0.parameters.b"] == [
+        "bytes values are not JSON (in YAML, quote dates and avoid !!binary and !!set)"]
+    assert errors["tasks.0.parameters.k"] == ["keys must be text, not int 1 (quote it in YAML)"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[" * 100_000 + "]" * 100_000, "invalid JSON: nested more than 64 levels deep"),
+    ('{"id": "x", "name": "n", "tasks": [{"taskId": "a", "parameters": {"n": ' + "9" * 5000 + "}}]}",
+     "invalid JSON: Exceeds the limit"),
+    ("a: " + "[" * 5000 + "]" * 5000, "invalid YAML: nested more than 64 levels deep"),
+    ("a: " + "9" * 5000, "invalid YAML: Exceeds the limit"),
+])
+def test_it_refuses_documents_too_deep_or_numbers_too_long_to_read(text, message):
+    errors = parse_errors(text)
+    assert errors[""][0].startswith(message), errors
+
+
+def test_it_refuses_nesting_deeper_than_the_api_allows():
+    deep: dict = {}
+    node = deep
+    for _ in range(70):
+        node["x"] = {}
+        node = node["x"]
+    document = two_step_spec()
+    document["tasks"][0]["parameters"] = deep
+    with pytest.raises(SpecError) as excinfo:
+        validate_definition(document, new_input=True)  # a form, a file, the admin
+    (messages,) = excinfo.value.errors.values()
+    assert messages == ["nested more than 64 levels deep"]
+    # A stored spec or session snapshot is not held to a limit it may predate (the engine re-reads them).
+    assert validate_definition(document).tasks[0].parameters == deep
+
+
+def test_it_refuses_a_yaml_alias_bomb_quickly():
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    text = "id: bomb\nname: n\ntasks:\n- taskId: a\n  parameters:\n" + "\n".join("    " + line for line in lines)
+    errors = parse_errors(text, fmt="yaml")
+    assert errors[""][0].startswith("the document has more than 1000000 values")
+
+
+def test_it_refuses_lone_surrogates_postgresql_cannot_encode():
+    errors = parse_errors('{"id": "x", "name": "n", "tasks": [{"taskId": "a", "parameters": {"\\ud800": "\\udfff"}}]}')
+    assert errors == {"tasks.0.parameters": ["a key: text may not contain lone surrogates (they cannot be stored as UTF-8)"]}
+    errors = parse_errors('{"id": "x", "name": "n\\ud800", "tasks": [{"taskId": "a"}]}')
+    assert errors == {"name": ["text may not contain lone surrogates (they cannot be stored as UTF-8)"]}

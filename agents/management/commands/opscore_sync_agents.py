@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from agents import agentkit
-from agents.models import Agent
+from agents.models import Agent, agent_id_problem
 from agents.services import agent_register
 from opscore_site.commands import atomic_or_dry_run
 
@@ -23,7 +23,7 @@ UNSUPPORTED = (
 def _fields(item: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """The agent id and identity fields of one listing entry (webhook or snake_case spelling)."""
     agent_id = item.get("agentId") or item.get("agent_id") or item.get("id")
-    if not isinstance(agent_id, str) or not agent_id.strip():
+    if not isinstance(agent_id, str) or agent_id_problem(agent_id.strip()):
         return None
     fields: dict[str, Any] = {}
     for target, names, kind in (
@@ -78,7 +78,8 @@ class Command(BaseCommand):
                 parsed = _fields(item)
                 if parsed is None:
                     totals["skipped"] += 1
-                    self.stderr.write(f"skipped an entry without an agent id: {str(item)[:200]}")
+                    self.stderr.write("skipped an entry without an agent id Ops-Core can use (not blank, no '/' or NUL, "
+                                      f"at most 255 characters): {str(item)[:200]}")
                     continue
                 agent_id, fields = parsed
                 outcome = _upsert(agent_id=agent_id, fields=fields)
