@@ -113,6 +113,8 @@ def test_retry_refuses_bad_input_and_acting_without_confirmation(q_sync, agentki
     task = dead_task(agentkit_stub)
     with pytest.raises(CommandError, match="--since: 'yesterday' is neither a duration"):
         run("opscore_retry", "--since", "yesterday")
+    with pytest.raises(CommandError, match="--until: '999999999d' is longer than 36500d"):
+        run("opscore_retry", "--until", "999999999d", "--yes")
     with pytest.raises(CommandError, match="--user: no user named 'nobody'"):
         run("opscore_retry", "--user", "nobody", "--yes")
     with pytest.raises(CommandError, match="pass --yes"):
@@ -182,6 +184,9 @@ def test_prune_defaults_to_the_retention_setting(history, settings):
     (["--older-than", "0d"], "not a positive duration"),
     (["--older-than", "3w"], "is not a duration"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--batch-size", "99999999999999999999"], "--batch-size must be at least 1 and at most 100000"),
+    (["--older-than", "99999999999d"], "--older-than: '99999999999d' is longer than 36500d"),
+    (["--older-than", "999999999d"], "is longer than 36500d"),
 ])
 def test_prune_refuses_bad_input(args, message):
     AgentStateFactory(received_at=old(400))
@@ -224,6 +229,8 @@ def test_requeue_stuck_with_nothing_stuck_and_bad_input(q_sync, agentkit_stub):
     assert "0 overdue attempt(s), 0 queued task(s)" in out and "timed out 0, re-enqueued 0" in out
     with pytest.raises(CommandError, match="--limit must be at least 1"):
         run("opscore_requeue_stuck", "--limit", "0")
+    with pytest.raises(CommandError, match="--limit must be at least 1 and at most 100000"):
+        run("opscore_requeue_stuck", "--limit", "99999999999999999999")
 
 
 # --------------------------------------------------------------------------- opscore_status
@@ -287,9 +294,12 @@ def test_status_flags_an_old_heartbeat_and_a_job_waiting_too_long():
     call_command("opscore_status", "--max-queue-age", "900", "--max-heartbeat-age", "120", stdout=StringIO())
 
 
-def test_status_refuses_bad_thresholds():
-    with pytest.raises(CommandError, match="must be positive"):
-        run("opscore_status", "--max-queue-age", "0")
+@pytest.mark.parametrize("args", [["--max-queue-age", "0"], ["--max-queue-age", "nan"], ["--max-queue-age", "inf"],
+                                  ["--max-heartbeat-age", "-1"], ["--max-heartbeat-age", "nan"]])
+def test_status_refuses_bad_thresholds(args):
+    """nan compares false with every age: a monitor that could never alert."""
+    with pytest.raises(CommandError, match=f"{args[0]} must be a positive number of seconds"):
+        run("opscore_status", *args)
 
 
 # --------------------------------------------------------------------------- opscore_demo_traffic
@@ -313,3 +323,18 @@ def test_demo_traffic_refuses_production_and_unknown_workflows(settings):
         run("opscore_demo_traffic", "--once")
     with pytest.raises(CommandError, match="no workflow definition with id: nope"):
         run("opscore_demo_traffic", "--once", "--force", "--workflow", "nope")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--interval", "nan"], "--interval must be a positive number of seconds"),  # a loop without a pause
+    (["--interval", "0"], "--interval must be a positive number of seconds"),
+    (["--max-per-round", "0"], "--max-per-round must be at least 1"),
+    (["--max-per-round", "99999999999999999999"], "--max-per-round must be at least 1 and at most 1000"),
+])
+def test_demo_traffic_refuses_bad_numbers(settings, args, message):
+    settings.DEBUG = True
+    AgentFactory()
+    WorkflowDefinitionFactory(id="demo", spec=two_step_spec("demo"))
+    with pytest.raises(CommandError, match=message):
+        run("opscore_demo_traffic", "--once", *args)
+    assert not Session.objects.exists()

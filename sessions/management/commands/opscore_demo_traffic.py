@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from agents.models import Agent
-from opscore_site.commands import run_until_stopped
+from opscore_site.commands import check_count, check_seconds, run_until_stopped
 from sessions import engine
 from sessions.engine import By
 from sessions.models import Session
@@ -53,8 +53,8 @@ class Command(BaseCommand):
                force: bool, **options) -> None:
         if not settings.DEBUG and not force:
             raise CommandError("opscore_demo_traffic is for the local demo: it needs DEBUG=1 (or --force)")
-        if interval <= 0 or max_per_round < 1:
-            raise CommandError("--interval must be positive and --max-per-round at least 1")
+        check_seconds("--interval", interval, at_most=3600)
+        check_count("--max-per-round", max_per_round, at_most=1000)
         missing = sorted(set(workflow) - set(WorkflowDefinition.objects.filter(pk__in=workflow)
                                              .values_list("pk", flat=True)))
         if missing:

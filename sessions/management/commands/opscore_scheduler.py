@@ -6,7 +6,7 @@ from django.core.cache import cache
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from opscore_site.commands import run_until_stopped
+from opscore_site.commands import check_seconds, run_until_stopped
 from sessions import engine
 
 HEARTBEAT_KEY = "opscore:scheduler:heartbeat"
@@ -28,8 +28,7 @@ class Command(BaseCommand):
         from django.conf import settings
 
         interval = settings.OPSCORE_SCHEDULER_INTERVAL_SECONDS if interval is None else interval
-        if interval <= 0:
-            raise CommandError("--interval must be a positive number of seconds")
+        check_seconds("--interval", interval, at_most=3600)
         if once:
             counts = engine.scheduler_tick()
             cache.set(HEARTBEAT_KEY, timezone.now().isoformat(), timeout=None)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.cache import cache
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 from django.db.models import Count, Min
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -16,6 +16,7 @@ from django_q.models import OrmQ
 from django_q.status import Stat
 
 from agents.models import Agent
+from opscore_site.commands import check_seconds
 from sessions.management.commands.opscore_scheduler import HEARTBEAT_KEY
 from sessions.models import Session, Task
 
@@ -105,8 +106,8 @@ class Command(BaseCommand):
                             help="Unhealthy when the oldest queued job has waited longer (default 300).")
 
     def handle(self, *args, as_json: bool, max_heartbeat_age: float, max_queue_age: float, **options) -> None:
-        if max_heartbeat_age <= 0 or max_queue_age <= 0:
-            raise CommandError("--max-heartbeat-age and --max-queue-age must be positive")
+        check_seconds("--max-heartbeat-age", max_heartbeat_age)
+        check_seconds("--max-queue-age", max_queue_age)
         data = snapshot(now=timezone.now())
         found = problems(data, max_heartbeat_age=max_heartbeat_age, max_queue_age=max_queue_age)
         data["healthy"], data["problems"] = not found, found
