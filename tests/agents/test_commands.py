@@ -125,6 +125,16 @@ def test_create_api_key_prints_a_working_key_once():
     assert raw not in key.key_hash
 
 
+def test_create_api_key_dry_run_checks_the_input_and_creates_nothing():
+    out, err = run("opscore_create_api_key", "--name", " ci runner ", "--agent", "a-1", "--dry-run")
+    assert out == "dry run, nothing created: would create API key 'ci runner' (agent a-1)\n" and err == ""
+    assert "would create API key 'fleet' (service (any agent))" in run("opscore_create_api_key", "--name", "fleet",
+                                                                       "--dry-run")[0]
+    assert not ApiKey.objects.exists()
+    with pytest.raises(CommandError, match="--name: an API key needs a name"):
+        run("opscore_create_api_key", "--name", "", "--dry-run")
+
+
 def test_create_api_key_refuses_a_blank_name():
     with pytest.raises(CommandError, match="--name: an API key needs a name"):
         run("opscore_create_api_key", "--name", "  ")

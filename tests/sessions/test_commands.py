@@ -302,6 +302,52 @@ def test_status_refuses_bad_thresholds(args):
         run("opscore_status", *args)
 
 
+# --------------------------------------------------------------------------- opscore_scheduler
+
+
+@pytest.fixture
+def stuck(q_sync, agentkit_stub):
+    """A retry that is due and an attempt past its deadline."""
+    agentkit_stub.respond(503)
+    retry = start().tasks.get()
+    agentkit_stub.answer = agentkit_stub.accept
+    assert retry.status == S.RETRY_SCHEDULED
+    Task.objects.filter(pk=retry.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    overdue = start().tasks.get()
+    assert overdue.status == S.DISPATCHED
+    Task.objects.filter(pk=overdue.pk).update(timeout_at=timezone.now() - timedelta(seconds=1))
+    return retry, overdue
+
+
+def test_scheduler_once_runs_one_pass_and_writes_the_heartbeat(stuck):
+    retry, overdue = stuck
+    out, _ = run("opscore_scheduler", "--once")
+    assert out.startswith("retries_due=1 timed_out=1 requeued=0")
+    retry.refresh_from_db()
+    overdue.refresh_from_db()
+    assert retry.status == S.DISPATCHED and retry.attempt == 2  # re-queued, then dispatched (sync jobs)
+    assert overdue.status == S.RETRY_SCHEDULED and "no outcome within" in overdue.last_error
+    assert cache.get(HEARTBEAT_KEY)
+
+
+def test_scheduler_dry_run_counts_one_pass_and_changes_nothing(stuck):
+    retry, overdue = stuck
+    jobs = OrmQ.objects.count()
+    out, _ = run("opscore_scheduler", "--dry-run")
+    assert out == "dry run, nothing changed: would be retries_due=1 timed_out=1 requeued=0\n"
+    assert Task.objects.get(pk=retry.pk).status == S.RETRY_SCHEDULED
+    assert Task.objects.get(pk=overdue.pk).status == S.DISPATCHED
+    assert OrmQ.objects.count() == jobs and cache.get(HEARTBEAT_KEY) is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "3601"])
+def test_scheduler_refuses_a_bad_interval(stuck, value):
+    retry, _ = stuck
+    with pytest.raises(CommandError, match="--interval must be a positive number of seconds, at most 3600"):
+        run("opscore_scheduler", "--once", f"--interval={value}")
+    assert Task.objects.get(pk=retry.pk).status == S.RETRY_SCHEDULED
+
+
 # --------------------------------------------------------------------------- opscore_demo_traffic
 
 
@@ -315,6 +361,17 @@ def test_demo_traffic_starts_one_session_per_idle_free_agent(q_sync, agentkit_st
     assert "started 1 session(s)" in out
     assert list(Session.objects.values_list("agent_id", "workflow_id")) == [(idle.pk, "demo")]
     assert "started 0 session(s)" in run("opscore_demo_traffic", "--once")[0]  # it has one unfinished
+
+
+def test_demo_traffic_dry_run_lists_the_agents_and_starts_nothing(q_sync, agentkit_stub, settings):
+    settings.DEBUG = True
+    idle = AgentFactory()
+    AgentFactory(state=Agent.State.ACTIVE)
+    WorkflowDefinitionFactory(id="demo", spec=two_step_spec("demo"))
+    jobs = OrmQ.objects.count()
+    out, _ = run("opscore_demo_traffic", "--dry-run")  # one round, even without --once
+    assert out == f"  would start demo for {idle.pk}\ndemo traffic: dry run, nothing started: would start 1 session(s)\n"
+    assert not Session.objects.exists() and OrmQ.objects.count() == jobs and agentkit_stub.requests == []
 
 
 def test_demo_traffic_refuses_production_and_unknown_workflows(settings):

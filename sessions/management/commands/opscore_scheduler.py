@@ -23,12 +23,25 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=None,
                             help="Seconds between passes (default OPSCORE_SCHEDULER_INTERVAL_SECONDS, 1).")
         parser.add_argument("--once", action="store_true", help="Run one pass, print what it did, and exit.")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="Count what one pass would do (due retries, overdue attempts, lost jobs); "
+                                 "change nothing, then exit.")
 
-    def handle(self, *args, interval: float | None, once: bool, **options) -> None:
+    def handle(self, *args, interval: float | None, once: bool, dry_run: bool, **options) -> None:
         from django.conf import settings
 
         interval = settings.OPSCORE_SCHEDULER_INTERVAL_SECONDS if interval is None else interval
         check_seconds("--interval", interval, at_most=3600)
+        if dry_run:
+            now = timezone.now()
+            batch = engine.SWEEP_BATCH  # a pass handles at most this many of each kind
+            counts = {
+                "retries_due": engine.due_retries(now=now)[:batch].count(),
+                "timed_out": engine.overdue_tasks(now=now)[:batch].count(),
+                "requeued": len(engine.sweep_lost_jobs(now=now, limit=batch, dry_run=True)),
+            }
+            self.stdout.write("dry run, nothing changed: would be " + " ".join(f"{k}={v}" for k, v in counts.items()))
+            return
         if once:
             counts = engine.scheduler_tick()
             cache.set(HEARTBEAT_KEY, timezone.now().isoformat(), timeout=None)
