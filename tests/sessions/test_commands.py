@@ -395,3 +395,56 @@ def test_demo_traffic_refuses_bad_numbers(settings, args, message):
     with pytest.raises(CommandError, match=message):
         run("opscore_demo_traffic", "--once", *args)
     assert not Session.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)  # the command runs in a subprocess: the rows must be committed
+@pytest.mark.parametrize("keys", [b"\x04", b"n\n"], ids=["ctrl-d", "no"])
+def test_retry_prompt_on_a_terminal_takes_ctrl_d_as_no(keys):
+    expected = "cancelled: nothing retried"
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from django.db import connection
+
+    from tests.sessions.factories import TaskFactory
+
+    task = TaskFactory(status=S.DEAD, last_error="gone")
+    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/opscore").rsplit("/", 1)[0]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "opscore_retry"], cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "DATABASE_URL": f"{url}/{connection.settings_dict['NAME']}"},
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    output, deadline, sent = b"", time.monotonic() + 60, False
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if not sent and b"[y/N]" in output:
+                os.write(master, keys)
+                sent = True
+            if proc.poll() is not None and not ready:
+                break
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = output.decode(errors="replace")
+    assert sent, text
+    assert proc.returncode == 1 and expected in text and "Traceback" not in text, text
+    task.refresh_from_db()
+    assert task.status == S.DEAD

@@ -75,7 +75,10 @@ class Command(BaseCommand):
         if not opts["yes"]:
             if not sys.stdin.isatty():
                 raise CommandError("not retrying without confirmation: pass --yes (or --dry-run to list them)")
-            answer = input(f"Retry {len(tasks)} task(s)? [y/N] ")
+            try:
+                answer = input(f"Retry {len(tasks)} task(s)? [y/N] ")
+            except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt is a no
+                answer = ""
             if answer.strip().lower() not in {"y", "yes"}:
                 raise CommandError("cancelled: nothing retried")
 
