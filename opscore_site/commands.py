@@ -8,10 +8,28 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from django.core.management.base import CommandError
-from django.db import close_old_connections, transaction
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, transaction
 
 DAY = 86400.0
+
+
+def database_problem(exc: DatabaseError) -> str:
+    """One line for an unreachable or failing database (psycopg's messages run over several)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return f"the database is unavailable: {first}"
+
+
+class OpsCommand(BaseCommand):
+    """Ops-Core's management commands: an unreachable database is a one-line error, not a traceback."""
+
+    def execute(self, *args, **options):
+        try:
+            return super().execute(*args, **options)
+        except (OperationalError, InterfaceError) as exc:
+            if options.get("traceback"):
+                raise
+            raise CommandError(database_problem(exc)) from None
 
 
 def check_count(option: str, value: int, *, at_most: int) -> int:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from agents.models import ApiKey
 from agents.services import api_key_create
-from opscore_site.commands import atomic_or_dry_run
+from opscore_site.commands import OpsCommand, atomic_or_dry_run
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Create a Bearer API key for the agent API and print the raw key once (only its hash is "
         "stored). Without --agent it is a service key valid for any agent id; with --agent ID it "

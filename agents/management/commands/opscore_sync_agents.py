@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils import timezone
 from pydantic import ValidationError
 from rest_framework.exceptions import ParseError
@@ -13,7 +13,7 @@ from agents import agentkit
 from agents.models import Agent, agent_id_problem
 from agents.services import agent_register
 from agents.webhook import AgentDetails
-from opscore_site.commands import atomic_or_dry_run
+from opscore_site.commands import OpsCommand, atomic_or_dry_run
 from opscore_site.parsers import check_json_document
 
 IDENTITY = ("name", "version", "capabilities", "contact_endpoint", "metadata")
@@ -74,7 +74,7 @@ def _upsert(*, agent_id: str, fields: dict[str, Any]) -> str:
     return "created" if agent is None else "updated"
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Poll AgentKit's agent listing (GET {AGENTKIT_API_URL}/v1/agents) and upsert each agent's name, "
         "version, capabilities, contact endpoint and metadata (never its state; a listed agent counts as "

@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from agents.models import Agent
-from opscore_site.commands import check_count, check_seconds, run_until_stopped
+from opscore_site.commands import OpsCommand, check_count, check_seconds, run_until_stopped
 from sessions import engine
 from sessions.engine import By
 from sessions.models import Session
@@ -39,7 +39,7 @@ def start_for_idle_agents(*, workflow_ids: list[str], max_sessions: int) -> list
     return started
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "DEMO ONLY (needs DEBUG=1 or --force): every few seconds, start a session of a random workflow "
         "definition for each idle agent that has no unfinished session, so the local demo's dashboard "

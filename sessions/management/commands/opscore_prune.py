@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 from django.utils import timezone
 from django_q.models import Success
 
 from agents.models import AgentState
-from opscore_site.commands import check_count
+from opscore_site.commands import OpsCommand, check_count
 from opscore_site.durations import parse_duration
 from sessions.models import Session
 
@@ -17,7 +17,7 @@ BAR_WIDTH = 30
 MAX_BATCH_SIZE = 100_000
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Delete, in batches, agent state reports received, sessions that ended (completed, failed or "
         "cancelled, with their tasks, attempts and events) and django-q2 success rows stopped longer "

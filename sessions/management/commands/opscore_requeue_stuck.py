@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from opscore_site.commands import check_count
+from opscore_site.commands import OpsCommand, check_count
 from sessions import engine
 
 MAX_LIMIT = 100_000
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Find tasks whose attempt is past its timeout (they fail and retry or go dead, as the step says) "
         "and queued tasks whose dispatch job was lost (no job run for OPSCORE_LOST_JOB_SECONDS while their "

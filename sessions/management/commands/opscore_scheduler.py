@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from django.core.cache import cache
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils import timezone
 
-from opscore_site.commands import check_seconds, run_until_stopped
+from opscore_site.commands import OpsCommand, check_seconds, run_until_stopped
 from sessions import engine
 
 HEARTBEAT_KEY = "opscore:scheduler:heartbeat"
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Run the Ops-Core scheduler loop: about once a second it dispatches due retries, "
         "times out overdue attempts and re-enqueues queued tasks whose job was lost. Safe to "

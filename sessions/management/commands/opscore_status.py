@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.cache import cache
-from django.core.management.base import BaseCommand
+from django.db import InterfaceError, OperationalError
 from django.db.models import Count, Min
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -16,7 +16,7 @@ from django_q.models import OrmQ
 from django_q.status import Stat
 
 from agents.models import Agent
-from opscore_site.commands import check_seconds
+from opscore_site.commands import OpsCommand, check_seconds, database_problem
 from sessions.management.commands.opscore_scheduler import HEARTBEAT_KEY
 from sessions.models import Session, Task
 
@@ -91,7 +91,7 @@ def _counts(mapping: dict[str, int]) -> str:
     return "  ".join(f"{key} {value}" for key, value in mapping.items()) or "none"
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Show Ops-Core's health on one screen: agents by state, sessions by status, the job queue, "
         "the scheduler and the qcluster. Exits 2 when unhealthy (scheduler heartbeat missing or old, "
@@ -108,7 +108,18 @@ class Command(BaseCommand):
     def handle(self, *args, as_json: bool, max_heartbeat_age: float, max_queue_age: float, **options) -> None:
         check_seconds("--max-heartbeat-age", max_heartbeat_age)
         check_seconds("--max-queue-age", max_queue_age)
-        data = snapshot(now=timezone.now())
+        now = timezone.now()
+        try:
+            data = snapshot(now=now)
+        except (OperationalError, InterfaceError) as exc:
+            # The one thing a monitor must hear about: unhealthy (exit 2), not a traceback.
+            problem = database_problem(exc)
+            if as_json:
+                self.stdout.write(json.dumps({"time": now.isoformat(), "healthy": False, "problems": [problem]},
+                                             indent=2))
+            else:
+                self.stdout.write(f"Ops-Core status at {now.isoformat()}\n  health     UNHEALTHY\n    - {problem}")
+            raise SystemExit(UNHEALTHY_EXIT) from None
         found = problems(data, max_heartbeat_age=max_heartbeat_age, max_queue_age=max_queue_age)
         data["healthy"], data["problems"] = not found, found
         if as_json:
