@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from django.db import close_old_connections, transaction
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, transaction
+
+DAY = 86400.0
+
+
+def database_problem(exc: DatabaseError) -> str:
+    """One line for an unreachable or failing database (psycopg's messages run over several)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return f"the database is unavailable: {first}"
+
+
+class OpsCommand(BaseCommand):
+    """Ops-Core's management commands: an unreachable database is a one-line error, not a traceback."""
+
+    def execute(self, *args, **options):
+        try:
+            return super().execute(*args, **options)
+        except (OperationalError, InterfaceError) as exc:
+            if options.get("traceback"):
+                raise
+            raise CommandError(database_problem(exc)) from None
+
+
+def check_count(option: str, value: int, *, at_most: int) -> int:
+    """A whole-number option from 1 to `at_most` (a larger one would overflow a SQL LIMIT)."""
+    if not 1 <= value <= at_most:
+        raise CommandError(f"{option} must be at least 1 and at most {at_most}")
+    return value
+
+
+def check_seconds(option: str, value: float, *, at_most: float = 365 * DAY) -> float:
+    """A positive, finite number of seconds (nan would never compare, inf never end)."""
+    if not (math.isfinite(value) and 0 < value <= at_most):
+        raise CommandError(f"{option} must be a positive number of seconds, at most {at_most:g}")
+    return value
 
 
 @contextmanager

@@ -10,6 +10,9 @@ from django.utils.dateparse import parse_datetime
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([dhms])\s*$", re.IGNORECASE)
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+# A century: longer is a typo, and far longer no longer fits a datetime (an OverflowError).
+MAX_DURATION = timedelta(days=36500)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -20,16 +23,16 @@ def parse_duration(text: str) -> timedelta:
     value, unit = int(match.group(1)), match.group(2).lower()
     if value <= 0:
         raise ValueError(f"'{text}' is not a positive duration")
+    if value * _SECONDS[unit] > MAX_DURATION.total_seconds():
+        raise ValueError(f"'{text}' is longer than {MAX_DURATION.days}d")
     return timedelta(**{_UNITS[unit]: value})
 
 
 def parse_moment(text: str, *, now: datetime | None = None) -> datetime:
     """A duration ago (`2h` = two hours before now) or an ISO 8601 time (naive = UTC)."""
     now = now or timezone.now()
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
+    if _DURATION.match(text or ""):
+        return now - parse_duration(text)  # its own error (zero, too long) says more
     try:
         moment = parse_datetime(text.strip())
     except ValueError:

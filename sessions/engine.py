@@ -609,9 +609,13 @@ def _time_out(task: Task) -> None:
                     error=f"no outcome within {task.timeout_seconds}s (attempt {task.attempt})")
 
 
+def due_retries(*, now: datetime):
+    """Tasks whose retry is due (what `sweep_due_retries` acts on)."""
+    return Task.objects.filter(status=S.RETRY_SCHEDULED, next_attempt_at__lte=now).order_by("next_attempt_at")
+
+
 def sweep_due_retries(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
-    queryset = Task.objects.filter(status=S.RETRY_SCHEDULED, next_attempt_at__lte=now).order_by("next_attempt_at")
-    return len(_sweep(queryset, _requeue_due, limit=limit))
+    return len(_sweep(due_retries(now=now), _requeue_due, limit=limit))
 
 
 def overdue_tasks(*, now: datetime):

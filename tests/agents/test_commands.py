@@ -97,6 +97,33 @@ def test_sync_upserts_identity_from_a_listing_and_keeps_the_state(agentkit_serve
     assert "0 created, 0 updated, 2 unchanged, 1 skipped" in again
 
 
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_sync_skips_entries_the_webhook_would_refuse_with_the_reason(agentkit_server):
+    """Overlong fields and NUL were a DataError traceback that lost the whole sync; nan became null."""
+    agentkit_server.status, agentkit_server.body = 200, [
+        {"agentId": "ok", "agentName": "fine"},
+        {"agentId": "long-version", "version": "v" * 65},
+        {"agentId": "far", "contactEndpoint": "http://x/" + "e" * 2048},
+        {"agentId": "nan", "metadata": {"load": float("nan")}},
+        {"agentId": "nul", "agentName": "a\u0000b"},
+        {"agentId": "deep", "metadata": {"m": nested(70)}},
+    ]
+    out, err = run("opscore_sync_agents")
+    assert "6 agent(s) listed: 1 created, 0 updated, 0 unchanged, 5 skipped" in out
+    assert "skipped agent 'long-version': version: String should have at most 64 characters" in err
+    assert "skipped agent 'far': contactEndpoint: String should have at most 2048 characters" in err
+    assert "skipped agent 'nan': numbers must be finite" in err
+    assert "skipped agent 'nul': strings may not contain NUL" in err
+    assert "skipped agent 'deep': nested more than 64 levels deep" in err
+    assert list(Agent.objects.values_list("pk", flat=True)) == ["ok"]
+
+
 def test_sync_dry_run_writes_nothing(agentkit_server):
     agentkit_server.status, agentkit_server.body = 200, listing()
     out, _ = run("opscore_sync_agents", "--dry-run")
@@ -123,6 +150,16 @@ def test_create_api_key_prints_a_working_key_once():
     assert key is not None and key.name == "ci runner" and key.kind == ApiKey.Kind.AGENT and key.agent_id == "a-1"
     assert f"prefix {key.prefix}" in out and "only time the key is shown" in err
     assert raw not in key.key_hash
+
+
+def test_create_api_key_dry_run_checks_the_input_and_creates_nothing():
+    out, err = run("opscore_create_api_key", "--name", " ci runner ", "--agent", "a-1", "--dry-run")
+    assert out == "dry run, nothing created: would create API key 'ci runner' (agent a-1)\n" and err == ""
+    assert "would create API key 'fleet' (service (any agent))" in run("opscore_create_api_key", "--name", "fleet",
+                                                                       "--dry-run")[0]
+    assert not ApiKey.objects.exists()
+    with pytest.raises(CommandError, match="--name: an API key needs a name"):
+        run("opscore_create_api_key", "--name", "", "--dry-run")
 
 
 def test_create_api_key_refuses_a_blank_name():

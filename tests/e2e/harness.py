@@ -148,3 +148,36 @@ class Stack:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, default=str)[:3000]
+
+
+class ProcessWatch:
+    """Every live process of one run: those that inherited `NAME=value` and all in their sessions.
+
+    The variable alone is not enough: setproctitle (gunicorn, the qcluster and its workers)
+    rewrites the memory that /proc/<pid>/environ shows, so those processes lose the marker.
+    Their session does not change (supervisors start each process in its own session and
+    nothing here calls setsid again), so sessions seen with a marked member are remembered
+    and every process in them counts, even after the marked one has gone.
+    """
+
+    def __init__(self, name: str, value: str) -> None:
+        self.needle = f"{name}={value}".encode()
+        self.sessions: set[int] = set()
+        self._own_session = os.getsid(0)
+
+    def pids(self) -> list[int]:
+        found: list[tuple[int, int]] = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                state, session = fields[0], int(fields[3])
+                if state == "Z":
+                    continue
+                if self.needle in (entry / "environ").read_bytes().split(b"\0") and session != self._own_session:
+                    self.sessions.add(session)
+            except OSError:
+                continue  # gone meanwhile, or not ours
+            found.append((int(entry.name), session))
+        return sorted(pid for pid, session in found if session in self.sessions)

@@ -16,28 +16,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import ROOT, free_port, wait_until
+from tests.e2e.harness import ROOT, ProcessWatch, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
 MARKER = "OPSCORE_QUICKSTART_RUN"
 
 
-def marked_pids(run_id: str) -> list[int]:
-    """Processes (of any process group) that inherited this run's marker variable."""
-    needle = f"{MARKER}={run_id}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    found.append(int(entry.name))
-        except OSError:
-            continue  # gone meanwhile, or not ours
-    return found
+def title(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return b""
 
 
 def demo_env(path: Path) -> dict[str, str]:
@@ -48,6 +38,7 @@ def demo_env(path: Path) -> dict[str, str]:
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_the_quickstart_completes_sessions_and_stops_cleanly(tmp_path, stop_signal):
     run_id = uuid.uuid4().hex
+    watch = ProcessWatch(MARKER, run_id)
     port, agentkit_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OPSCORE_", "AGENTKIT_", "Q_", "DJANGO_")) and k not in {"DATABASE_URL", "DEBUG",
@@ -95,8 +86,12 @@ def test_the_quickstart_completes_sessions_and_stops_cleanly(tmp_path, stop_sign
         password = demo_env(tmp_path / "demo.env")["OPSCORE_DEMO_PASSWORD"]
         assert f"log in as:             operator / {password}" in printed
         assert f"http://127.0.0.1:{port}/" in printed
-        assert marked_pids(run_id), "the demo's processes carry the marker"
+        running = watch.pids()
+        assert len(watch.sessions) >= 6, f"honcho and its five processes, each in its own session: {watch.sessions}"
+        titles = {title(pid) for pid in running}
+        assert any(t.startswith(b"gunicorn: worker") for t in titles) and any(b"qcluster" in t for t in titles), titles
     finally:
+        watch.pids()  # learn every session while its processes are all still there
         if proc.poll() is None:
             # Ctrl-C reaches the whole foreground group; SIGTERM (a service manager) only honcho.
             if stop_signal == signal.SIGINT:
@@ -107,11 +102,11 @@ def test_the_quickstart_completes_sessions_and_stops_cleanly(tmp_path, stop_sign
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 pass
-        # honcho starts each process in its own session: look for every descendant, not one group.
+        # honcho starts each process in its own session: look in every one of them, not one group.
         deadline = time.monotonic() + 15
-        while marked_pids(run_id) and time.monotonic() < deadline:
+        while watch.pids() and time.monotonic() < deadline:
             time.sleep(0.5)
-        left = marked_pids(run_id)
+        left = watch.pids()
         for pid in left:  # never leak into the rest of the suite, even when failing
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -113,6 +113,8 @@ def test_retry_refuses_bad_input_and_acting_without_confirmation(q_sync, agentki
     task = dead_task(agentkit_stub)
     with pytest.raises(CommandError, match="--since: 'yesterday' is neither a duration"):
         run("opscore_retry", "--since", "yesterday")
+    with pytest.raises(CommandError, match="--until: '999999999d' is longer than 36500d"):
+        run("opscore_retry", "--until", "999999999d", "--yes")
     with pytest.raises(CommandError, match="--user: no user named 'nobody'"):
         run("opscore_retry", "--user", "nobody", "--yes")
     with pytest.raises(CommandError, match="pass --yes"):
@@ -182,6 +184,9 @@ def test_prune_defaults_to_the_retention_setting(history, settings):
     (["--older-than", "0d"], "not a positive duration"),
     (["--older-than", "3w"], "is not a duration"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--batch-size", "99999999999999999999"], "--batch-size must be at least 1 and at most 100000"),
+    (["--older-than", "99999999999d"], "--older-than: '99999999999d' is longer than 36500d"),
+    (["--older-than", "999999999d"], "is longer than 36500d"),
 ])
 def test_prune_refuses_bad_input(args, message):
     AgentStateFactory(received_at=old(400))
@@ -224,6 +229,8 @@ def test_requeue_stuck_with_nothing_stuck_and_bad_input(q_sync, agentkit_stub):
     assert "0 overdue attempt(s), 0 queued task(s)" in out and "timed out 0, re-enqueued 0" in out
     with pytest.raises(CommandError, match="--limit must be at least 1"):
         run("opscore_requeue_stuck", "--limit", "0")
+    with pytest.raises(CommandError, match="--limit must be at least 1 and at most 100000"):
+        run("opscore_requeue_stuck", "--limit", "99999999999999999999")
 
 
 # --------------------------------------------------------------------------- opscore_status
@@ -287,9 +294,58 @@ def test_status_flags_an_old_heartbeat_and_a_job_waiting_too_long():
     call_command("opscore_status", "--max-queue-age", "900", "--max-heartbeat-age", "120", stdout=StringIO())
 
 
-def test_status_refuses_bad_thresholds():
-    with pytest.raises(CommandError, match="must be positive"):
-        run("opscore_status", "--max-queue-age", "0")
+@pytest.mark.parametrize("args", [["--max-queue-age", "0"], ["--max-queue-age", "nan"], ["--max-queue-age", "inf"],
+                                  ["--max-heartbeat-age", "-1"], ["--max-heartbeat-age", "nan"]])
+def test_status_refuses_bad_thresholds(args):
+    """nan compares false with every age: a monitor that could never alert."""
+    with pytest.raises(CommandError, match=f"{args[0]} must be a positive number of seconds"):
+        run("opscore_status", *args)
+
+
+# --------------------------------------------------------------------------- opscore_scheduler
+
+
+@pytest.fixture
+def stuck(q_sync, agentkit_stub):
+    """A retry that is due and an attempt past its deadline."""
+    agentkit_stub.respond(503)
+    retry = start().tasks.get()
+    agentkit_stub.answer = agentkit_stub.accept
+    assert retry.status == S.RETRY_SCHEDULED
+    Task.objects.filter(pk=retry.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    overdue = start().tasks.get()
+    assert overdue.status == S.DISPATCHED
+    Task.objects.filter(pk=overdue.pk).update(timeout_at=timezone.now() - timedelta(seconds=1))
+    return retry, overdue
+
+
+def test_scheduler_once_runs_one_pass_and_writes_the_heartbeat(stuck):
+    retry, overdue = stuck
+    out, _ = run("opscore_scheduler", "--once")
+    assert out.startswith("retries_due=1 timed_out=1 requeued=0")
+    retry.refresh_from_db()
+    overdue.refresh_from_db()
+    assert retry.status == S.DISPATCHED and retry.attempt == 2  # re-queued, then dispatched (sync jobs)
+    assert overdue.status == S.RETRY_SCHEDULED and "no outcome within" in overdue.last_error
+    assert cache.get(HEARTBEAT_KEY)
+
+
+def test_scheduler_dry_run_counts_one_pass_and_changes_nothing(stuck):
+    retry, overdue = stuck
+    jobs = OrmQ.objects.count()
+    out, _ = run("opscore_scheduler", "--dry-run")
+    assert out == "dry run, nothing changed: would be retries_due=1 timed_out=1 requeued=0\n"
+    assert Task.objects.get(pk=retry.pk).status == S.RETRY_SCHEDULED
+    assert Task.objects.get(pk=overdue.pk).status == S.DISPATCHED
+    assert OrmQ.objects.count() == jobs and cache.get(HEARTBEAT_KEY) is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "3601"])
+def test_scheduler_refuses_a_bad_interval(stuck, value):
+    retry, _ = stuck
+    with pytest.raises(CommandError, match="--interval must be a positive number of seconds, at most 3600"):
+        run("opscore_scheduler", "--once", f"--interval={value}")
+    assert Task.objects.get(pk=retry.pk).status == S.RETRY_SCHEDULED
 
 
 # --------------------------------------------------------------------------- opscore_demo_traffic
@@ -307,9 +363,88 @@ def test_demo_traffic_starts_one_session_per_idle_free_agent(q_sync, agentkit_st
     assert "started 0 session(s)" in run("opscore_demo_traffic", "--once")[0]  # it has one unfinished
 
 
+def test_demo_traffic_dry_run_lists_the_agents_and_starts_nothing(q_sync, agentkit_stub, settings):
+    settings.DEBUG = True
+    idle = AgentFactory()
+    AgentFactory(state=Agent.State.ACTIVE)
+    WorkflowDefinitionFactory(id="demo", spec=two_step_spec("demo"))
+    jobs = OrmQ.objects.count()
+    out, _ = run("opscore_demo_traffic", "--dry-run")  # one round, even without --once
+    assert out == f"  would start demo for {idle.pk}\ndemo traffic: dry run, nothing started: would start 1 session(s)\n"
+    assert not Session.objects.exists() and OrmQ.objects.count() == jobs and agentkit_stub.requests == []
+
+
 def test_demo_traffic_refuses_production_and_unknown_workflows(settings):
     settings.DEBUG = False
     with pytest.raises(CommandError, match="needs DEBUG=1"):
         run("opscore_demo_traffic", "--once")
     with pytest.raises(CommandError, match="no workflow definition with id: nope"):
         run("opscore_demo_traffic", "--once", "--force", "--workflow", "nope")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--interval", "nan"], "--interval must be a positive number of seconds"),  # a loop without a pause
+    (["--interval", "0"], "--interval must be a positive number of seconds"),
+    (["--max-per-round", "0"], "--max-per-round must be at least 1"),
+    (["--max-per-round", "99999999999999999999"], "--max-per-round must be at least 1 and at most 1000"),
+])
+def test_demo_traffic_refuses_bad_numbers(settings, args, message):
+    settings.DEBUG = True
+    AgentFactory()
+    WorkflowDefinitionFactory(id="demo", spec=two_step_spec("demo"))
+    with pytest.raises(CommandError, match=message):
+        run("opscore_demo_traffic", "--once", *args)
+    assert not Session.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)  # the command runs in a subprocess: the rows must be committed
+@pytest.mark.parametrize("keys", [b"\x04", b"n\n"], ids=["ctrl-d", "no"])
+def test_retry_prompt_on_a_terminal_takes_ctrl_d_as_no(keys):
+    expected = "cancelled: nothing retried"
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from django.db import connection
+
+    from tests.sessions.factories import TaskFactory
+
+    task = TaskFactory(status=S.DEAD, last_error="gone")
+    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/opscore").rsplit("/", 1)[0]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "opscore_retry"], cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "DATABASE_URL": f"{url}/{connection.settings_dict['NAME']}"},
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    output, deadline, sent = b"", time.monotonic() + 60, False
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if not sent and b"[y/N]" in output:
+                os.write(master, keys)
+                sent = True
+            if proc.poll() is not None and not ready:
+                break
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = output.decode(errors="replace")
+    assert sent, text
+    assert proc.returncode == 1 and expected in text and "Traceback" not in text, text
+    task.refresh_from_db()
+    assert task.status == S.DEAD

@@ -27,3 +27,12 @@ def test_a_moment_is_a_duration_ago_or_an_iso_time():
     for bad in ("yesterday", "2026-13-40"):
         with pytest.raises(ValueError, match="neither a duration"):
             parse_moment(bad, now=now)
+
+
+@pytest.mark.parametrize("text", ["36501d", "999999999d", "99999999999d", "99999999999999999999s"])
+def test_a_duration_past_a_century_is_refused_not_an_overflow(text):
+    with pytest.raises(ValueError, match="longer than 36500d"):
+        parse_duration(text)
+    with pytest.raises(ValueError, match="longer than 36500d"):
+        parse_moment(text)
+    assert parse_duration("36500d") == timedelta(days=36500)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from agents.models import ApiKey
 from agents.services import api_key_revoke
+from opscore_site.commands import OpsCommand
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Revoke an API key, named by its id (a number) or its prefix (the first 12 characters "
         "of the key, shown in lists). Revoking twice is harmless."

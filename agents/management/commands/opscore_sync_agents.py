@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils import timezone
+from pydantic import ValidationError
+from rest_framework.exceptions import ParseError
 
 from agents import agentkit
 from agents.models import Agent, agent_id_problem
 from agents.services import agent_register
-from opscore_site.commands import atomic_or_dry_run
+from agents.webhook import AgentDetails
+from opscore_site.commands import OpsCommand, atomic_or_dry_run
+from opscore_site.parsers import check_json_document
 
 IDENTITY = ("name", "version", "capabilities", "contact_endpoint", "metadata")
 
@@ -41,6 +45,23 @@ def _fields(item: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     return agent_id.strip(), fields
 
 
+def _problem(agent_id: str, fields: dict[str, Any]) -> str | None:
+    """Why the entry cannot be stored as the webhook would store it (lengths, '/', NUL, nan), or None."""
+    try:
+        check_json_document(fields)
+    except ParseError as exc:
+        return str(exc.detail).removeprefix("JSON parse error - ")
+    try:
+        AgentDetails.model_validate({"agentId": agent_id, "agentName": fields.get("name"),
+                                     "version": fields.get("version"), "capabilities": fields.get("capabilities"),
+                                     "contactEndpoint": fields.get("contact_endpoint"),
+                                     "metadata": fields.get("metadata")})
+    except ValidationError as exc:
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                         for e in exc.errors())
+    return None
+
+
 def _upsert(*, agent_id: str, fields: dict[str, Any]) -> str:
     """Register the agent from its listing entry, through the webhook's service, unless nothing changed."""
     agent = Agent.objects.filter(pk=agent_id).first()
@@ -53,7 +74,7 @@ def _upsert(*, agent_id: str, fields: dict[str, Any]) -> str:
     return "created" if agent is None else "updated"
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Poll AgentKit's agent listing (GET {AGENTKIT_API_URL}/v1/agents) and upsert each agent's name, "
         "version, capabilities, contact endpoint and metadata (never its state; a listed agent counts as "
@@ -82,6 +103,10 @@ class Command(BaseCommand):
                                       f"at most 255 characters): {str(item)[:200]}")
                     continue
                 agent_id, fields = parsed
+                if problem := _problem(agent_id, fields):
+                    totals["skipped"] += 1
+                    self.stderr.write(f"skipped agent '{agent_id[:100]}': {problem}")
+                    continue
                 outcome = _upsert(agent_id=agent_id, fields=fields)
                 totals[outcome] += 1
                 if outcome != "unchanged":

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 from django.utils import timezone
 from django_q.models import Success
 
 from agents.models import AgentState
+from opscore_site.commands import OpsCommand, check_count
 from opscore_site.durations import parse_duration
 from sessions.models import Session
 
 BAR_WIDTH = 30
+MAX_BATCH_SIZE = 100_000
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Delete, in batches, agent state reports received, sessions that ended (completed, failed or "
         "cancelled, with their tasks, attempts and events) and django-q2 success rows stopped longer "
@@ -26,7 +28,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--older-than", metavar="DURATION",
                             help="30d, 12h, 90m or 45s (default: OPSCORE_RETENTION_DAYS days).")
-        parser.add_argument("--batch-size", type=int, default=1000, help="Rows per delete (default 1000).")
+        parser.add_argument("--batch-size", type=int, default=1000, help=f"Rows per delete (default 1000, at most {MAX_BATCH_SIZE}).")
         parser.add_argument("--dry-run", action="store_true", help="Print what would be deleted; delete nothing.")
 
     def handle(self, *args, older_than: str | None, batch_size: int, dry_run: bool, **options) -> None:
@@ -36,8 +38,7 @@ class Command(BaseCommand):
             age = parse_duration(older_than)
         except ValueError as exc:
             raise CommandError(f"--older-than: {exc}") from None
-        if batch_size < 1:
-            raise CommandError("--batch-size must be at least 1")
+        check_count("--batch-size", batch_size, at_most=MAX_BATCH_SIZE)
         cutoff = timezone.now() - age
         targets = [
             ("agent state reports", AgentState.objects.filter(received_at__lt=cutoff)),

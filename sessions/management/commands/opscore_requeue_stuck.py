@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from opscore_site.commands import OpsCommand, check_count
 from sessions import engine
 
+MAX_LIMIT = 100_000
 
-class Command(BaseCommand):
+
+class Command(OpsCommand):
     help = (
         "Find tasks whose attempt is past its timeout (they fail and retry or go dead, as the step says) "
         "and queued tasks whose dispatch job was lost (no job run for OPSCORE_LOST_JOB_SECONDS while their "
@@ -19,11 +21,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="List what was found; change nothing.")
-        parser.add_argument("--limit", type=int, default=500, help="At most this many of each kind (default 500).")
+        parser.add_argument("--limit", type=int, default=500, help=f"At most this many of each kind (default 500, at most {MAX_LIMIT}).")
 
     def handle(self, *args, dry_run: bool, limit: int, **options) -> None:
-        if limit < 1:
-            raise CommandError("--limit must be at least 1")
+        check_count("--limit", limit, at_most=MAX_LIMIT)
         now = timezone.now()
         overdue = list(engine.overdue_tasks(now=now)[:limit])
         lost = engine.sweep_lost_jobs(now=now, limit=limit, dry_run=True)

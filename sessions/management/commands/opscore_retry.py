@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from opscore_site.commands import OpsCommand
 from opscore_site.durations import parse_moment
 from sessions import engine
 from sessions.engine import By
@@ -16,7 +17,7 @@ REASON = "opscore_retry"
 LIST_LIMIT = 200
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Retry dead and/or failed tasks (a fresh round of attempts each), filtered by workflow, agent, "
         "error text and the time of their last change. Prints how many match first; --dry-run lists "
@@ -75,7 +76,10 @@ class Command(BaseCommand):
         if not opts["yes"]:
             if not sys.stdin.isatty():
                 raise CommandError("not retrying without confirmation: pass --yes (or --dry-run to list them)")
-            answer = input(f"Retry {len(tasks)} task(s)? [y/N] ")
+            try:
+                answer = input(f"Retry {len(tasks)} task(s)? [y/N] ")
+            except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt is a no
+                answer = ""
             if answer.strip().lower() not in {"y", "yes"}:
                 raise CommandError("cancelled: nothing retried")
 

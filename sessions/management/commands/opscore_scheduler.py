@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from django.core.cache import cache
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils import timezone
 
-from opscore_site.commands import run_until_stopped
+from opscore_site.commands import OpsCommand, check_seconds, run_until_stopped
 from sessions import engine
 
 HEARTBEAT_KEY = "opscore:scheduler:heartbeat"
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Run the Ops-Core scheduler loop: about once a second it dispatches due retries, "
         "times out overdue attempts and re-enqueues queued tasks whose job was lost. Safe to "
@@ -23,13 +23,25 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=None,
                             help="Seconds between passes (default OPSCORE_SCHEDULER_INTERVAL_SECONDS, 1).")
         parser.add_argument("--once", action="store_true", help="Run one pass, print what it did, and exit.")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="Count what one pass would do (due retries, overdue attempts, lost jobs); "
+                                 "change nothing, then exit.")
 
-    def handle(self, *args, interval: float | None, once: bool, **options) -> None:
+    def handle(self, *args, interval: float | None, once: bool, dry_run: bool, **options) -> None:
         from django.conf import settings
 
         interval = settings.OPSCORE_SCHEDULER_INTERVAL_SECONDS if interval is None else interval
-        if interval <= 0:
-            raise CommandError("--interval must be a positive number of seconds")
+        check_seconds("--interval", interval, at_most=3600)
+        if dry_run:
+            now = timezone.now()
+            batch = engine.SWEEP_BATCH  # a pass handles at most this many of each kind
+            counts = {
+                "retries_due": engine.due_retries(now=now)[:batch].count(),
+                "timed_out": engine.overdue_tasks(now=now)[:batch].count(),
+                "requeued": len(engine.sweep_lost_jobs(now=now, limit=batch, dry_run=True)),
+            }
+            self.stdout.write("dry run, nothing changed: would be " + " ".join(f"{k}={v}" for k, v in counts.items()))
+            return
         if once:
             counts = engine.scheduler_tick()
             cache.set(HEARTBEAT_KEY, timezone.now().isoformat(), timeout=None)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.cache import cache
-from django.core.management.base import BaseCommand, CommandError
+from django.db import InterfaceError, OperationalError
 from django.db.models import Count, Min
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -16,6 +16,7 @@ from django_q.models import OrmQ
 from django_q.status import Stat
 
 from agents.models import Agent
+from opscore_site.commands import OpsCommand, check_seconds, database_problem
 from sessions.management.commands.opscore_scheduler import HEARTBEAT_KEY
 from sessions.models import Session, Task
 
@@ -90,7 +91,7 @@ def _counts(mapping: dict[str, int]) -> str:
     return "  ".join(f"{key} {value}" for key, value in mapping.items()) or "none"
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Show Ops-Core's health on one screen: agents by state, sessions by status, the job queue, "
         "the scheduler and the qcluster. Exits 2 when unhealthy (scheduler heartbeat missing or old, "
@@ -105,9 +106,20 @@ class Command(BaseCommand):
                             help="Unhealthy when the oldest queued job has waited longer (default 300).")
 
     def handle(self, *args, as_json: bool, max_heartbeat_age: float, max_queue_age: float, **options) -> None:
-        if max_heartbeat_age <= 0 or max_queue_age <= 0:
-            raise CommandError("--max-heartbeat-age and --max-queue-age must be positive")
-        data = snapshot(now=timezone.now())
+        check_seconds("--max-heartbeat-age", max_heartbeat_age)
+        check_seconds("--max-queue-age", max_queue_age)
+        now = timezone.now()
+        try:
+            data = snapshot(now=now)
+        except (OperationalError, InterfaceError) as exc:
+            # The one thing a monitor must hear about: unhealthy (exit 2), not a traceback.
+            problem = database_problem(exc)
+            if as_json:
+                self.stdout.write(json.dumps({"time": now.isoformat(), "healthy": False, "problems": [problem]},
+                                             indent=2))
+            else:
+                self.stdout.write(f"Ops-Core status at {now.isoformat()}\n  health     UNHEALTHY\n    - {problem}")
+            raise SystemExit(UNHEALTHY_EXIT) from None
         found = problems(data, max_heartbeat_age=max_heartbeat_age, max_queue_age=max_queue_age)
         data["healthy"], data["problems"] = not found, found
         if as_json:

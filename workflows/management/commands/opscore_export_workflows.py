@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 import yaml
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from opscore_site.commands import OpsCommand
 from workflows.models import WorkflowDefinition
 from workflows.schema import SpecError
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Export workflow definitions in the upstream JSON shape (or YAML). Prints to stdout unless "
         "--output DIR is given, which writes one importable <id>.json / <id>.yaml file per definition. "

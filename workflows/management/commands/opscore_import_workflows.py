@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from opscore_site.commands import atomic_or_dry_run
+from opscore_site.commands import OpsCommand, atomic_or_dry_run
 from workflows.schema import SpecError, WorkflowSpec, parse_document
 from workflows.services import workflow_save
 
@@ -33,7 +33,7 @@ def _files(paths: list[str]) -> tuple[list[Path], dict[str, list[str]]]:
     return files, errors
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Import workflow definitions from JSON or YAML files (or directories of *.json/*.yaml/*.yml). "
         "Every file is validated before anything is written; on any error nothing is written and "
