@@ -10,6 +10,9 @@ def main() -> None:
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
+    from opscore_site.env import mark_secretless_command
+
+    mark_secretless_command(sys.argv)
     try:
         execute_from_command_line(sys.argv)
     except ImproperlyConfigured as exc:

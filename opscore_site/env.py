@@ -15,6 +15,18 @@ from typing import Annotated
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# manage.py commands that only read the code (models, migrations, static files): they
+# sign, verify and serve nothing, so they run without the production secrets (CI's
+# `makemigrations --check`, `collectstatic` in an image build that has no secrets).
+SECRETLESS_COMMANDS = frozenset({"makemigrations", "showmigrations", "sqlmigrate", "collectstatic"})
+secretless_command = False  # set by manage.py, for this process only; never from the environment
+
+
+def mark_secretless_command(argv: list[str]) -> None:
+    """Called by manage.py before Django reads the settings."""
+    global secretless_command
+    secretless_command = len(argv) > 1 and argv[1] in SECRETLESS_COMMANDS
+
 
 class OpscoreEnv(BaseSettings):
     """All environment variables Ops-Core understands (see README "Configuration")."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import secrets
 import sys
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from opscore_site import env as _env
 from opscore_site.env import BASE_DIR, load_env
 
 ENV = load_env()
@@ -15,16 +17,19 @@ ENV = load_env()
 DEBUG = ENV.DEBUG
 SECRET_KEY = ENV.SECRET_KEY
 if not SECRET_KEY:
-    if not DEBUG:
+    if DEBUG:
+        SECRET_KEY = "insecure-development-only-key-do-not-use-in-production"
+    elif _env.secretless_command:
+        SECRET_KEY = secrets.token_urlsafe(50)  # signs nothing: the command only reads the code
+    else:
         raise ImproperlyConfigured(
             "SECRET_KEY is not set. Production mode (DEBUG unset or false) needs SECRET_KEY "
             "in the environment; for local development set DEBUG=1."
         )
-    SECRET_KEY = "insecure-development-only-key-do-not-use-in-production"
 
 OPSCORE_WEBHOOK_SECRET = ENV.OPSCORE_WEBHOOK_SECRET
 OPSCORE_WEBHOOK_ALLOW_UNSIGNED = ENV.OPSCORE_WEBHOOK_ALLOW_UNSIGNED
-if not DEBUG and not OPSCORE_WEBHOOK_SECRET:
+if not DEBUG and not OPSCORE_WEBHOOK_SECRET and not _env.secretless_command:
     raise ImproperlyConfigured(
         "OPSCORE_WEBHOOK_SECRET is not set. Production mode needs the secret shared with "
         "AgentKit to verify its registration webhook."
