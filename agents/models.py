@@ -6,6 +6,7 @@ import hashlib
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection, models
 from django.db.models import Q
 from django.utils import timezone
@@ -20,6 +21,12 @@ def agent_id_problem(agent_id: str) -> str | None:
     if len(agent_id) > 255:
         return "an agent id has at most 255 characters"
     return None
+
+
+def validate_agent_id(value: str) -> None:
+    """Field validator form of `agent_id_problem` (forms and the admin run it; blank is left to `blank`)."""
+    if problem := agent_id_problem(value):
+        raise ValidationError(problem, code="invalid_agent_id")
 
 
 class AgentQuerySet(models.QuerySet["Agent"]):
@@ -148,7 +155,8 @@ class ApiKey(models.Model):
 
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.SERVICE)
-    agent_id = models.CharField(max_length=255, blank=True, help_text="Only for agent-bound keys.")
+    agent_id = models.CharField(max_length=255, blank=True, validators=[validate_agent_id],
+                                help_text="Only for agent-bound keys.")
     prefix = models.CharField(max_length=PREFIX_LENGTH, editable=False)
     key_hash = models.CharField(max_length=64, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)

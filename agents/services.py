@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -25,10 +26,16 @@ MIN_KEY_LENGTH = 16
 
 
 def api_key_create(*, name: str, agent_id: str = "", by=None) -> tuple[ApiKey, str]:
-    """Create a key and return it with its raw value, which is shown once and never stored."""
-    name = name.strip()
+    """Create a key and return it with its raw value, which is shown once and never stored.
+
+    Raises ValidationError (by field: `name`, `agent_id`) for input the model's fields refuse;
+    an empty `agent_id` makes a service key.
+    """
+    name, agent_id = name.strip(), agent_id.strip()
     if not name:
-        raise ValueError("an API key needs a name")
+        raise ValidationError({"name": "an API key needs a name"})
+    ApiKey(name=name, agent_id=agent_id).clean_fields(
+        exclude=[f.name for f in ApiKey._meta.fields if f.name not in ("name", "agent_id")])
     kind = ApiKey.Kind.AGENT if agent_id else ApiKey.Kind.SERVICE
     for _ in range(5):
         raw = KEY_SCHEME + secrets.token_urlsafe(32)

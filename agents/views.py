@@ -7,6 +7,7 @@ The agent list and detail show tasks and sessions, so they live in sessions/view
 from __future__ import annotations
 
 from django import forms
+from django.core.exceptions import ValidationError
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -77,8 +78,12 @@ def apikey_create(request: HttpRequest) -> HttpResponse:
     form = ApiKeyForm(request.POST)
     if not form.is_valid():
         return _apikey_page(request, form=form, status=400)
-    key, raw = api_key_create(name=form.cleaned_data["name"], agent_id=form.cleaned_data["agent_id"],
-                              by=request.user)
+    try:
+        key, raw = api_key_create(name=form.cleaned_data["name"], agent_id=form.cleaned_data["agent_id"],
+                                  by=request.user)
+    except ValidationError as exc:
+        form.add_error(None, exc)
+        return _apikey_page(request, form=form, status=400)
     # The raw key goes into this one response only: never into the session or a redirect.
     return _apikey_page(request, created=(key, raw))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
@@ -149,7 +150,7 @@ def test_create_api_key_prints_a_working_key_once():
     key = api_key_lookup(raw)
     assert key is not None and key.name == "ci runner" and key.kind == ApiKey.Kind.AGENT and key.agent_id == "a-1"
     assert f"prefix {key.prefix}" in out and "only time the key is shown" in err
-    assert raw not in key.key_hash
+    assert key.key_hash == ApiKey.hash_secret(raw) and raw not in key.key_hash  # stored hashed only
 
 
 def test_create_api_key_dry_run_checks_the_input_and_creates_nothing():
@@ -165,6 +166,22 @@ def test_create_api_key_dry_run_checks_the_input_and_creates_nothing():
 def test_create_api_key_refuses_a_blank_name():
     with pytest.raises(CommandError, match="--name: an API key needs a name"):
         run("opscore_create_api_key", "--name", "  ")
+    assert not ApiKey.objects.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--agent", ""], "--agent is blank; leave the option out to create a service key"),
+    (["--agent", "   "], "--agent is blank"),
+    (["--agent", "rack/7"], "--agent: an agent id may not contain '/'"),
+    (["--agent", "a" * 256], "--agent: an agent id has at most 255 characters"),
+    (["--name", "n" * 201], "--name: Ensure this value has at most 200 characters"),
+])
+def test_create_api_key_refuses_an_agent_id_or_name_no_key_could_use(args, message):
+    # A blank --agent (an unset $AGENT_ID) used to make a service key valid for every agent.
+    argv = ["--name", "ci runner", *args] if args[0] == "--agent" else args
+    for dry_run in ([], ["--dry-run"]):
+        with pytest.raises(CommandError, match=re.escape(message)):
+            run("opscore_create_api_key", *argv, *dry_run)
     assert not ApiKey.objects.exists()
 
 

@@ -348,6 +348,18 @@ def test_an_api_key_needs_a_name(staff_client):
     assert not ApiKey.objects.exists()
 
 
+def test_an_api_key_for_an_agent_id_no_url_can_carry_is_refused(staff_client):
+    response = staff_client.post(reverse("agents:apikey-create"), {"name": "rack", "agent_id": "rack/7"})
+    assert response.status_code == 400 and b"an agent id may not contain" in response.content
+    assert response.context["raw_key"] is None and not ApiKey.objects.exists()
+
+
+def test_the_admin_refuses_an_api_key_for_an_impossible_agent_id(admin_client):
+    response = admin_client.post(reverse("admin:agents_apikey_add"), {"name": "rack", "agent_id": "rack/7"})
+    assert response.status_code == 200 and b"an agent id may not contain" in response.content
+    assert not ApiKey.objects.exists()
+
+
 def test_it_revokes_an_api_key(staff_client, staff_operator):
     key, raw = api_key_create(name="old")
     response = staff_client.post(reverse("agents:apikey-revoke", args=[key.pk]), follow=True)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
-from agents.models import ApiKey
 from agents.services import api_key_create
 from opscore_site.commands import OpsCommand, atomic_or_dry_run
 
@@ -18,21 +18,22 @@ class Command(OpsCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--name", required=True, help="What the key is for (shown in lists).")
-        parser.add_argument("--agent", default="", metavar="ID", help="Bind the key to this agent id.")
+        parser.add_argument("--agent", metavar="ID",
+                            help="Bind the key to this agent id (leave the option out for a service key).")
         parser.add_argument("--dry-run", action="store_true",
                             help="Check the name and agent id and say what would be created; create nothing.")
 
-    def handle(self, *args, name: str, agent: str, dry_run: bool, **options) -> None:
-        agent = agent.strip()
-        if len(agent) > ApiKey._meta.get_field("agent_id").max_length:
-            raise CommandError("--agent is longer than an agent id can be")
-        if len(name.strip()) > ApiKey._meta.get_field("name").max_length:
-            raise CommandError("--name is longer than 200 characters")
+    def handle(self, *args, name: str, agent: str | None, dry_run: bool, **options) -> None:
+        if agent is not None and not agent.strip():
+            # An unset $AGENT_ID must not quietly become a key for every agent.
+            raise CommandError("--agent is blank; leave the option out to create a service key")
         try:
             with atomic_or_dry_run(dry_run):
-                key, raw = api_key_create(name=name, agent_id=agent)
-        except ValueError as exc:
-            raise CommandError(f"--name: {exc}") from None
+                key, raw = api_key_create(name=name, agent_id=agent or "")
+        except ValidationError as exc:
+            flags = {"name": "--name", "agent_id": "--agent"}
+            raise CommandError("; ".join(f"{flags.get(field, field)}: {' '.join(messages)}"
+                                         for field, messages in exc.message_dict.items())) from None
         scope = f"agent {key.agent_id}" if key.agent_id else "service (any agent)"
         if dry_run:
             self.stdout.write(f"dry run, nothing created: would create API key '{key.name}' ({scope})")
