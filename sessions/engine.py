@@ -571,12 +571,10 @@ class SweepCounts:
     retries_due: int = 0
     timed_out: int = 0
     requeued: int = 0
-    stale_agents: int = 0
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
-        return {"retries_due": self.retries_due, "timed_out": self.timed_out,
-                "requeued": self.requeued, "stale_agents": self.stale_agents}
+        return {"retries_due": self.retries_due, "timed_out": self.timed_out, "requeued": self.requeued}
 
 
 SWEEP_BATCH = 100
@@ -649,25 +647,28 @@ def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = 
     return _sweep(queryset, lambda task: task_enqueue(task=task), limit=limit)
 
 
-def scheduler_tick(*, now: datetime | None = None) -> SweepCounts:
-    """One pass of the scheduler loop. Each sweep commits on its own."""
+def scheduler_preview(*, now: datetime, limit: int = SWEEP_BATCH) -> dict[str, list[Task]]:
+    """What one pass of the scheduler would act on, changing nothing (for dry runs and listings)."""
+    return {
+        "retries_due": list(due_retries(now=now)[:limit]),
+        "timed_out": list(overdue_tasks(now=now)[:limit]),
+        "requeued": sweep_lost_jobs(now=now, limit=limit, dry_run=True),
+    }
+
+
+def scheduler_tick(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> SweepCounts:
+    """One pass of the scheduler loop, at most `limit` tasks of each kind. Each sweep commits on its own."""
     now = now or timezone.now()
     counts = SweepCounts()
-    for name, sweep in (("retries", sweep_due_retries), ("timeouts", sweep_timeouts)):
+    sweeps = (
+        ("retries_due", lambda: sweep_due_retries(now=now, limit=limit)),
+        ("timed_out", lambda: sweep_timeouts(now=now, limit=limit)),
+        ("requeued", lambda: len(sweep_lost_jobs(now=now, limit=limit))),
+    )
+    for name, sweep in sweeps:
         try:
-            value = sweep(now=now)
+            setattr(counts, name, sweep())
         except Exception as exc:  # one failing sweep must not stop the others
             logger.exception("scheduler sweep %s failed", name)
             counts.errors.append(f"{name}: {exc}")
-            continue
-        if name == "retries":
-            counts.retries_due = value
-        else:
-            counts.timed_out = value
-    try:
-        counts.requeued = len(sweep_lost_jobs(now=now))
-    except Exception as exc:
-        logger.exception("scheduler sweep lost-jobs failed")
-        counts.errors.append(f"lost-jobs: {exc}")
-    counts.stale_agents = Agent.objects.stale(now=now).count()
     return counts

@@ -210,12 +210,12 @@ def test_requeue_stuck_times_out_overdue_attempts_and_reenqueues_lost_jobs(q_syn
     jobs_before = OrmQ.objects.count()
 
     dry, _ = run("opscore_requeue_stuck", "--dry-run")
-    assert "1 overdue attempt(s), 1 queued task(s) with a lost job" in dry
+    assert "0 due retry(s), 1 overdue attempt(s), 1 queued task(s) with a lost job" in dry
     assert f"overdue  {overdue.pk}" in dry and f"lost     {lost.pk}" in dry and "dry run" in dry
     assert OrmQ.objects.count() == jobs_before and Task.objects.get(pk=overdue.pk).status == S.DISPATCHED
 
     out, _ = run("opscore_requeue_stuck")
-    assert "timed out 1, re-enqueued 1" in out
+    assert "retried 0, timed out 1, re-enqueued 1" in out
     overdue.refresh_from_db()
     lost.refresh_from_db()
     assert overdue.status == S.RETRY_SCHEDULED and "no outcome within" in overdue.last_error
@@ -226,7 +226,8 @@ def test_requeue_stuck_times_out_overdue_attempts_and_reenqueues_lost_jobs(q_syn
 def test_requeue_stuck_with_nothing_stuck_and_bad_input(q_sync, agentkit_stub):
     start()
     out, _ = run("opscore_requeue_stuck")
-    assert "0 overdue attempt(s), 0 queued task(s)" in out and "timed out 0, re-enqueued 0" in out
+    assert "0 due retry(s), 0 overdue attempt(s), 0 queued task(s)" in out
+    assert "retried 0, timed out 0, re-enqueued 0" in out
     with pytest.raises(CommandError, match="--limit must be at least 1"):
         run("opscore_requeue_stuck", "--limit", "0")
     with pytest.raises(CommandError, match="--limit must be at least 1 and at most 100000"):
@@ -328,6 +329,32 @@ def test_scheduler_once_runs_one_pass_and_writes_the_heartbeat(stuck):
     assert retry.status == S.DISPATCHED and retry.attempt == 2  # re-queued, then dispatched (sync jobs)
     assert overdue.status == S.RETRY_SCHEDULED and "no outcome within" in overdue.last_error
     assert cache.get(HEARTBEAT_KEY)
+
+
+def test_requeue_stuck_also_requeues_due_retries(stuck):
+    """With the scheduler down, a due retry would otherwise wait for ever."""
+    retry, overdue = stuck
+    dry, _ = run("opscore_requeue_stuck", "--dry-run")
+    assert dry.startswith("1 due retry(s), 1 overdue attempt(s)") and f"retry    {retry.pk}" in dry
+    assert Task.objects.get(pk=retry.pk).status == S.RETRY_SCHEDULED
+    out, _ = run("opscore_requeue_stuck")
+    assert "retried 1, timed out 1, re-enqueued 0" in out
+    retry.refresh_from_db()
+    assert retry.status == S.DISPATCHED and retry.attempt == 2
+
+
+def test_a_scheduler_pass_with_a_failed_sweep_writes_no_heartbeat(stuck, monkeypatch):
+    """opscore_status must not call a scheduler healthy while its sweeps fail (a database blip here)."""
+    from django.db import OperationalError
+
+    def blip(**kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(engine, "sweep_timeouts", blip)
+    with pytest.raises(CommandError, match="timed_out: server closed the connection"):
+        run("opscore_scheduler", "--once")
+    assert cache.get(HEARTBEAT_KEY) is None
+    assert Task.objects.get(pk=stuck[0].pk).status == S.DISPATCHED  # the other sweeps still ran
 
 
 def test_scheduler_dry_run_counts_one_pass_and_changes_nothing(stuck):

@@ -1,8 +1,9 @@
-"""Hand stuck work back to the engine: overdue attempts and queued tasks whose job was lost."""
+"""Hand stuck work back to the engine: one scheduler pass, listed first, for when the scheduler was down."""
 
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.management.base import CommandError
 from django.utils import timezone
 
 from opscore_site.commands import OpsCommand, check_count
@@ -13,10 +14,11 @@ MAX_LIMIT = 100_000
 
 class Command(OpsCommand):
     help = (
-        "Find tasks whose attempt is past its timeout (they fail and retry or go dead, as the step says) "
-        "and queued tasks whose dispatch job was lost (no job run for OPSCORE_LOST_JOB_SECONDS while their "
-        "agent is idle; they are re-enqueued). The scheduler loop does this every second; this command is "
-        "for when it was down. --dry-run lists them."
+        "One scheduler pass, listed first: retries whose time has come (re-queued), tasks whose attempt is "
+        "past its timeout (they fail and retry or go dead, as the step says) and queued tasks whose dispatch "
+        "job was lost (no job run for OPSCORE_LOST_JOB_SECONDS while their job would now decide something: "
+        "the agent is idle, deregistered, or the session ended; they are re-enqueued). The scheduler loop "
+        "does this every second; this command is for when it was down. --dry-run lists them."
     )
 
     def add_arguments(self, parser) -> None:
@@ -26,19 +28,23 @@ class Command(OpsCommand):
     def handle(self, *args, dry_run: bool, limit: int, **options) -> None:
         check_count("--limit", limit, at_most=MAX_LIMIT)
         now = timezone.now()
-        overdue = list(engine.overdue_tasks(now=now)[:limit])
-        lost = engine.sweep_lost_jobs(now=now, limit=limit, dry_run=True)
-        self.stdout.write(f"{len(overdue)} overdue attempt(s), {len(lost)} queued task(s) with a lost job "
+        found = engine.scheduler_preview(now=now, limit=limit)
+        self.stdout.write(f"{len(found['retries_due'])} due retry(s), {len(found['timed_out'])} overdue attempt(s), "
+                          f"{len(found['requeued'])} queued task(s) with a lost job "
                           f"(no job for {settings.OPSCORE_LOST_JOB_SECONDS}s)")
-        for task in overdue:
+        for task in found["retries_due"]:
+            self.stdout.write(f"  retry    {task.pk}  {task.step_id}  agent {task.agent_id}  "
+                              f"attempt {task.attempt}  due {task.next_attempt_at:%Y-%m-%d %H:%M:%S}")
+        for task in found["timed_out"]:
             self.stdout.write(f"  overdue  {task.pk}  {task.step_id}  agent {task.agent_id}  "
                               f"attempt {task.attempt}  due {task.timeout_at:%Y-%m-%d %H:%M:%S}")
-        for task in lost:
+        for task in found["requeued"]:
             enqueued = f"{task.enqueued_at:%Y-%m-%d %H:%M:%S}" if task.enqueued_at else "never"
             self.stdout.write(f"  lost     {task.pk}  {task.step_id}  agent {task.agent_id}  enqueued {enqueued}")
         if dry_run:
             self.stdout.write("dry run: nothing changed")
             return
-        timed_out = engine.sweep_timeouts(now=now, limit=limit)
-        requeued = len(engine.sweep_lost_jobs(now=now, limit=limit))
-        self.stdout.write(f"timed out {timed_out}, re-enqueued {requeued}")
+        counts = engine.scheduler_tick(now=now, limit=limit)
+        self.stdout.write(f"retried {counts.retries_due}, timed out {counts.timed_out}, re-enqueued {counts.requeued}")
+        if counts.errors:
+            raise CommandError("; ".join(counts.errors))

@@ -33,30 +33,33 @@ class Command(OpsCommand):
         interval = settings.OPSCORE_SCHEDULER_INTERVAL_SECONDS if interval is None else interval
         check_seconds("--interval", interval, at_most=3600)
         if dry_run:
-            now = timezone.now()
-            batch = engine.SWEEP_BATCH  # a pass handles at most this many of each kind
-            counts = {
-                "retries_due": engine.due_retries(now=now)[:batch].count(),
-                "timed_out": engine.overdue_tasks(now=now)[:batch].count(),
-                "requeued": len(engine.sweep_lost_jobs(now=now, limit=batch, dry_run=True)),
-            }
-            self.stdout.write("dry run, nothing changed: would be " + " ".join(f"{k}={v}" for k, v in counts.items()))
+            found = engine.scheduler_preview(now=timezone.now())  # a pass handles at most SWEEP_BATCH of each
+            self.stdout.write("dry run, nothing changed: would be "
+                              + " ".join(f"{k}={len(v)}" for k, v in found.items()))
             return
         if once:
-            counts = engine.scheduler_tick()
-            cache.set(HEARTBEAT_KEY, timezone.now().isoformat(), timeout=None)
+            counts = self._pass()
             self.stdout.write(" ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
             if counts.errors:
                 raise CommandError("; ".join(counts.errors))
             return
 
         def step() -> None:
-            counts = engine.scheduler_tick()
-            cache.set(HEARTBEAT_KEY, timezone.now().isoformat(), timeout=None)
-            if any(counts.as_dict()[k] for k in ("retries_due", "timed_out", "requeued")):
+            counts = self._pass()
+            if counts.errors:
+                self.stderr.write("scheduler: pass failed: " + "; ".join(counts.errors))
+            elif any(counts.as_dict().values()):
                 self.stdout.write("scheduler: " + " ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
 
         self.stdout.write(f"scheduler: running every {interval}s")
         run_until_stopped(interval=interval, step=step, on_error=lambda exc: self.stderr.write(
             f"scheduler: pass failed: {exc.__class__.__name__}: {exc}"))
         self.stdout.write("scheduler: stopped")
+
+    @staticmethod
+    def _pass() -> engine.SweepCounts:
+        """One pass; the heartbeat says the scheduler works, so a pass with a failed sweep writes none."""
+        counts = engine.scheduler_tick()
+        if not counts.errors:
+            cache.set(HEARTBEAT_KEY, timezone.now().isoformat(), timeout=None)
+        return counts
