@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -668,7 +668,10 @@ def scheduler_tick(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> 
     for name, sweep in sweeps:
         try:
             setattr(counts, name, sweep())
+        except (OperationalError, InterfaceError):
+            raise  # the database itself: every sweep would fail; the caller reports it once
         except Exception as exc:  # one failing sweep must not stop the others
             logger.exception("scheduler sweep %s failed", name)
-            counts.errors.append(f"{name}: {exc}")
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            counts.errors.append(f"{name}: {exc.__class__.__name__}: {first_line}")
     return counts
