@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from agentkit_standin.wire import WEBHOOK_PATH
+
 DEFAULT_CAPABILITIES = ("test_capability", "another_capability")  # the sample workflow's steps
 
 
@@ -115,7 +117,7 @@ class Config:
 
     @property
     def notify_url(self) -> str:
-        return self.webhook_url or f"{self.opscore_url}/v1/opscore/internal/agent/notify"
+        return self.webhook_url or f"{self.opscore_url}{WEBHOOK_PATH}"
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply runtime changes all-or-nothing; raise ConfigError naming the first bad key or value."""

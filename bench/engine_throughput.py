@@ -9,7 +9,8 @@ agents against a fresh PostgreSQL database, then:
      p50/p99 latency from a session's creation to its first task's dispatch.
 
 Usage: .venv/bin/python bench/engine_throughput.py [--agents 5] [--sessions 100] [--noop-jobs 500]
-Needs PostgreSQL at 127.0.0.1:5432 (user postgres); uses the database opscore_bench_engine.
+Needs PostgreSQL at DATABASE_URL (default 127.0.0.1:5432, user postgres); uses the database
+opscore_bench_engine on that server.
 """
 
 from __future__ import annotations
@@ -26,13 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchlib import percentile, recreate_database  # noqa: E402 (bench/ is the script's directory)
+
 DB_NAME = "opscore_bench_engine"
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def main() -> None:
@@ -44,13 +41,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=1.0, help="django-q2 broker poll interval, seconds (Q_POLL)")
     args = parser.parse_args()
 
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+    os.environ["DATABASE_URL"] = recreate_database(DB_NAME)
     os.environ["DJANGO_SETTINGS_MODULE"] = "opscore_site.settings_test"
     import django
 
@@ -133,7 +124,7 @@ def main() -> None:
         print(f"workflow steps completed: {steps} in {elapsed:.2f}s = {steps / elapsed:.1f} steps/s")
         if latencies:
             print(f"trigger->dispatch latency: p50 {statistics.median(latencies):.1f} ms, "
-                  f"p99 {percentile(latencies, 99):.1f} ms (n={len(latencies)})")
+                  f"p99 {percentile(latencies, 0.99):.1f} ms (n={len(latencies)})")
         if errors:
             print("first errors:", errors[:3])
     finally:

@@ -22,27 +22,14 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 import httpx
-import psycopg
+
+from benchlib import percentile, recreate_database  # bench/ is the script's directory
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "opk_bench-service-key-0123456789abcdef"
 STATES = ["active", "idle"]
-
-
-def recreate_database(admin_url: str, name: str) -> str:
-    parts = urlparse(admin_url)
-    with psycopg.connect(urlunparse(parts._replace(path="/postgres")), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return urlunparse(parts._replace(path=f"/{name}"))
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
-    return sorted_values[index]
 
 
 def main() -> int:
@@ -59,8 +46,7 @@ def main() -> int:
                              "high enough never to refuse)")
     args = parser.parse_args()
 
-    admin_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-    database_url = recreate_database(admin_url, args.database)
+    database_url = recreate_database(args.database)
     env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "opscore_site.settings",
            "SECRET_KEY": "bench-secret-key-" + "x" * 40, "OPSCORE_WEBHOOK_SECRET": "bench-webhook-secret",
            "OPSCORE_API_KEY": API_KEY, "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "false",

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse, urlunparse
 from typing import Any, Callable
 
 import httpx
@@ -43,6 +44,12 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float 
                          (f" (last error: {last_exc})" if last_exc else ""))
 
 
+def database_url(name: str) -> str:
+    """DATABASE_URL (server, user, password) with database `name`: the test database the suite made."""
+    parts = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/opscore"))
+    return urlunparse(parts._replace(path=f"/{name}"))
+
+
 @dataclass
 class Stack:
     database_name: str
@@ -63,7 +70,7 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPSCORE_", "AGENTKIT_", "Q_"))}
         env.update({
             "DJANGO_SETTINGS_MODULE": "opscore_site.settings_test",
-            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{self.database_name}",
+            "DATABASE_URL": database_url(self.database_name),
             "AGENTKIT_API_URL": self.agentkit_url,
             "AGENTKIT_TIMEOUT_SECONDS": "3",
             "OPSCORE_API_KEY": API_KEY,

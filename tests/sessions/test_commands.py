@@ -436,14 +436,14 @@ def test_retry_prompt_on_a_terminal_takes_ctrl_d_as_no(keys):
 
     from django.db import connection
 
+    from tests.e2e.harness import database_url
     from tests.sessions.factories import TaskFactory
 
     task = TaskFactory(status=S.DEAD, last_error="gone")
-    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/opscore").rsplit("/", 1)[0]
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "opscore_retry"], cwd=Path(__file__).resolve().parents[2],
-        env={**os.environ, "DATABASE_URL": f"{url}/{connection.settings_dict['NAME']}"},
+        env={**os.environ, "DATABASE_URL": database_url(connection.settings_dict["NAME"])},
         stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
     os.close(slave)
     output, deadline, sent = b"", time.monotonic() + 60, False

@@ -94,7 +94,7 @@ def _counts(mapping: dict[str, int]) -> str:
 class Command(OpsCommand):
     help = (
         "Show Ops-Core's health on one screen: agents by state, sessions by status, the job queue, "
-        "the scheduler and the qcluster. Exits 2 when unhealthy (scheduler heartbeat missing or old, "
+        "the scheduler and the qcluster. Exits 2 when unhealthy (database unreachable, scheduler heartbeat missing or old, "
         "no cluster alive, a queued job waiting too long), so cron and monitors can call it. --json for scripts."
     )
 
