@@ -347,11 +347,11 @@ def task_dispatch(*, task_id) -> DispatchResult:
             TaskAttempt.objects.filter(pk=attempt.pk, outcome=TaskAttempt.Outcome.CANCELLED).update(
                 http_status=exc.http_status, error=exc.message[:5000])
         return DispatchResult("failed", exc.message)
-    # Only the fence row changes here: an instant agent may already have completed the task.
-    TaskAttempt.objects.filter(pk=attempt.pk, outcome=TaskAttempt.Outcome.SENDING).update(
-        outcome=TaskAttempt.Outcome.ACCEPTED, http_status=accepted.http_status
-    )
-    TaskAttempt.objects.filter(pk=attempt.pk, http_status__isnull=True).update(http_status=accepted.http_status)
+    # Only the fence row changes here: an instant agent may already have completed the task
+    # (then only AgentKit's status is added to the attempt it already closed).
+    if not TaskAttempt.objects.filter(pk=attempt.pk, outcome=TaskAttempt.Outcome.SENDING).update(
+            outcome=TaskAttempt.Outcome.ACCEPTED, http_status=accepted.http_status):
+        TaskAttempt.objects.filter(pk=attempt.pk, http_status__isnull=True).update(http_status=accepted.http_status)
     return DispatchResult("dispatched")
 
 
@@ -409,7 +409,8 @@ def _task_dead(*, task: Task, reason: str) -> None:
                            reason=f"step '{task.step_id}' is dead", error=f"step '{task.step_id}': {reason}")
 
 
-def _task_completed(*, task: Task, result: Any, by: By) -> None:
+def _task_completed(*, task: Task, result: Any, by: By) -> Task | None:
+    """Complete `task`; return the next step's task (queued, its job enqueued) or None."""
     now = timezone.now()
     TaskAttempt.objects.filter(task=task, number=task.attempt).update(
         outcome=TaskAttempt.Outcome.COMPLETED, ended_at=now
@@ -418,17 +419,17 @@ def _task_completed(*, task: Task, result: Any, by: By) -> None:
                     finished_at=now, timeout_at=None)
     session = Session.objects.select_for_update().get(pk=task.session_id)
     if session.is_terminal:
-        return
+        return None
     spec = validate_definition(session.spec_snapshot)
     step = spec.step(task.step_id)
     if step.nextTaskId:
         nxt = spec.step(step.nextTaskId)
-        _new_task(session=session, step=nxt, by=By.system(),
-                  payload=_payload_for(nxt, base=None, previous_result=result),
-                  reason=f"after step '{task.step_id}'")
-    else:
-        session_transition(session=session, to=SS.COMPLETED, by=By.system(),
-                           reason=f"last step '{task.step_id}' completed", result=result, error="")
+        return _new_task(session=session, step=nxt, by=By.system(),
+                         payload=_payload_for(nxt, base=None, previous_result=result),
+                         reason=f"after step '{task.step_id}'")
+    session_transition(session=session, to=SS.COMPLETED, by=By.system(),
+                       reason=f"last step '{task.step_id}' completed", result=result, error="")
+    return None
 
 
 def _named_task_id(details: Any) -> str | None:
@@ -470,7 +471,8 @@ def _apply_report(*, agent_id: str, state: str, details: Any, received_at: datet
                                 started_at=received_at)
             elif state == Agent.State.IDLE:
                 result = details.get("result") if isinstance(details, dict) else None
-                _task_completed(task=task, result=result, by=by)
+                if _task_completed(task=task, result=result, by=by) is not None:
+                    return  # the next step's job is enqueued already: no second job to kick
                 task = None
             elif state == Agent.State.ERROR:
                 error = _error_text(details)
@@ -491,8 +493,8 @@ def _error_text(details: Any) -> str:
 
 
 def _kick_queued(*, agent_id: str) -> None:
-    """The agent is idle: enqueue its oldest queued task, if it has one."""
-    task = (Task.objects.filter(agent_id=agent_id, status=S.QUEUED)
+    """The agent is idle: enqueue its oldest queued task, if it has one (a drained agent takes none)."""
+    task = (Task.objects.filter(agent_id=agent_id, status=S.QUEUED, agent__drained_at__isnull=True)
             .exclude(session__status__in=Session.TERMINAL)
             .order_by("created_at").only("pk", "enqueued_at").first())
     if task is not None:

@@ -234,6 +234,35 @@ def test_active_then_idle_completes_the_step_and_queues_the_next(q_sync, agentki
     assert events.actor == Actor.AGENT and events.actor_agent_id == session.agent_id
 
 
+def queued_jobs_for(task: Task) -> int:
+    """Dispatch jobs waiting in django-q2's ORM broker for `task`."""
+    from django_q.models import OrmQ
+
+    return sum(1 for job in OrmQ.objects.all() if job.task["args"] == (str(task.pk),))
+
+
+def test_a_completing_idle_enqueues_exactly_one_job_for_the_next_step(q_sync, agentkit_stub):
+    session = start()
+    q_sync.SYNC = False  # jobs stay in the broker, where they can be counted
+    report(session.agent_id, "idle")
+    second = task_of(session, 2)
+    assert second.status == S.QUEUED and queued_jobs_for(second) == 1
+
+
+def test_an_idle_report_from_a_drained_agent_enqueues_no_job(q_sync, agentkit_stub):
+    from agents.services import agent_drain
+
+    agent = AgentFactory()
+    agent_drain(agent=agent, reason="maintenance")
+    session = start(agent)
+    task = task_of(session)
+    assert task.status == S.QUEUED  # its first job found the agent drained
+    q_sync.SYNC = False
+    report(agent.pk, "idle")
+    report(agent.pk, "idle", when=timezone.now() + timedelta(seconds=1))
+    assert queued_jobs_for(task) == 0
+
+
 def test_idle_without_active_completes_the_task(q_sync, agentkit_stub):
     session = start()
     report(session.agent_id, "idle")
