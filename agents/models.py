@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import timedelta
 
 from django.conf import settings
@@ -45,10 +46,10 @@ class AgentQuerySet(models.QuerySet["Agent"]):
         return self.active().filter(last_seen_at__gte=cutoff)
 
     def with_capability(self, capability: str) -> AgentQuerySet:
-        """Agents listing `capability` (JSON containment; SQLite has none, so a text match there)."""
-        if connection.vendor == "postgresql":
+        """Agents listing `capability` (JSON containment; SQLite has none, so a match of its JSON text there)."""
+        if connection.features.supports_json_field_contains:
             return self.filter(capabilities__contains=[capability])
-        return self.filter(capabilities__icontains=f'"{capability}"')
+        return self.filter(capabilities__icontains=json.dumps(capability))
 
 
 class Agent(models.Model):
@@ -114,6 +115,9 @@ class Agent(models.Model):
         return self.drained_at is not None
 
     def is_stale(self, *, now=None) -> bool:
+        """The rule of `Agent.objects.stale()` for one row: a deregistered agent is never stale."""
+        if self.deregistered_at is not None:
+            return False
         if self.last_seen_at is None:
             return True
         cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSCORE_AGENT_STALE_SECONDS)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -28,7 +27,7 @@ from agents.api.serializers import (
 )
 from agents.models import Agent
 from agents.services import agent_deregister, agent_register, agent_state_record, webhook_receipt_record
-from opscore_site.api import ServiceUnavailable, StateReportThrottle, query_bool, query_choices, query_text
+from opscore_site.api import IdConverter, ServiceUnavailable, StateReportThrottle, query_bool, query_choices, query_text
 from opscore_site.parsers import parse_json_bytes
 from opscore_site.auth import AgentEndpoint, OperatorOrServiceKey
 
@@ -160,7 +159,7 @@ class AgentViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = AgentOut
     lookup_field = "pk"
     lookup_url_kwarg = "agent_id"
-    lookup_value_regex = r"[^/\x00]{1,255}"
+    lookup_value_regex = IdConverter.regex
 
     def get_queryset(self):
         queryset = Agent.objects.all().order_by("id")
@@ -174,14 +173,11 @@ class AgentViewSet(viewsets.ReadOnlyModelViewSet):
             queryset = queryset.filter(deregistered_at__isnull=not deregistered)
         stale = query_bool(request, "stale")
         if stale is True:
-            queryset = queryset.filter(pk__in=Agent.objects.stale().values("pk"))
+            queryset = queryset.stale()
         elif stale is False:
             queryset = queryset.exclude(pk__in=Agent.objects.stale().values("pk"))
         if capability := query_text(request, "capability"):
-            if connection.features.supports_json_field_contains:
-                queryset = queryset.filter(capabilities__contains=[capability])
-            else:  # SQLite (the demo): match the JSON text
-                queryset = queryset.filter(capabilities__icontains=json.dumps(capability))
+            queryset = queryset.with_capability(capability)
         if search := query_text(request, "search"):
             queryset = queryset.filter(id__icontains=search) | queryset.filter(name__icontains=search)
         return queryset

@@ -9,6 +9,14 @@ from agents.services import api_key_bootstrap, api_key_create, api_key_lookup, a
 from tests.agents.factories import AgentFactory
 
 
+def test_with_capability_matches_whole_names_even_with_quotes_and_accents(db):
+    cafe = AgentFactory(capabilities=["café", 'say "hi"'])
+    AgentFactory(capabilities=["cafés"])
+    assert list(Agent.objects.with_capability("café")) == [cafe]
+    assert list(Agent.objects.with_capability('say "hi"')) == [cafe]
+    assert not Agent.objects.with_capability("caf").exists()
+
+
 def test_an_agent_is_stale_after_the_window(db, settings):
     settings.OPSCORE_AGENT_STALE_SECONDS = 60
     now = timezone.now()
@@ -18,6 +26,7 @@ def test_an_agent_is_stale_after_the_window(db, settings):
     gone = AgentFactory(last_seen_at=now - timedelta(days=1), deregistered_at=now)
     assert not fresh.is_stale(now=now) and old.is_stale(now=now) and never.is_stale(now=now)
     assert set(Agent.objects.stale(now=now)) == {old, never}
+    assert not gone.is_stale(now=now)  # one rule for a row and for the queryset: deregistered is not stale
     assert gone not in Agent.objects.active()
 
 

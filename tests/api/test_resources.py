@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.utils import timezone
 
@@ -27,13 +29,15 @@ def start(agent_id: str = "a1", workflow_id: str = "wf") -> Session:
 def test_agents_list_filters_and_detail(api):
     AgentFactory(id="idle-1", state="idle", capabilities=["summarise"])
     AgentFactory(id="busy-1", state="active", name="Busy")
-    AgentFactory(id="gone-1", state="idle", deregistered_at=timezone.now())
+    AgentFactory(id="gone-1", state="idle", deregistered_at=timezone.now(),
+                 last_seen_at=timezone.now() - timedelta(days=2))
     ids = lambda response: [a["agentId"] for a in response.json()["results"]]  # noqa: E731
     assert ids(api.get(f"{V1}/agents")) == ["busy-1", "gone-1", "idle-1"]
     assert ids(api.get(f"{V1}/agents?state=idle&deregistered=false")) == ["idle-1"]
     assert ids(api.get(f"{V1}/agents?capability=summarise")) == ["idle-1"]
     assert ids(api.get(f"{V1}/agents?search=bus")) == ["busy-1"]
-    assert ids(api.get(f"{V1}/agents?stale=true")) == []
+    assert ids(api.get(f"{V1}/agents?stale=true")) == []  # deregistered long ago: gone, not stale
+    assert api.get(f"{V1}/agents/gone-1").json()["stale"] is False
     detail = api.get(f"{V1}/agents/busy-1").json()
     assert detail["name"] == "Busy" and detail["state"] == "active" and detail["stale"] is False
     assert_error(api.get(f"{V1}/agents?state=sleeping"), 400, "invalid")
@@ -50,10 +54,16 @@ def test_agent_history_is_paginated_newest_first(api):
     assert page["results"][0]["state"] == "idle" and page["results"][1]["state"] == "active"
 
 
-def test_list_limit_is_capped(api):
+def test_list_limit_is_capped(api, monkeypatch):
+    from opscore_site.api import Pagination
+
+    monkeypatch.setattr(Pagination, "max_limit", 2)
     AgentFactory.create_batch(3)
-    assert api.get(f"{V1}/agents?limit=100000").status_code == 200
-    assert api.get(f"{V1}/agents?limit=-4&offset=xyz").status_code == 200
+    page = api.get(f"{V1}/agents?limit=100000")
+    assert page.status_code == 200 and page.json()["count"] == 3 and len(page.json()["results"]) == 2
+    # A limit or offset that is no number falls back to the defaults (limit 50, offset 0), no 400.
+    page = api.get(f"{V1}/agents?limit=-4&offset=xyz")
+    assert page.status_code == 200 and len(page.json()["results"]) == 3
 
 
 @pytest.mark.parametrize("path", ["agents", "sessions", "tasks", "workflows"])
