@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from agents.models import Agent, AgentState, ApiKey, agent_id_problem
+from agents.models import Agent, AgentState, ApiKey
 from agents.services import agent_drain, agent_undrain, api_key_create, api_key_revoke
 from ui.permissions import ReadOnlyGroupAdminMixin
 
 
-class AgentAdminForm(forms.ModelForm):
-    class Meta:
-        model = Agent
-        fields = "__all__"
-
-    def clean_id(self):
-        agent_id = self.cleaned_data["id"]
-        if problem := agent_id_problem(agent_id):
-            raise forms.ValidationError(problem)  # such an agent could never be addressed (and broke the UI)
-        return agent_id
-
-
 @admin.register(Agent)
 class AgentAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
-    form = AgentAdminForm
     list_display = ("id", "name", "state", "state_timestamp", "last_seen_at", "deregistered_at", "drained_at")
     list_filter = ("state", ("deregistered_at", admin.EmptyFieldListFilter), ("drained_at", admin.EmptyFieldListFilter))
     search_fields = ("id", "name", "contact_endpoint")

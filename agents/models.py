@@ -62,7 +62,8 @@ class Agent(models.Model):
         ERROR = "error"
         FINISHED = "finished"
 
-    id = models.CharField(primary_key=True, max_length=255, help_text="Agent id as given by AgentKit.")
+    id = models.CharField(primary_key=True, max_length=255, validators=[validate_agent_id],
+                          help_text="Agent id as given by AgentKit.")
     name = models.CharField(max_length=255, blank=True)
     version = models.CharField(max_length=64, blank=True)
     capabilities = models.JSONField(default=list, blank=True)

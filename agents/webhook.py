@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agents.models import agent_id_problem
 from agents.timestamps import parse_iso_timestamp
 
 TIMESTAMP_HEADER = "X-AgentKit-Timestamp"
@@ -79,9 +80,9 @@ class AgentDetails(BaseModel):
 
     @field_validator("agentId")
     @classmethod
-    def _no_slash(cls, value: str) -> str:
-        if "/" in value or not value.strip():
-            raise ValueError("agentId must be non-blank and contain no '/'")
+    def _addressable(cls, value: str) -> str:
+        if problem := agent_id_problem(value):
+            raise ValueError(f"agentId: {problem}")
         return value
 
 
