@@ -208,13 +208,12 @@ def _text_problem(text: str) -> str | None:
     return None
 
 
-def _storable_problems(document: Any, *, bounded: bool) -> dict[str, list[str]]:
+def _storable_problems(document: Any) -> dict[str, list[str]]:
     """Why `document` is not plain JSON that PostgreSQL can store, by field path (empty when it is).
 
     json and YAML readers accept things a definition cannot keep: NUL characters, NaN and
     Infinity, YAML binary/date/set values, non-text keys (YAML's `1:` and `'1':` would collide).
-    Iterative, so no document exhausts the stack. `bounded` (new input) also limits depth and size;
-    stored specs and snapshots are not held to limits they may predate.
+    Iterative, so no document exhausts the stack; depth and size are bounded too.
     """
     errors: dict[str, list[str]] = {}
     stack: list[tuple[Any, tuple[Any, ...]]] = [(document, ())]
@@ -222,19 +221,19 @@ def _storable_problems(document: Any, *, bounded: bool) -> dict[str, list[str]]:
     while stack and len(errors) < 20:
         value, loc = stack.pop()
         seen += 1
-        if bounded and seen > MAX_NODES:
+        if seen > MAX_NODES:
             return {"": [f"the document has more than {MAX_NODES} values (YAML aliases count each time they are used)"]}
-        path = _format_loc(loc)
         if isinstance(value, str):
             if problem := _text_problem(value):
-                errors.setdefault(path, []).append(problem)
+                errors.setdefault(_format_loc(loc), []).append(problem)
         elif isinstance(value, bool) or value is None or isinstance(value, int):
             continue
         elif isinstance(value, float):
             if not math.isfinite(value):
-                errors.setdefault(path, []).append(f"numbers must be finite, not {value}")
+                errors.setdefault(_format_loc(loc), []).append(f"numbers must be finite, not {value}")
         elif isinstance(value, (dict, list)):
-            if bounded and len(loc) >= MAX_DEPTH:
+            path = _format_loc(loc)
+            if len(loc) >= MAX_DEPTH:
                 errors.setdefault(path, []).append(f"nested more than {MAX_DEPTH} levels deep")
                 continue
             if isinstance(value, list):
@@ -250,7 +249,7 @@ def _storable_problems(document: Any, *, bounded: bool) -> dict[str, list[str]]:
                     continue
                 stack.append((item, (*loc, key)))
         else:
-            errors.setdefault(path, []).append(
+            errors.setdefault(_format_loc(loc), []).append(
                 f"{type(value).__name__} values are not JSON (in YAML, quote dates and avoid !!binary and !!set)")
     return errors
 
@@ -259,12 +258,14 @@ def validate_definition(document: Any, *, new_input: bool = False) -> WorkflowSp
     """Validate a parsed document (a dict) and return the spec, or raise SpecError.
 
     Field errors are keyed by their path in the upstream shape (`tasks.1.nextTaskId`).
-    `new_input` (a form, a file, the admin) also bounds nesting and size; the API's JSON
-    reader bounds its bodies itself.
+    `new_input` (a form, a file, the admin) is also checked for what PostgreSQL cannot store
+    and bounded in nesting and size. Everything else is JSON already: API bodies passed the
+    API's strict JSON reader, and stored specs and snapshots come from jsonb (the engine
+    validates a snapshot on each step: no walk over every value there).
     """
     if not isinstance(document, dict):
         raise SpecError({"": [f"a workflow definition must be a JSON object, not {type(document).__name__}"]})
-    if problems := _storable_problems(document, bounded=new_input):
+    if new_input and (problems := _storable_problems(document)):
         raise SpecError(problems)
     try:
         return WorkflowSpec.model_validate(document)

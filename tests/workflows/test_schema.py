@@ -152,6 +152,7 @@ def test_it_finds_no_cycle_in_a_long_chain_without_exhausting_the_stack():
 
 @pytest.mark.parametrize("where", ["name", "description", "parameters"])
 def test_it_refuses_nul_characters_postgresql_cannot_store(where):
+    """New input (a form, a file, the admin); the API's JSON reader refuses NUL before this."""
     document = two_step_spec()
     if where == "parameters":
         document["tasks"][0]["parameters"] = {"note": "a\x00b"}
@@ -159,7 +160,9 @@ def test_it_refuses_nul_characters_postgresql_cannot_store(where):
     else:
         document[where] = "a\x00b"
         path = where
-    assert errors_of(document) == {path: ["text may not contain NUL (\\u0000) characters"]}
+    with pytest.raises(SpecError) as excinfo:
+        validate_definition(document, new_input=True)
+    assert excinfo.value.errors == {path: ["text may not contain NUL (\\u0000) characters"]}
 
 
 def test_it_refuses_nan_and_infinity_instead_of_storing_null():
