@@ -70,7 +70,7 @@ class FailureFilterForm(forms.Form):
     def filter(self, queryset):
         self.is_valid()  # a bad value is shown and ignored; the other filters still apply
         data = self.cleaned_data
-        queryset = queryset.filter(status__in=Task.NEEDS_DECISION)
+        queryset = queryset.awaiting_decision()
         if status := data.get("status"):
             queryset = queryset.filter(status=status)
         if workflow := data.get("workflow"):

@@ -84,6 +84,17 @@ class Session(models.Model):
         return self.status in self.TERMINAL
 
 
+class TaskQuerySet(models.QuerySet["Task"]):
+    def awaiting_decision(self) -> TaskQuerySet:
+        """The failures queue: dead or failed tasks an operator can still retry.
+
+        The rule of `engine.task_retry`, which stays the guard: not in a cancelled or
+        completed session, and no fallback step has taken over from the task.
+        """
+        return (self.filter(status__in=Task.NEEDS_DECISION, fallbacks__isnull=True)
+                .exclude(session__status__in=(Session.Status.CANCELLED, Session.Status.COMPLETED)))
+
+
 class Task(models.Model):
     """One step of one session, sent to one agent through AgentKit."""
 
@@ -102,6 +113,8 @@ class Task(models.Model):
     IN_FLIGHT = frozenset({Status.DISPATCHED, Status.RUNNING})
     # Waiting for an operator's decision (the failures queue).
     NEEDS_DECISION = frozenset({Status.FAILED, Status.DEAD})
+
+    objects = TaskQuerySet.as_manager()
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="tasks")

@@ -69,7 +69,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     since = now - timedelta(hours=24)
     by_status = dict(Session.objects.filter(created_at__gte=since).values_list("status")
                      .annotate(n=Count("pk")).order_by())
-    failures = dict(Task.objects.filter(status__in=Task.NEEDS_DECISION).values_list("status")
+    failures = dict(Task.objects.awaiting_decision().values_list("status")
                     .annotate(n=Count("pk")).order_by())
     completed = Task.objects.filter(status=Task.Status.COMPLETED,
                                     finished_at__gte=now - timedelta(minutes=THROUGHPUT_MINUTES)).count()
@@ -276,7 +276,8 @@ def _bulk_targets(params) -> tuple[object, str, list[str], FailureFilterForm]:
             ids.append(uuid.UUID(raw))
         except ValueError:
             problems.append(f"'{raw}' is not a task id")
-    return Task.objects.filter(pk__in=ids, status__in=Task.NEEDS_DECISION), "selected", problems, form
+    # Every selected task goes to the engine: one it refuses (retried meanwhile) is reported as skipped.
+    return Task.objects.filter(pk__in=ids), "selected", problems, form
 
 
 def _filter_params(form: FailureFilterForm) -> dict:

@@ -1,4 +1,4 @@
-"""Builders for UI tests: real rows through the engine where a status matters."""
+"""Builders for UI tests: rows in the shapes the engine leaves them (built with factories)."""
 
 from __future__ import annotations
 

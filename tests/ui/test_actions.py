@@ -228,6 +228,28 @@ def test_bulk_retry_skips_and_reports_tasks_the_engine_refuses(staff_client):
     assert refused.status == Task.Status.DEAD
 
 
+def test_a_selected_task_retried_meanwhile_is_reported_as_skipped(staff_client):
+    first, second = failed_session(), failed_session()
+    Task.objects.filter(pk=second.pk).update(status=Task.Status.QUEUED)  # another operator was quicker
+    response = staff_client.post(reverse("sessions:failure-retry"),
+                                 {"scope": "selected", "ids": [first.pk, second.pk]}, follow=True)
+    text = " ".join(messages_of(response))
+    assert "Retried 1 task(s)." in text and "Skipped 1" in text and "only dead or failed tasks" in text
+
+
+def test_the_failures_queue_holds_only_tasks_an_operator_can_still_retry(staff_client):
+    waiting = failed_session()
+    cancelled = TaskFactory(session=SessionFactory(status=Session.Status.CANCELLED), status=Task.Status.DEAD)
+    rescued = failed_session()
+    TaskFactory(session=rescued.session, step_id="rescue", status=Task.Status.COMPLETED, fallback_for=rescued)
+    listed = staff_client.get(reverse("sessions:failure-list"))
+    assert [t.pk for t in listed.context["page"]] == [waiting.pk]
+    assert cancelled.pk not in {t.pk for t in Task.objects.awaiting_decision()}
+    assert staff_client.get(reverse("sessions:dashboard")).context["failures_total"] == 1
+    response = staff_client.post(reverse("sessions:failure-retry"), {"scope": "all"}, follow=True)
+    assert "Retried 1 task(s)." in messages_of(response) and "Skipped" not in " ".join(messages_of(response))
+
+
 def test_bulk_retry_ignores_ids_that_are_not_ids(staff_client):
     response = staff_client.get(reverse("sessions:failure-retry"), {"scope": "selected", "ids": ["nope"]})
     assert response.status_code == 200

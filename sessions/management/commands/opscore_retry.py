@@ -40,7 +40,7 @@ class Command(OpsCommand):
         parser.add_argument("--yes", action="store_true", help="Do it without asking.")
 
     def handle(self, *args, **opts) -> None:
-        tasks = Task.objects.filter(status__in=opts["status"] or sorted(Task.NEEDS_DECISION))
+        tasks = Task.objects.awaiting_decision().filter(status__in=opts["status"] or sorted(Task.NEEDS_DECISION))
         if opts["workflow"]:
             tasks = tasks.filter(session__workflow_id__in=opts["workflow"])
         if opts["agent"]:

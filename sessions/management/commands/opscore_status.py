@@ -61,7 +61,7 @@ def snapshot(*, now: datetime) -> dict[str, Any]:
             "queued": Task.objects.filter(status=Task.Status.QUEUED).count(),
             "in_flight": Task.objects.filter(status__in=Task.IN_FLIGHT).count(),
             "retry_scheduled": Task.objects.filter(status=Task.Status.RETRY_SCHEDULED).count(),
-            "failures_waiting": Task.objects.filter(status__in=Task.NEEDS_DECISION).count(),
+            "failures_waiting": Task.objects.awaiting_decision().count(),
         },
         "queue": {"depth": queue["depth"], "leased": leased,
                   "oldest_waiting_seconds": _age(queue["oldest"], now)},
