@@ -11,7 +11,7 @@ from ui.permissions import actor_required, viewer_required
 from ui.rendering import paginate, query_without_page, render_page
 from workflows.forms import SpecForm, WorkflowFilterForm
 from workflows.models import WorkflowDefinition
-from workflows.services import workflow_save
+from workflows.services import DefinitionConflict, workflow_save
 
 EXAMPLE = """{
   "id": "my-workflow",
@@ -66,11 +66,14 @@ def _workflow_create_post(request: HttpRequest) -> HttpResponse:
     form = SpecForm(request.POST, request.FILES)
     if not form.is_valid():
         return _form_page(request, form, status=400)
-    if WorkflowDefinition.objects.filter(pk=form.spec.id).exists():
+    try:
+        definition, outcome = workflow_save(spec=form.spec, by=request.user, allow_update=False)
+    except DefinitionConflict:
+        outcome = "conflict"
+    if outcome != "created":  # the id is taken (maybe by a save that won the race a moment ago)
         form.spec_errors = {"id": [f"a definition '{form.spec.id}' already exists; edit it instead"]}
         form.add_error(None, "this id is taken")
         return _form_page(request, form, status=400)
-    definition, _ = workflow_save(spec=form.spec, by=request.user)
     messages.success(request, f"Workflow definition '{definition.pk}' created.")
     return redirect("workflows:workflow-detail", workflow_id=definition.pk)
 
