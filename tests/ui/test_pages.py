@@ -145,6 +145,16 @@ def test_session_detail_shows_progress_tasks_attempts_errors_and_who(staff_clien
     assert "operator bob" in content and 'aria-valuenow="50"' in content
 
 
+def test_the_session_list_and_detail_show_the_same_progress(staff_client):
+    """A completed fallback step is not a main-path step: 0 of 2 on both pages."""
+    session = SessionFactory(status=Session.Status.RUNNING)
+    dead = TaskFactory(session=session, step_id="step_1", status=Task.Status.DEAD)
+    TaskFactory(session=session, step_id="rescue", status=Task.Status.COMPLETED, fallback_for=dead)
+    listed = dict(staff_client.get(reverse("sessions:session-list")).context["rows"])
+    detail = staff_client.get(reverse("sessions:session-detail", args=[session.pk])).context["progress"]
+    assert listed[session] == detail == {"done": 0, "total": 2, "percent": 0}
+
+
 def test_session_detail_partial_for_polling(staff_client):
     task = TaskFactory()
     response = staff_client.get(reverse("sessions:session-detail", args=[task.session_id]), **PARTIAL)
