@@ -120,6 +120,16 @@ def api_key_lookup(raw: str) -> ApiKey | None:
     return key
 
 
+def _operator_record(*, agent: Agent, by_user, message: str) -> None:
+    """Who drained or undrained and why, kept in the admin's history of the agent (LogEntry)."""
+    if by_user is None or not by_user.pk:
+        return  # the system: the log line is the record
+    from django.contrib.admin.models import CHANGE, LogEntry
+
+    LogEntry.objects.log_actions(user_id=by_user.pk, queryset=[agent], action_flag=CHANGE,
+                                 change_message=message, single_object=True)
+
+
 def agent_drain(*, agent: Agent, by_user=None, reason: str = "") -> Agent:
     """Stop new dispatches to `agent` (a task in flight finishes). Idempotent; keeps the first drain's time."""
     now = timezone.now()
@@ -127,6 +137,7 @@ def agent_drain(*, agent: Agent, by_user=None, reason: str = "") -> Agent:
     Agent.objects.filter(pk=agent.pk).update(drained_reason=reason.strip()[:500], drained_by=by_user)
     agent.refresh_from_db(fields=["drained_at", "drained_reason", "drained_by"])
     logger.info("agent %s drained by %s: %s", agent.pk, by_user or "system", reason)
+    _operator_record(agent=agent, by_user=by_user, message=f"Drained: {reason.strip()[:500]}")
     return agent
 
 
@@ -135,6 +146,7 @@ def agent_undrain(*, agent: Agent, by_user=None, reason: str = "") -> Agent:
     Agent.objects.filter(pk=agent.pk).update(drained_at=None, drained_reason="", drained_by=None)
     agent.refresh_from_db(fields=["drained_at", "drained_reason", "drained_by"])
     logger.info("agent %s undrained by %s: %s", agent.pk, by_user or "system", reason)
+    _operator_record(agent=agent, by_user=by_user, message=f"Undrained: {reason.strip()[:500] or 'no reason given'}")
     return agent
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 

@@ -46,12 +46,19 @@ def test_draining_needs_a_reason(staff_client):
     assert agent.drained_at is None
 
 
-def test_it_undrains_an_agent(staff_client, staff_operator):
+def test_it_undrains_an_agent(staff_client, staff_operator, admin_client):
     agent = AgentFactory()
     staff_client.post(reverse("agents:agent-drain", args=[agent.pk]), {"reason": "x"})
     staff_client.post(reverse("agents:agent-undrain", args=[agent.pk]), {"reason": "fixed"})
     agent.refresh_from_db()
     assert agent.drained_at is None and agent.drained_by is None and agent.drained_reason == ""
+    # Who drained and undrained, and why, outlives the cleared fields: the agent's admin history.
+    from django.contrib.admin.models import LogEntry
+
+    history = [(e.user, e.change_message) for e in LogEntry.objects.filter(object_id=agent.pk).order_by("id")]
+    assert history == [(staff_operator, "Drained: x"), (staff_operator, "Undrained: fixed")]
+    page = admin_client.get(reverse("admin:agents_agent_history", args=[agent.pk]))
+    assert page.status_code == 200 and b"Undrained: fixed" in page.content
 
 
 def test_a_drained_agent_gets_no_new_dispatch_and_is_swept_after_undrain(staff_client, q_sync):
