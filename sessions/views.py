@@ -23,6 +23,7 @@ from agents.models import Agent
 from sessions import engine
 from sessions.forms import FailureFilterForm, SessionFilterForm, SessionStartForm
 from sessions.models import Session, Task, TaskEvent
+from sessions.overview import fleet_counts
 from ui.forms import ReasonForm, RequiredReasonForm, reason_problem
 from ui.permissions import actor_required, viewer_required
 from ui.rendering import paginate, query_without_page, render_page
@@ -64,23 +65,19 @@ def progress(session: Session, completed_steps: set[str]) -> dict:
 @viewer_required
 def dashboard(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
-    by_state = dict(Agent.objects.active().values_list("state").annotate(n=Count("pk")).order_by())
+    counts = fleet_counts(now=now)
+    by_state, by_status, failures = (counts["agents_by_state"], counts["sessions_24h_by_status"],
+                                     counts["failures_by_status"])
     agents = [{"state": state, "count": by_state.get(state, 0)} for state in Agent.State.values]
-    unknown = by_state.get(None, 0)
-    since = now - timedelta(hours=24)
-    by_status = dict(Session.objects.filter(created_at__gte=since).values_list("status")
-                     .annotate(n=Count("pk")).order_by())
-    failures = dict(Task.objects.awaiting_decision().values_list("status")
-                    .annotate(n=Count("pk")).order_by())
     completed = Task.objects.filter(status=Task.Status.COMPLETED,
                                     finished_at__gte=now - timedelta(minutes=THROUGHPUT_MINUTES)).count()
     context = {
         "agents": agents,
-        "agents_unknown": unknown,
+        "agents_unknown": by_state.get(None, 0),
         "agents_total": sum(by_state.values()),
-        "agents_stale": Agent.objects.stale(now=now).count(),
-        "agents_drained": Agent.objects.active().filter(drained_at__isnull=False).count(),
-        "agents_deregistered": Agent.objects.filter(deregistered_at__isnull=False).count(),
+        "agents_stale": counts["agents_stale"],
+        "agents_drained": counts["agents_drained"],
+        "agents_deregistered": counts["agents_deregistered"],
         "sessions": [{"status": s, "count": by_status.get(s, 0)} for s in Session.Status.values],
         "sessions_total": sum(by_status.values()),
         "failures_failed": failures.get(Task.Status.FAILED, 0),

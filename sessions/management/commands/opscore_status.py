@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.core.cache import cache
@@ -15,10 +15,10 @@ from django_q.conf import Conf
 from django_q.models import OrmQ
 from django_q.status import Stat
 
-from agents.models import Agent
 from opscore_site.commands import OpsCommand, check_seconds, database_problem
 from sessions.management.commands.opscore_scheduler import HEARTBEAT_KEY
 from sessions.models import Session, Task
+from sessions.overview import fleet_counts
 
 UNHEALTHY_EXIT = 2
 
@@ -29,12 +29,10 @@ def _age(moment: datetime | None, now: datetime) -> float | None:
 
 def snapshot(*, now: datetime) -> dict[str, Any]:
     """Everything the screen shows, as plain data (the --json output)."""
-    agents = Agent.objects.active()
+    counts = fleet_counts(now=now)
     by_state = {state or "unknown": n for state, n in
-                agents.values_list("state").annotate(n=Count("pk")).order_by("state")}
-    day_ago = now - timedelta(hours=24)
-    sessions_24h = {status: n for status, n in Session.objects.filter(created_at__gte=day_ago)
-                    .values_list("status").annotate(n=Count("pk")).order_by("status")}
+                sorted(counts["agents_by_state"].items(), key=lambda item: item[0] or "unknown")}
+    sessions_24h = dict(sorted(counts["sessions_24h_by_status"].items()))
     # A job row's `lock` is its enqueue time until a worker leases it (then it moves into the
     # future); so rows with lock <= now are waiting, and the smallest lock is the oldest wait.
     waiting = OrmQ.objects.filter(key=Conf.CLUSTER_NAME, lock__lte=now)
@@ -48,9 +46,9 @@ def snapshot(*, now: datetime) -> dict[str, Any]:
         "agents": {
             "by_state": by_state,
             "total": sum(by_state.values()),
-            "stale": Agent.objects.stale(now=now).count(),
-            "drained": agents.filter(drained_at__isnull=False).count(),
-            "deregistered": Agent.objects.filter(deregistered_at__isnull=False).count(),
+            "stale": counts["agents_stale"],
+            "drained": counts["agents_drained"],
+            "deregistered": counts["agents_deregistered"],
         },
         "sessions": {
             "last_24h_by_status": sessions_24h,
@@ -61,7 +59,7 @@ def snapshot(*, now: datetime) -> dict[str, Any]:
             "queued": Task.objects.filter(status=Task.Status.QUEUED).count(),
             "in_flight": Task.objects.filter(status__in=Task.IN_FLIGHT).count(),
             "retry_scheduled": Task.objects.filter(status=Task.Status.RETRY_SCHEDULED).count(),
-            "failures_waiting": Task.objects.awaiting_decision().count(),
+            "failures_waiting": sum(counts["failures_by_status"].values()),
         },
         "queue": {"depth": queue["depth"], "leased": leased,
                   "oldest_waiting_seconds": _age(queue["oldest"], now)},
