@@ -7,6 +7,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from sessions import engine
+from sessions.bulk import run_each, skipped_text
 from sessions.models import Session, Task, TaskAttempt, TaskEvent
 from ui.permissions import ReadOnlyGroupAdminMixin
 
@@ -14,17 +15,9 @@ from ui.permissions import ReadOnlyGroupAdminMixin
 def _run_each(modeladmin: admin.ModelAdmin, request: HttpRequest, objects, action, verb: str) -> None:
     """Call the engine `action` on each object; report done and skipped (raced or not allowed) counts."""
     by = engine.By.operator(request.user)
-    done, skipped = 0, []
-    for obj in objects:
-        try:
-            action(obj, by)
-            done += 1
-        except engine.InvalidTransition as exc:
-            skipped.append(str(exc))
-    text = f"{verb} {done}."
-    if skipped:
-        text += f" Skipped {len(skipped)}: " + "; ".join(skipped[:5]) + (" …" if len(skipped) > 5 else "")
-    modeladmin.message_user(request, text, messages.WARNING if skipped else messages.SUCCESS)
+    done, skipped = run_each(objects, lambda obj: action(obj, by))
+    modeladmin.message_user(request, f"{verb} {done}." + skipped_text(skipped),
+                            messages.WARNING if skipped else messages.SUCCESS)
 
 
 class TaskInline(admin.TabularInline):

@@ -21,6 +21,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from agents.forms import AgentFilterForm
 from agents.models import Agent
 from sessions import engine
+from sessions.bulk import run_each, skipped_text
 from sessions.forms import FailureFilterForm, SessionFilterForm, SessionStartForm
 from sessions.models import Session, Task, TaskEvent
 from sessions.overview import fleet_counts
@@ -313,17 +314,9 @@ def _failure_retry_post(request: HttpRequest) -> HttpResponse:
         return redirect(back)
     reason = form.cleaned_data["reason"] or f"bulk retry ({scope}) by operator"
     by = engine.By.operator(request.user)
-    retried, skipped = 0, []
     batch = list(tasks.order_by("updated_at", "id")[:BULK_RETRY_LIMIT])
-    for task in batch:
-        try:
-            engine.task_retry(task=task, by=by, reason=reason)
-            retried += 1
-        except engine.InvalidTransition as exc:  # raced with the engine or another operator
-            skipped.append(str(exc))
-    text = f"Retried {retried} task(s)."
-    if skipped:
-        text += f" Skipped {len(skipped)}: " + "; ".join(skipped[:5]) + (" …" if len(skipped) > 5 else "")
+    retried, skipped = run_each(batch, lambda task: engine.task_retry(task=task, by=by, reason=reason))
+    text = f"Retried {retried} task(s)." + skipped_text(skipped)
     if len(batch) == BULK_RETRY_LIMIT and scope == "all":
         text += f" At most {BULK_RETRY_LIMIT} are retried at once: run it again for the rest."
     if problems:
