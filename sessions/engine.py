@@ -116,11 +116,16 @@ def _event(*, session_id, task_id=None, old: str, new: str, by: By, reason: str,
 
 
 def task_transition(*, task: Task, to: str, by: By, reason: str = "", **changes: Any) -> Task:
-    """Move `task` to `to` (compare-and-set) with `changes`, and record a TaskEvent."""
+    """Move `task` to `to` (compare-and-set) with `changes`, and record a TaskEvent.
+
+    Entering `queued` also enqueues the task's dispatch job, in the caller's transaction.
+    """
     old = task.status
     if to not in TASK_ALLOWED.get(old, set()):
         raise InvalidTransition(f"task {task.pk}: {old} -> {to} is not allowed")
     now = timezone.now()
+    if to == S.QUEUED:
+        changes["enqueued_at"] = now
     changed = Task.objects.filter(pk=task.pk, status=old).update(status=to, updated_at=now, **changes)
     if changed != 1:
         raise InvalidTransition(f"task {task.pk} changed underneath us (was {old})")
@@ -129,6 +134,8 @@ def task_transition(*, task: Task, to: str, by: By, reason: str = "", **changes:
     task.status, task.updated_at = to, now
     _event(session_id=task.session_id, task_id=task.pk, old=old, new=to, by=by, reason=reason,
            attempt=task.attempt or None)
+    if to == S.QUEUED:
+        _send_job(task=task, now=now)
     return task
 
 
@@ -157,16 +164,21 @@ def session_transition(*, session: Session, to: str, by: By, reason: str = "", *
 
 
 def task_enqueue(*, task: Task) -> None:
-    """Enqueue the dispatch job for `task`, inside the caller's transaction.
+    """Enqueue the dispatch job of a task that is already `queued` again (a kick, a lost job).
 
-    With django-q2's ORM broker the job row is written on the same connection, so it
-    exists if and only if the caller's rows commit. Jobs take ids only.
+    Inside the caller's transaction: with django-q2's ORM broker the job row is written on
+    the same connection, so it exists if and only if the caller's rows commit.
     """
-    from django_q.tasks import async_task
-
     now = timezone.now()
     Task.objects.filter(pk=task.pk).update(enqueued_at=now)
     task.enqueued_at = now
+    _send_job(task=task, now=now)
+
+
+def _send_job(*, task: Task, now: datetime) -> None:
+    from django_q.tasks import async_task
+
+    # Jobs take ids only.
     async_task(JOB_PATH, str(task.pk), task_name=f"send-task-{task.pk}-{int(now.timestamp() * 1000)}")
 
 
@@ -196,7 +208,6 @@ def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: 
         retry_backoff_seconds=step.retryBackoffSeconds,
     )
     task_transition(task=task, to=S.QUEUED, by=by, reason=reason)
-    task_enqueue(task=task)
     return task
 
 
@@ -545,14 +556,13 @@ def task_retry(*, task: Task, by: By, reason: str = "") -> Task:
             raise InvalidTransition(f"session {session.pk} is already completed")
         if task.fallbacks.exists():
             raise InvalidTransition(f"task {task.pk} already has a fallback task; retry that one instead")
+        if session.status == SS.FAILED:  # first: the task's job may run at once (sync mode)
+            session_transition(session=session, to=SS.RUNNING, by=by, reason=reason or "retried by operator",
+                               error="")
         # A retry starts a fresh budget of max_retries on top of the attempts so far.
         task_transition(task=task, to=S.QUEUED, by=by, reason=reason or "retried by operator",
                         max_retries=task.attempt + task.max_retries, last_error=task.last_error,
                         next_attempt_at=None, finished_at=None)
-        if session.status == SS.FAILED:
-            session_transition(session=session, to=SS.RUNNING, by=by, reason=reason or "retried by operator",
-                               error="")
-        task_enqueue(task=task)
     return task
 
 
@@ -601,7 +611,6 @@ def _sweep(queryset, action, *, limit: int) -> list[Task]:
 
 def _requeue_due(task: Task) -> None:
     task_transition(task=task, to=S.QUEUED, by=By.system(), reason="retry due", next_attempt_at=None)
-    task_enqueue(task=task)
 
 
 def _time_out(task: Task) -> None:
