@@ -13,24 +13,16 @@ from typing import Any
 
 from rest_framework import exceptions, parsers
 
-MAX_DEPTH = 64  # nested objects/arrays; far beyond any real report or workflow
+from opscore_site.jsontext import MAX_DEPTH, reject_constant, text_problem
 
 
 def _bad(detail: str) -> exceptions.ParseError:
     return exceptions.ParseError(f"JSON parse error - {detail}", code="parse_error")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid JSON number")
-
-
 def _check_text(value: str) -> None:
-    if "\x00" in value:
-        raise _bad("strings may not contain NUL (\\u0000) characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _bad("strings may not contain lone surrogates (they cannot be encoded as UTF-8)") from None
+    if problem := text_problem(value):
+        raise _bad(problem)
 
 
 def check_json_document(document: Any) -> Any:
@@ -61,7 +53,7 @@ def check_json_document(document: Any) -> Any:
 def parse_json_bytes(body: bytes) -> Any:
     """A request body as JSON, or a 400 saying why not."""
     try:
-        document = json.loads(body, parse_constant=_reject_constant)
+        document = json.loads(body, parse_constant=reject_constant)
     except RecursionError:
         raise _bad(f"nested more than {MAX_DEPTH} levels deep") from None
     except (UnicodeDecodeError, ValueError) as exc:

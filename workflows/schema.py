@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from opscore_site.jsontext import MAX_DEPTH, reject_constant, text_problem
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 
@@ -194,18 +196,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-MAX_DEPTH = 64  # nested objects/lists in a new document, like the API's JSON reader
 MAX_NODES = 1_000_000  # values in a new document: far above any 1 MB file; a YAML alias bomb expands to billions
-
-
-def _text_problem(text: str) -> str | None:
-    if "\x00" in text:
-        return "text may not contain NUL (\\u0000) characters"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "text may not contain lone surrogates (they cannot be stored as UTF-8)"
-    return None
 
 
 def _storable_problems(document: Any) -> dict[str, list[str]]:
@@ -224,7 +215,7 @@ def _storable_problems(document: Any) -> dict[str, list[str]]:
         if seen > MAX_NODES:
             return {"": [f"the document has more than {MAX_NODES} values (YAML aliases count each time they are used)"]}
         if isinstance(value, str):
-            if problem := _text_problem(value):
+            if problem := text_problem(value):
                 errors.setdefault(_format_loc(loc), []).append(problem)
         elif isinstance(value, bool) or value is None or isinstance(value, int):
             continue
@@ -244,7 +235,7 @@ def _storable_problems(document: Any) -> dict[str, list[str]]:
                     errors.setdefault(path, []).append(
                         f"keys must be text, not {type(key).__name__} {key!r} (quote it in YAML)")
                     continue
-                if problem := _text_problem(key):
+                if problem := text_problem(key):
                     errors.setdefault(path, []).append(f"a key: {problem}")
                     continue
                 stack.append((item, (*loc, key)))
@@ -288,10 +279,6 @@ def validate_definition(document: Any, *, new_input: bool = False) -> WorkflowSp
         raise SpecError(errors) from None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid JSON number")
-
-
 def parse_document(text: str | bytes, *, fmt: str = "auto") -> WorkflowSpec:
     """Parse JSON or YAML text (fmt "json", "yaml" or "auto") and validate it."""
     if isinstance(text, bytes):
@@ -304,7 +291,7 @@ def parse_document(text: str | bytes, *, fmt: str = "auto") -> WorkflowSpec:
         raise SpecError({"": [f"unknown format '{fmt}': use json or yaml"]})
     if fmt == "json" or (fmt == "auto" and text.lstrip().startswith(("{", "["))):
         try:
-            document = json.loads(text, parse_constant=_reject_constant)
+            document = json.loads(text, parse_constant=reject_constant)
         except json.JSONDecodeError as exc:
             raise SpecError({"": [f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]}) from None
         except RecursionError:

@@ -120,7 +120,7 @@ def test_sync_skips_entries_the_webhook_would_refuse_with_the_reason(agentkit_se
     assert "skipped agent 'long-version': version: String should have at most 64 characters" in err
     assert "skipped agent 'far': contactEndpoint: String should have at most 2048 characters" in err
     assert "skipped agent 'nan': numbers must be finite" in err
-    assert "skipped agent 'nul': strings may not contain NUL" in err
+    assert "skipped agent 'nul': text may not contain NUL" in err
     assert "skipped agent 'deep': nested more than 64 levels deep" in err
     assert list(Agent.objects.values_list("pk", flat=True)) == ["ok"]
 
