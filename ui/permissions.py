@@ -17,10 +17,6 @@ READ_ONLY_GROUP = "Read-only operators"
 
 def is_read_only(user) -> bool:
     """Whether `user` is in the read-only group (cached on the user for the request)."""
-    return _in_read_only_group(user)
-
-
-def _in_read_only_group(user) -> bool:
     cached = getattr(user, "_opscore_read_only", None)
     if cached is None:
         cached = user.groups.filter(name=READ_ONLY_GROUP).exists()
@@ -30,12 +26,12 @@ def _in_read_only_group(user) -> bool:
 
 def may_view(user) -> bool:
     """Staff users and read-only operators see the UI."""
-    return bool(user.is_authenticated and user.is_active and (user.is_staff or _in_read_only_group(user)))
+    return bool(user.is_authenticated and user.is_active and (user.is_staff or is_read_only(user)))
 
 
 def may_act(user) -> bool:
     """Only staff users outside the read-only group change anything."""
-    return bool(user.is_authenticated and user.is_active and user.is_staff and not _in_read_only_group(user))
+    return bool(user.is_authenticated and user.is_active and user.is_staff and not is_read_only(user))
 
 
 def viewer_required(view):

@@ -24,9 +24,7 @@ class WorkflowDefinitionForm(forms.ModelForm):
         try:
             spec = validate_definition(document, new_input=True)
         except SpecError as exc:
-            raise forms.ValidationError(
-                [f"{path}: {'; '.join(msgs)}" if path else "; ".join(msgs) for path, msgs in exc.errors.items()]
-            ) from None
+            raise forms.ValidationError(exc.lines()) from None
         if self.instance.pk and spec.id != self.instance.pk:
             raise forms.ValidationError(
                 f"the spec's id '{spec.id}' differs from this definition's id '{self.instance.pk}'; "

@@ -41,8 +41,7 @@ class WorkflowDefinition(models.Model):
         try:
             parsed = validate_definition(self.spec)
         except SpecError as exc:
-            raise ValidationError({"spec": [f"{path}: {'; '.join(msgs)}" if path else "; ".join(msgs)
-                                            for path, msgs in exc.errors.items()]}) from None
+            raise ValidationError({"spec": exc.lines()}) from None
         if self.id and parsed.id != self.id:
             raise ValidationError({"spec": [f"spec id '{parsed.id}' does not match definition id '{self.id}'"]})
 

@@ -33,9 +33,11 @@ class SpecError(ValueError):
 
     def __init__(self, errors: dict[str, list[str]]) -> None:
         self.errors = errors
-        summary = "; ".join(f"{path}: {' '.join(msgs)}" if path else " ".join(msgs)
-                            for path, msgs in errors.items())
-        super().__init__(summary)
+        super().__init__("; ".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """One line per field: `path: message message` (the document's own problems have no path)."""
+        return [f"{path}: {' '.join(msgs)}" if path else " ".join(msgs) for path, msgs in self.errors.items()]
 
 
 class StepSpec(BaseModel):

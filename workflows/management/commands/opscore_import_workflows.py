@@ -53,8 +53,7 @@ class Command(OpsCommand):
             try:
                 spec = parse_document(path.read_bytes(), fmt=FORMATS[path.suffix.lower()])
             except SpecError as exc:
-                errors[str(path)] = [f"{where}: {' '.join(msgs)}" if where else " ".join(msgs)
-                                     for where, msgs in exc.errors.items()]
+                errors[str(path)] = exc.lines()
                 continue
             except OSError as exc:
                 errors[str(path)] = [f"cannot read: {exc.strerror or exc}"]
