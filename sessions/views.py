@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.db.models import Count, OuterRef, Subquery
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -146,16 +146,12 @@ def session_list(request: HttpRequest) -> HttpResponse:
     return render_page(request, "sessions/session_list.html", "sessions/_session_rows.html", context)
 
 
-def _session_or_404(session_id: str) -> Session:
-    try:
-        pk = uuid.UUID(str(session_id))
-    except ValueError:
-        raise Http404("not a session id") from None
-    return get_object_or_404(Session.objects.select_related("agent", "definition", "created_by"), pk=pk)
+def _session_or_404(session_id: uuid.UUID) -> Session:
+    return get_object_or_404(Session.objects.select_related("agent", "definition", "created_by"), pk=session_id)
 
 
 @viewer_required
-def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
+def session_detail(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
     session = _session_or_404(session_id)
     tasks = list(session.tasks.order_by("sequence").select_related("fallback_for")
                  .prefetch_related("attempts", "events__actor_user"))
@@ -179,7 +175,7 @@ def _back(request: HttpRequest, default: str) -> HttpResponse:
 
 
 @actor_required
-def session_cancel(request: HttpRequest, session_id: str) -> HttpResponse:
+def session_cancel(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
     session = _session_or_404(session_id)
     form = RequiredReasonForm(request.POST)
     if problem := reason_problem(form):
@@ -196,7 +192,7 @@ def session_cancel(request: HttpRequest, session_id: str) -> HttpResponse:
 
 
 @actor_required
-def session_retry(request: HttpRequest, session_id: str) -> HttpResponse:
+def session_retry(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
     session = _session_or_404(session_id)
     form = ReasonForm(request.POST)
     if problem := reason_problem(form):
@@ -213,12 +209,8 @@ def session_retry(request: HttpRequest, session_id: str) -> HttpResponse:
 
 
 @actor_required
-def task_retry(request: HttpRequest, task_id: str) -> HttpResponse:
-    try:
-        pk = uuid.UUID(str(task_id))
-    except ValueError:
-        pk = None
-    task = get_object_or_404(Task, pk=pk)
+def task_retry(request: HttpRequest, task_id: uuid.UUID) -> HttpResponse:
+    task = get_object_or_404(Task, pk=task_id)
     back = reverse("sessions:session-detail", kwargs={"session_id": task.session_id})
     form = ReasonForm(request.POST)
     if problem := reason_problem(form):
