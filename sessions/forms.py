@@ -95,9 +95,7 @@ class SessionStartForm(forms.Form):
         agent = Agent.objects.filter(pk=agent_id).first()
         if agent is None:
             raise forms.ValidationError(f"no agent with id '{agent_id}'")
-        if agent.is_deregistered:
-            raise forms.ValidationError(f"agent '{agent_id}' is deregistered")
-        return agent
+        return agent  # whether it can take a session is the engine's to say (a deregistered one cannot)
 
     def clean_initial_payload(self):
         text = self.cleaned_data["initial_payload"].strip()

@@ -157,6 +157,17 @@ def test_it_starts_a_session_for_a_chosen_agent_with_a_payload(staff_client, sta
     assert session.tasks.get().payload == {"a": 1, "ticket": 42}
 
 
+def test_a_session_cannot_be_started_for_a_deregistered_agent(staff_client):
+    from django.utils import timezone
+
+    agent = AgentFactory(deregistered_at=timezone.now())
+    definition = WorkflowDefinitionFactory()
+    response = staff_client.post(reverse("sessions:session-start", args=[definition.pk]), {"agent": agent.pk})
+    assert response.status_code == 400
+    assert response.context["form"].errors["agent"] == [f"agent '{agent.pk}' is deregistered"]
+    assert not Session.objects.exists()
+
+
 def test_starting_a_session_for_a_drained_agent_warns_that_it_waits(staff_client):
     from django.utils import timezone
 
