@@ -65,9 +65,8 @@ class Command(OpsCommand):
                 break
             with transaction.atomic():
                 # The filter again: a session retried since the select is no longer finished.
-                batch = queryset.filter(pk__in=ids)
-                count = batch.count()
-                batch.delete()
+                _, by_model = queryset.filter(pk__in=ids).delete()
+                count = by_model.get(queryset.model._meta.label, 0)  # not the rows that cascaded with them
             deleted += count
             self._progress(label, deleted, max(total, deleted))
         return deleted
