@@ -49,6 +49,31 @@ def test_the_dashboard_counts_and_links_to_filtered_lists(staff_client):
         assert link in content, link
 
 
+def test_the_dashboard_rate_covers_only_the_time_that_holds_data(staff_client):
+    """A fresh installation (its first session 3 minutes old) is measured over 3 minutes, not over 15."""
+    now = timezone.now()
+    first = SessionFactory(status=Session.Status.COMPLETED)
+    Session.objects.filter(pk=first.pk).update(created_at=now - timedelta(minutes=3))
+    TaskFactory.create_batch(6, session=first, status=Task.Status.COMPLETED, finished_at=now - timedelta(minutes=1))
+
+    response = staff_client.get(reverse("sessions:dashboard"))
+    ctx = response.context
+    assert ctx["completed_recent"] == 6
+    assert ctx["throughput_minutes"] == pytest.approx(3, abs=0.1)
+    assert ctx["tasks_per_minute"] == pytest.approx(2, abs=0.1)
+    assert "6 task(s) completed in the last 3 minutes." in response.content.decode()
+
+
+def test_the_dashboard_rate_window_is_at_least_a_minute(staff_client):
+    SessionFactory(status=Session.Status.RUNNING)  # created just now
+    TaskFactory(status=Task.Status.COMPLETED, finished_at=timezone.now())
+
+    ctx = staff_client.get(reverse("sessions:dashboard")).context
+    assert ctx["throughput_minutes"] == pytest.approx(1, abs=0.01)
+    assert ctx["tasks_per_minute"] == pytest.approx(1, abs=0.05)
+    assert ctx["throughput_window"] == "1 minute"
+
+
 def test_the_dashboard_partial_is_the_fragment_only(staff_client):
     response = staff_client.get(reverse("sessions:dashboard"), **PARTIAL)
     assert b"<html" not in response.content and b"tasks / minute" in response.content
