@@ -471,6 +471,22 @@ def test_a_stale_copy_loses_the_compare_and_set(db):
     assert Task.objects.get(pk=task.pk).status == S.CANCELLED
 
 
+def test_an_attempt_outcome_moves_once_and_a_closed_attempt_keeps_its_outcome(db):
+    from tests.sessions.factories import TaskFactory
+
+    Outcome = TaskAttempt.Outcome
+    task = TaskFactory(status=S.DISPATCHED, attempt=1)
+    TaskAttempt.objects.create(task=task, number=1, reference_at=timezone.now())
+    assert engine.attempt_transition(task_id=task.pk, number=1, to=Outcome.COMPLETED, ended_at=timezone.now())
+    # AgentKit's 2xx arriving after the agent's report: `accepted` cannot replace `completed`.
+    assert not engine.attempt_transition(task_id=task.pk, number=1, to=Outcome.ACCEPTED, http_status=200)
+    assert not engine.attempt_transition(task_id=task.pk, number=2, to=Outcome.FAILED)  # no such attempt
+    with pytest.raises(InvalidTransition):
+        engine.attempt_transition(task_id=task.pk, number=1, to=Outcome.SENDING)
+    attempt = TaskAttempt.objects.get(task=task, number=1)
+    assert (attempt.outcome, attempt.http_status) == (Outcome.COMPLETED, None)
+
+
 def test_the_lost_job_sweep_re_enqueues_queued_work_for_an_idle_agent(agentkit_stub, settings, q_sync):
     settings.OPSCORE_LOST_JOB_SECONDS = 10
     agent = AgentFactory(state=Agent.State.ACTIVE)
