@@ -1,4 +1,5 @@
-"""The session engine through its public functions, with AgentKit stubbed at the HTTP seam."""
+"""The session engine (sessions/engine.py, dispatch.py, sweeps.py) through its public functions,
+with AgentKit stubbed at the HTTP seam."""
 
 from __future__ import annotations
 
