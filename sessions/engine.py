@@ -1,8 +1,13 @@
-"""The session engine: the one module that changes the status of a Task or a Session.
+"""The session engine: the one module that writes `Task.status`, `Session.status` and
+`TaskAttempt.outcome`.
 
-Views, API views, admin actions, commands, jobs and the scheduler call the public
-functions here; nothing else writes `status`. Every change is a compare-and-set on
-the row plus a TaskEvent saying who caused it (agent, operator, system) and why.
+Here live the allowed moves of each (TASK_ALLOWED, SESSION_ALLOWED, ATTEMPT_ALLOWED), their
+writers (`task_transition`, `session_transition`, `attempt_transition`: compare-and-set on
+the row, plus a TaskEvent for tasks and sessions saying who caused it and why) and the
+lifecycle: starting a session, completing, failing and retrying tasks, reacting to the
+agents' reports, and the operators' cancel and retry. `sessions/dispatch.py` (claim,
+fence, POST) and `sessions/sweeps.py` (the scheduler's passes) call these functions;
+views, API views, admin actions, commands and jobs call them or those two modules.
 
 How a session runs (DESIGN.md): the trigger creates the Session and its first Task
 `queued` and enqueues the dispatch job in the same transaction (the ORM broker
@@ -20,16 +25,13 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
-from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import F, Q
+from django.db import transaction
 from django.utils import timezone
 
-from agents import agentkit
 from agents.models import Agent
 from sessions.models import Actor, Session, Task, TaskAttempt, TaskEvent
 from workflows.models import WorkflowDefinition
@@ -39,6 +41,11 @@ logger = logging.getLogger(__name__)
 
 S = Task.Status
 SS = Session.Status
+Outcome = TaskAttempt.Outcome
+
+# Lock order, everywhere: agent, then task, then session. A state report holds its agent row
+# (the upsert) while the engine locks the agent's task in flight, so anything that locked a
+# task or session first and then waited for its agent would deadlock with it.
 
 TASK_ALLOWED: dict[str, set[str]] = {
     S.PENDING: {S.QUEUED, S.CANCELLED},
@@ -53,6 +60,12 @@ SESSION_ALLOWED: dict[str, set[str]] = {
     SS.PENDING: {SS.RUNNING, SS.COMPLETED, SS.FAILED, SS.CANCELLED},
     SS.RUNNING: {SS.COMPLETED, SS.FAILED, SS.CANCELLED},
     SS.FAILED: {SS.RUNNING},  # an operator's retry from the failed step
+}
+# An attempt is `sending` from its fence until AgentKit answers; every other outcome but
+# `accepted` is final.
+ATTEMPT_ALLOWED: dict[str, set[str]] = {
+    Outcome.SENDING: {Outcome.ACCEPTED, Outcome.COMPLETED, Outcome.FAILED, Outcome.REJECTED, Outcome.CANCELLED},
+    Outcome.ACCEPTED: {Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED},
 }
 
 MAX_BACKOFF_SECONDS = 3600.0
@@ -160,6 +173,21 @@ def session_transition(*, session: Session, to: str, by: By, reason: str = "", *
     return session
 
 
+def attempt_transition(*, task_id, number: int, to: str, **changes: Any) -> bool:
+    """Move attempt `number` of the task to outcome `to` with `changes` (compare-and-set).
+
+    Returns False and changes nothing when the attempt already has an outcome that cannot
+    move to `to`: a report, a timeout, a cancel or AgentKit's answer closed it first. The
+    attempt row is its own history (no TaskEvent).
+    """
+    sources = [old for old, allowed in ATTEMPT_ALLOWED.items() if to in allowed]
+    if not sources:
+        raise InvalidTransition(f"no attempt outcome moves to {to}")
+    changed = (TaskAttempt.objects.filter(task_id=task_id, number=number, outcome__in=sources)
+               .update(outcome=to, **changes))
+    return changed == 1
+
+
 # --------------------------------------------------------------------------- enqueueing
 
 
@@ -251,121 +279,6 @@ def session_start(
     return session
 
 
-# --------------------------------------------------------------------------- dispatching
-
-
-@dataclass
-class DispatchResult:
-    outcome: str  # "dispatched", "skipped", "busy", "unavailable", "failed"
-    detail: str = ""
-
-
-def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
-    """Lock the task and its agent, check the agent, and fence a new attempt. Commits."""
-    agent_id = Task.objects.filter(pk=task_id, status=S.QUEUED).values_list("agent_id", flat=True).first()
-    if agent_id is None:
-        return DispatchResult("skipped", "no such queued task")
-    with transaction.atomic():
-        # Lock order everywhere: agent, then task, then session. A state report holds the
-        # agent row (its upsert) while it touches the agent's tasks; locking the task first
-        # here would deadlock with it. The agent lock also serialises dispatches to one agent.
-        agent = Agent.objects.select_for_update().get(pk=agent_id)
-        task = Task.objects.select_for_update().filter(pk=task_id).first()
-        if task is None or task.status != S.QUEUED:
-            return DispatchResult("skipped", f"task is {task.status if task else 'gone'}")
-        session = Session.objects.select_for_update().get(pk=task.session_id)
-        if session.is_terminal:
-            # A step queued while its session was being cancelled: it must not wait forever.
-            task_transition(task=task, to=S.CANCELLED, by=By.system(), reason=f"session is {session.status}",
-                            finished_at=timezone.now())
-            return DispatchResult("skipped", f"session is {session.status}")
-        if agent.deregistered_at is not None:
-            # Nothing will ever run it: fail it now so the fallback runs or the session fails.
-            reason = f"agent '{agent.pk}' is deregistered"
-            task_transition(task=task, to=S.FAILED, by=By.system(), reason=reason, last_error=reason,
-                            finished_at=timezone.now())
-            _task_dead(task=task, reason=reason)
-            return DispatchResult("unavailable", reason)
-        if agent.drained_at is not None:
-            return DispatchResult("unavailable", "agent is drained")
-        if agent.state != Agent.State.IDLE:
-            return DispatchResult("busy", f"agent is {agent.state or 'unknown'}")
-        if Task.objects.filter(agent_id=agent.pk, status__in=Task.IN_FLIGHT).exists():
-            return DispatchResult("busy", "agent has a task in flight")
-        now = timezone.now()
-        held = _held_by_cancelled_task(agent=agent, now=now)
-        if held is not None:
-            return DispatchResult("busy", f"agent may still be working on cancelled task {held.pk}")
-        number = task.attempt + 1
-        try:
-            with transaction.atomic():
-                attempt = TaskAttempt.objects.create(task=task, number=number, reference_at=now)
-                task_transition(
-                    task=task, to=S.DISPATCHED, by=By.system(), reason=f"attempt {number} sent to AgentKit",
-                    attempt=number, reference_at=now, dispatched_at=now, started_at=None,
-                    timeout_at=now + timedelta(seconds=task.timeout_seconds), next_attempt_at=None,
-                )
-        except IntegrityError:
-            # The one-in-flight constraint or the attempt fence: another worker won.
-            return DispatchResult("busy", "another dispatch won the race")
-        if session.status == SS.PENDING:
-            session_transition(session=session, to=SS.RUNNING, by=By.system(), reason="first task dispatched")
-    return task, attempt
-
-
-def _held_by_cancelled_task(*, agent: Agent, now: datetime) -> Task | None:
-    """A task cancelled in flight that its agent may still be working on, or None.
-
-    An agent reports only after its work (AGENTKIT.md section 4), so cancelling a task
-    does not free the agent: its late `active`/`idle` would be taken for the outcome of
-    the next task sent to it. The cancelled attempt holds the agent until the agent
-    reports a state received after the attempt went out, or the attempt's deadline
-    passes (a lost forward), unless AgentKit refused the POST (it never reached the agent).
-    """
-    # One filter() call: every condition is about the same (latest) attempt row.
-    candidates = Task.objects.filter(
-        Q(attempts__http_status__isnull=True) | Q(attempts__http_status__lt=300),
-        agent_id=agent.pk, status=S.CANCELLED, attempts__number=F("attempt"),
-        attempts__outcome=TaskAttempt.Outcome.CANCELLED,
-    )
-    if agent.state_received_at is not None:
-        candidates = candidates.filter(reference_at__gte=agent.state_received_at)
-    for task in candidates.only("pk", "reference_at", "timeout_seconds"):
-        if task.reference_at + timedelta(seconds=task.timeout_seconds) > now:
-            return task
-    return None
-
-
-def task_dispatch(*, task_id) -> DispatchResult:
-    """The dispatch job's body: claim, fence and commit, then POST to AgentKit once."""
-    claimed = _claim(task_id)
-    if isinstance(claimed, DispatchResult):
-        logger.info("dispatch of task %s: %s (%s)", task_id, claimed.outcome, claimed.detail)
-        return claimed
-    task, attempt = claimed
-    session_id = str(task.session_id)
-    message = agentkit.dispatch_message(
-        task_name=task.step_id, task_parameters=task.payload, session_id=session_id,
-        task_id=str(task.pk), attempt=attempt.number,
-    )
-    try:
-        accepted = agentkit.run_task(agent_id=task.agent_id, message=message)
-    except agentkit.AgentKitError as exc:
-        with transaction.atomic():
-            _attempt_failed(task_id=task.pk, number=attempt.number, error=exc.message,
-                            permanent=exc.permanent, http_status=exc.http_status, by=By.system())
-            # Cancelled meanwhile: keep AgentKit's answer (a refusal means the agent never got it).
-            TaskAttempt.objects.filter(pk=attempt.pk, outcome=TaskAttempt.Outcome.CANCELLED).update(
-                http_status=exc.http_status, error=exc.message[:5000])
-        return DispatchResult("failed", exc.message)
-    # Only the fence row changes here: an instant agent may already have completed the task
-    # (then only AgentKit's status is added to the attempt it already closed).
-    if not TaskAttempt.objects.filter(pk=attempt.pk, outcome=TaskAttempt.Outcome.SENDING).update(
-            outcome=TaskAttempt.Outcome.ACCEPTED, http_status=accepted.http_status):
-        TaskAttempt.objects.filter(pk=attempt.pk, http_status__isnull=True).update(http_status=accepted.http_status)
-    return DispatchResult("dispatched")
-
-
 # --------------------------------------------------------------------------- outcomes
 
 
@@ -374,8 +287,8 @@ def _backoff_seconds(task: Task) -> float:
     return min(base * random.uniform(0.5, 1.5), MAX_BACKOFF_SECONDS)
 
 
-def _attempt_failed(*, task_id, number: int, error: str, permanent: bool, by: By,
-                    http_status: int | None = None, outcome: str = TaskAttempt.Outcome.FAILED) -> Task | None:
+def attempt_failed(*, task_id, number: int, error: str, permanent: bool, by: By,
+                   http_status: int | None = None) -> Task | None:
     """Attempt `number` of the task failed: retry with backoff, or mark it dead.
 
     Does nothing when the task has moved on (a later attempt, a cancel): the fence.
@@ -384,10 +297,8 @@ def _attempt_failed(*, task_id, number: int, error: str, permanent: bool, by: By
     if task is None or task.attempt != number or task.status not in Task.IN_FLIGHT:
         return None
     now = timezone.now()
-    TaskAttempt.objects.filter(task=task, number=number).update(
-        outcome=TaskAttempt.Outcome.REJECTED if permanent else outcome,
-        error=error[:5000], http_status=http_status, ended_at=now,
-    )
+    attempt_transition(task_id=task.pk, number=number, to=Outcome.REJECTED if permanent else Outcome.FAILED,
+                       error=error[:5000], http_status=http_status, ended_at=now)
     task_transition(task=task, to=S.FAILED, by=by, reason=error, last_error=error[:5000],
                     timeout_at=None, finished_at=now)
     retries_used = task.attempt - 1
@@ -400,6 +311,14 @@ def _attempt_failed(*, task_id, number: int, error: str, permanent: bool, by: By
         why = "permanent error" if permanent else f"retries exhausted ({task.max_retries})"
         _task_dead(task=task, reason=f"{why}: {error}")
     return task
+
+
+def task_give_up(*, task: Task, reason: str) -> None:
+    """Fail a queued `task` that nothing will ever run (its agent is gone), without a retry:
+    it is dead at once, and its step's fallback runs or the session fails."""
+    task_transition(task=task, to=S.FAILED, by=By.system(), reason=reason, last_error=reason,
+                    finished_at=timezone.now())
+    _task_dead(task=task, reason=reason)
 
 
 def _task_dead(*, task: Task, reason: str) -> None:
@@ -423,9 +342,7 @@ def _task_dead(*, task: Task, reason: str) -> None:
 def _task_completed(*, task: Task, result: Any, by: By) -> Task | None:
     """Complete `task`; return the next step's task (queued, its job enqueued) or None."""
     now = timezone.now()
-    TaskAttempt.objects.filter(task=task, number=task.attempt).update(
-        outcome=TaskAttempt.Outcome.COMPLETED, ended_at=now
-    )
+    attempt_transition(task_id=task.pk, number=task.attempt, to=Outcome.COMPLETED, ended_at=now)
     task_transition(task=task, to=S.COMPLETED, by=by, reason="agent reported idle", result=result,
                     finished_at=now, timeout_at=None)
     session = Session.objects.select_for_update().get(pk=task.session_id)
@@ -487,7 +404,7 @@ def _apply_report(*, agent_id: str, state: str, details: Any, received_at: datet
                 task = None
             elif state == Agent.State.ERROR:
                 error = _error_text(details)
-                _attempt_failed(task_id=task.pk, number=task.attempt, error=error, permanent=False, by=by)
+                attempt_failed(task_id=task.pk, number=task.attempt, error=error, permanent=False, by=by)
                 task = None
     if state == Agent.State.IDLE and task is None:
         _kick_queued(agent_id=agent_id)
@@ -519,11 +436,10 @@ def session_cancel(*, session: Session, by: By, reason: str = "") -> Session:
     """Cancel a session and its unfinished tasks. A late report for them changes nothing.
 
     A task cancelled in flight still holds its agent until the agent reports again or the
-    attempt's deadline passes (`_held_by_cancelled_task`), so that late report cannot
+    attempt's deadline passes (`dispatch._held_by_cancelled_task`), so that late report cannot
     complete the next task sent to the agent.
     """
     with transaction.atomic():
-        # Lock order: task rows before their session row (agent rows are never locked here).
         tasks = list(Task.objects.select_for_update().filter(session=session).exclude(status__in=Task.TERMINAL))
         session = Session.objects.select_for_update().get(pk=session.pk)
         if session.is_terminal:
@@ -531,8 +447,7 @@ def session_cancel(*, session: Session, by: By, reason: str = "") -> Session:
         now = timezone.now()
         for task in tasks:
             if task.status in Task.IN_FLIGHT:
-                TaskAttempt.objects.filter(task=task, number=task.attempt).update(
-                    outcome=TaskAttempt.Outcome.CANCELLED, ended_at=now)
+                attempt_transition(task_id=task.pk, number=task.attempt, to=Outcome.CANCELLED, ended_at=now)
             if S.CANCELLED in TASK_ALLOWED.get(task.status, set()):
                 task_transition(task=task, to=S.CANCELLED, by=by, reason=reason or "session cancelled",
                                 finished_at=now, timeout_at=None, next_attempt_at=None)
@@ -547,15 +462,9 @@ def task_retry(*, task: Task, by: By, reason: str = "") -> Task:
     """
     with transaction.atomic():
         task = Task.objects.select_for_update().get(pk=task.pk)
-        if task.status not in Task.NEEDS_DECISION:
-            raise InvalidTransition(f"task {task.pk} is {task.status}; only dead or failed tasks can be retried")
         session = Session.objects.select_for_update().get(pk=task.session_id)
-        if session.status == SS.CANCELLED:
-            raise InvalidTransition(f"session {session.pk} is cancelled")
-        if session.status == SS.COMPLETED:
-            raise InvalidTransition(f"session {session.pk} is already completed")
-        if task.fallbacks.exists():
-            raise InvalidTransition(f"task {task.pk} already has a fallback task; retry that one instead")
+        if refusal := task.retry_refusal(session):
+            raise InvalidTransition(refusal)
         if session.status == SS.FAILED:  # first: the task's job may run at once (sync mode)
             session_transition(session=session, to=SS.RUNNING, by=by, reason=reason or "retried by operator",
                                error="")
@@ -573,116 +482,3 @@ def session_retry(*, session: Session, by: By, reason: str = "") -> Task:
     if session.status != SS.FAILED or failed is None:
         raise InvalidTransition(f"session {session.pk} is {session.status}; only a failed session can be retried")
     return task_retry(task=failed, by=by, reason=reason or "session retried by operator")
-
-
-# --------------------------------------------------------------------------- the scheduler
-
-
-@dataclass
-class SweepCounts:
-    retries_due: int = 0
-    timed_out: int = 0
-    requeued: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, int]:
-        return {"retries_due": self.retries_due, "timed_out": self.timed_out, "requeued": self.requeued}
-
-
-SWEEP_BATCH = 100
-
-
-def _sweep(queryset, action, *, limit: int) -> list[Task]:
-    """Claim up to `limit` rows (SKIP LOCKED, so several schedulers share the work; SQLite
-    ignores locking) and act on each in its own savepoint: one bad row is logged and
-    skipped instead of blocking the sweep on every pass."""
-    done = []
-    with transaction.atomic():
-        for task in list(queryset.select_for_update(skip_locked=True, of=("self",))[:limit]):
-            try:
-                with transaction.atomic():
-                    action(task)
-            except Exception:
-                logger.exception("scheduler could not handle task %s", task.pk)
-                continue
-            done.append(task)
-    return done
-
-
-def _requeue_due(task: Task) -> None:
-    task_transition(task=task, to=S.QUEUED, by=By.system(), reason="retry due", next_attempt_at=None)
-
-
-def _time_out(task: Task) -> None:
-    _attempt_failed(task_id=task.pk, number=task.attempt, permanent=False, by=By.system(),
-                    error=f"no outcome within {task.timeout_seconds}s (attempt {task.attempt})")
-
-
-def due_retries(*, now: datetime):
-    """Tasks whose retry is due (what `sweep_due_retries` acts on)."""
-    return Task.objects.filter(status=S.RETRY_SCHEDULED, next_attempt_at__lte=now).order_by("next_attempt_at")
-
-
-def sweep_due_retries(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
-    return len(_sweep(due_retries(now=now), _requeue_due, limit=limit))
-
-
-def overdue_tasks(*, now: datetime):
-    """Tasks in flight past their deadline (what `sweep_timeouts` acts on)."""
-    return Task.objects.filter(status__in=Task.IN_FLIGHT, timeout_at__lte=now).order_by("timeout_at")
-
-
-def sweep_timeouts(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
-    return len(_sweep(overdue_tasks(now=now), _time_out, limit=limit))
-
-
-def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = False) -> list[Task]:
-    """Queued tasks whose job has not run for a while although it would now decide something.
-
-    Covers a worker killed mid-job, a job that found the agent busy and was never kicked
-    again, an agent that deregistered (the job fails the task) and a session ended while
-    the task was queued (the job cancels it). Re-enqueueing is safe: the job does nothing
-    unless the task is queued.
-    """
-    cutoff = now - timedelta(seconds=settings.OPSCORE_LOST_JOB_SECONDS)
-    ready_agents = Agent.objects.filter(state=Agent.State.IDLE, deregistered_at__isnull=True,
-                                        drained_at__isnull=True)
-    gone_agents = Agent.objects.filter(deregistered_at__isnull=False)  # their job fails the task
-    busy_agents = Task.objects.filter(status__in=Task.IN_FLIGHT).values("agent_id")
-    queryset = (Task.objects.filter(status=S.QUEUED)
-                .filter(Q(agent__in=ready_agents) | Q(agent__in=gone_agents) | Q(session__status__in=Session.TERMINAL))
-                .filter(Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True))
-                .exclude(agent_id__in=busy_agents).order_by("created_at"))
-    if dry_run:
-        return list(queryset[:limit])
-    return _sweep(queryset, lambda task: task_enqueue(task=task), limit=limit)
-
-
-def scheduler_preview(*, now: datetime, limit: int = SWEEP_BATCH) -> dict[str, list[Task]]:
-    """What one pass of the scheduler would act on, changing nothing (for dry runs and listings)."""
-    return {
-        "retries_due": list(due_retries(now=now)[:limit]),
-        "timed_out": list(overdue_tasks(now=now)[:limit]),
-        "requeued": sweep_lost_jobs(now=now, limit=limit, dry_run=True),
-    }
-
-
-def scheduler_tick(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> SweepCounts:
-    """One pass of the scheduler loop, at most `limit` tasks of each kind. Each sweep commits on its own."""
-    now = now or timezone.now()
-    counts = SweepCounts()
-    sweeps = (
-        ("retries_due", lambda: sweep_due_retries(now=now, limit=limit)),
-        ("timed_out", lambda: sweep_timeouts(now=now, limit=limit)),
-        ("requeued", lambda: len(sweep_lost_jobs(now=now, limit=limit))),
-    )
-    for name, sweep in sweeps:
-        try:
-            setattr(counts, name, sweep())
-        except (OperationalError, InterfaceError):
-            raise  # the database itself: every sweep would fail; the caller reports it once
-        except Exception as exc:  # one failing sweep must not stop the others
-            logger.exception("scheduler sweep %s failed", name)
-            first_line = (str(exc).strip().splitlines() or [""])[0]
-            counts.errors.append(f"{name}: {exc.__class__.__name__}: {first_line}")
-    return counts

@@ -1,6 +1,8 @@
 """Sessions (one run of a workflow for one agent), their Tasks, attempts and events.
 
-Statuses are decided only by `sessions/engine.py`; nothing else writes `status`.
+Statuses and attempt outcomes are decided only by `sessions/engine.py`; nothing else
+writes `status` or `outcome`. This module reads: fields, constraints, queue filters and
+the retry rule both the failures queue and the engine's guard use.
 """
 
 from __future__ import annotations
@@ -88,11 +90,11 @@ class TaskQuerySet(models.QuerySet["Task"]):
     def awaiting_decision(self) -> TaskQuerySet:
         """The failures queue: dead or failed tasks an operator can still retry.
 
-        The rule of `engine.task_retry`, which stays the guard: not in a cancelled or
+        `Task.retry_refusal` as a filter (the engine's guard): not in a cancelled or
         completed session, and no fallback step has taken over from the task.
         """
         return (self.filter(status__in=Task.NEEDS_DECISION, fallbacks__isnull=True)
-                .exclude(session__status__in=(Session.Status.CANCELLED, Session.Status.COMPLETED)))
+                .exclude(session__status__in=tuple(Task.RETRY_CLOSED_SESSIONS)))
 
 
 class Task(models.Model):
@@ -113,6 +115,8 @@ class Task(models.Model):
     IN_FLIGHT = frozenset({Status.DISPATCHED, Status.RUNNING})
     # Waiting for an operator's decision (the failures queue).
     NEEDS_DECISION = frozenset({Status.FAILED, Status.DEAD})
+    # Sessions whose tasks are never retried, and why (`retry_refusal`, `awaiting_decision`).
+    RETRY_CLOSED_SESSIONS = {Session.Status.CANCELLED: "is cancelled", Session.Status.COMPLETED: "is already completed"}
 
     objects = TaskQuerySet.as_manager()
 
@@ -179,6 +183,20 @@ class Task(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    def retry_refusal(self, session: Session) -> str | None:
+        """Why an operator cannot retry this task of `session` now, or None if they can.
+
+        The one retry rule: `engine.task_retry` refuses with this reason, and the failures
+        queue (`Task.objects.awaiting_decision()`) is the same rule as a filter.
+        """
+        if self.status not in self.NEEDS_DECISION:
+            return f"task {self.pk} is {self.status}; only dead or failed tasks can be retried"
+        if session.status in self.RETRY_CLOSED_SESSIONS:
+            return f"session {session.pk} {self.RETRY_CLOSED_SESSIONS[session.status]}"
+        if self.fallbacks.exists():
+            return f"task {self.pk} already has a fallback task; retry that one instead"
+        return None
 
 
 class TaskAttempt(models.Model):

@@ -1,13 +1,13 @@
-"""django-q2 jobs. Thin: they take ids and call the engine. Safe to run twice."""
+"""django-q2 jobs. Thin: they take ids and call the engine (through sessions.dispatch). Safe to run twice."""
 
 from __future__ import annotations
 
-from sessions import engine
+from sessions import dispatch
 
 
 def send_task_job(task_id: str) -> str:
     """Dispatch one queued Task to its agent through AgentKit (at most once per attempt)."""
-    return engine.task_dispatch(task_id=task_id).outcome
+    return dispatch.task_dispatch(task_id=task_id).outcome
 
 
 def noop_job(value: int = 0) -> int:

@@ -22,7 +22,7 @@ from django_q.signing import SignedPackage
 from django_q.status import Stat, Status
 
 from agents.models import Agent, AgentState
-from sessions import engine
+from sessions import engine, sweeps
 from sessions.engine import By
 from sessions.management.commands.opscore_scheduler import HEARTBEAT_KEY
 from sessions.models import Actor, Session, Task, TaskEvent
@@ -347,7 +347,7 @@ def test_a_scheduler_pass_with_a_failed_sweep_writes_no_heartbeat(stuck, monkeyp
     def broken(**kwargs):
         raise ValueError("a snapshot the engine cannot read")
 
-    monkeypatch.setattr(engine, "sweep_timeouts", broken)
+    monkeypatch.setattr(sweeps, "sweep_timeouts", broken)
     with pytest.raises(CommandError, match="timed_out: ValueError: a snapshot the engine cannot read"):
         run("opscore_scheduler", "--once")
     assert cache.get(HEARTBEAT_KEY) is None

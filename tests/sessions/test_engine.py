@@ -1,4 +1,5 @@
-"""The session engine through its public functions, with AgentKit stubbed at the HTTP seam."""
+"""The session engine (sessions/engine.py, dispatch.py, sweeps.py) through its public functions,
+with AgentKit stubbed at the HTTP seam."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from django.utils import timezone
 
 from agents.models import Agent
 from agents.services import agent_state_record
-from sessions import engine
+from sessions import dispatch, engine, sweeps
 from sessions.engine import By, InvalidTransition
 from sessions.models import Actor, Session, Task, TaskAttempt, TaskEvent
 from tests.agents.factories import AgentFactory
@@ -117,14 +118,14 @@ def test_a_second_session_for_the_same_agent_waits_for_the_first(q_sync, agentki
 def test_a_duplicate_delivery_of_the_job_does_not_post_twice(q_sync, agentkit_stub):
     session = start()
     task = task_of(session)
-    assert engine.task_dispatch(task_id=task.pk).outcome == "skipped"
+    assert dispatch.task_dispatch(task_id=task.pk).outcome == "skipped"
     assert len(agentkit_stub.requests) == 1 and task.attempts.count() == 1
 
 
 def test_a_job_for_a_task_that_no_longer_exists_does_nothing(q_sync, agentkit_stub):
     import uuid
 
-    assert engine.task_dispatch(task_id=uuid.uuid4()).outcome == "skipped"
+    assert dispatch.task_dispatch(task_id=uuid.uuid4()).outcome == "skipped"
     assert not agentkit_stub.requests
 
 
@@ -147,7 +148,7 @@ def test_the_attempt_is_fenced_and_committed_before_the_post(agentkit_stub):
 
     AgentKitStubAccept = AgentKitStub.accept
     agentkit_stub.answer = answer
-    engine.task_dispatch(task_id=task.pk)
+    dispatch.task_dispatch(task_id=task.pk)
     assert seen["status"] == S.DISPATCHED and seen["attempts"] == [(1, "sending")]
     # No transaction is open during the POST: the fence was committed before it.
     assert seen["in_atomic"] is False
@@ -190,8 +191,8 @@ def test_a_scheduled_retry_is_dispatched_when_due(q_sync, agentkit_stub):
     agentkit_stub.respond(503)
     task = task_of(start())
     agentkit_stub.answer = agentkit_stub.accept
-    assert engine.sweep_due_retries(now=timezone.now()) == 0  # not due yet
-    assert engine.sweep_due_retries(now=task.next_attempt_at + timedelta(seconds=1)) == 1
+    assert sweeps.sweep_due_retries(now=timezone.now()) == 0  # not due yet
+    assert sweeps.sweep_due_retries(now=task.next_attempt_at + timedelta(seconds=1)) == 1
     task.refresh_from_db()
     assert task.status == S.DISPATCHED and task.attempt == 2
     assert list(task.attempts.values_list("number", "outcome")) == [(1, "failed"), (2, "accepted")]
@@ -205,7 +206,7 @@ def test_backoff_grows_exponentially_with_jitter(q_sync, agentkit_stub):
     for _ in range(3):
         delay = (task.next_attempt_at - task.updated_at).total_seconds()
         delays.append(delay)
-        engine.sweep_due_retries(now=task.next_attempt_at + timedelta(seconds=1))
+        sweeps.sweep_due_retries(now=task.next_attempt_at + timedelta(seconds=1))
         task.refresh_from_db()
     assert 5 <= delays[0] <= 15 and 10 <= delays[1] <= 30 and 20 <= delays[2] <= 60
 
@@ -324,7 +325,7 @@ def test_an_instant_idle_before_the_accept_is_recorded_still_completes(agentkit_
         return AgentKitStub.accept(request)
 
     agentkit_stub.answer = answer
-    assert engine.task_dispatch(task_id=task.pk).outcome == "dispatched"
+    assert dispatch.task_dispatch(task_id=task.pk).outcome == "dispatched"
     task.refresh_from_db()
     assert task.status == S.COMPLETED and task.result == "fast"
     attempt = task.attempts.get()
@@ -337,8 +338,8 @@ def test_an_instant_idle_before_the_accept_is_recorded_still_completes(agentkit_
 def test_an_overdue_attempt_times_out_and_is_retried(q_sync, agentkit_stub):
     session = start(spec=spec_with(timeoutSeconds=30))
     task = task_of(session)
-    assert engine.sweep_timeouts(now=timezone.now()) == 0
-    assert engine.sweep_timeouts(now=task.timeout_at + timedelta(seconds=1)) == 1
+    assert sweeps.sweep_timeouts(now=timezone.now()) == 0
+    assert sweeps.sweep_timeouts(now=task.timeout_at + timedelta(seconds=1)) == 1
     task.refresh_from_db()
     assert task.status == S.RETRY_SCHEDULED and "no outcome within 30s" in task.last_error
     assert task.attempts.get().outcome == TaskAttempt.Outcome.FAILED
@@ -353,7 +354,7 @@ def test_exhausted_retries_without_fallback_fail_the_session(q_sync, agentkit_st
     session = start(spec=spec_with(maxRetries=2, retryBackoffSeconds=0))
     task = task_of(session)
     for _ in range(2):
-        engine.sweep_due_retries(now=timezone.now() + timedelta(seconds=5))
+        sweeps.sweep_due_retries(now=timezone.now() + timedelta(seconds=5))
     task.refresh_from_db()
     session.refresh_from_db()
     assert task.status == S.DEAD and task.attempt == 3
@@ -471,6 +472,22 @@ def test_a_stale_copy_loses_the_compare_and_set(db):
     assert Task.objects.get(pk=task.pk).status == S.CANCELLED
 
 
+def test_an_attempt_outcome_moves_once_and_a_closed_attempt_keeps_its_outcome(db):
+    from tests.sessions.factories import TaskFactory
+
+    Outcome = TaskAttempt.Outcome
+    task = TaskFactory(status=S.DISPATCHED, attempt=1)
+    TaskAttempt.objects.create(task=task, number=1, reference_at=timezone.now())
+    assert engine.attempt_transition(task_id=task.pk, number=1, to=Outcome.COMPLETED, ended_at=timezone.now())
+    # AgentKit's 2xx arriving after the agent's report: `accepted` cannot replace `completed`.
+    assert not engine.attempt_transition(task_id=task.pk, number=1, to=Outcome.ACCEPTED, http_status=200)
+    assert not engine.attempt_transition(task_id=task.pk, number=2, to=Outcome.FAILED)  # no such attempt
+    with pytest.raises(InvalidTransition):
+        engine.attempt_transition(task_id=task.pk, number=1, to=Outcome.SENDING)
+    attempt = TaskAttempt.objects.get(task=task, number=1)
+    assert (attempt.outcome, attempt.http_status) == (Outcome.COMPLETED, None)
+
+
 def test_the_lost_job_sweep_re_enqueues_queued_work_for_an_idle_agent(agentkit_stub, settings, q_sync):
     settings.OPSCORE_LOST_JOB_SECONDS = 10
     agent = AgentFactory(state=Agent.State.ACTIVE)
@@ -478,10 +495,10 @@ def test_the_lost_job_sweep_re_enqueues_queued_work_for_an_idle_agent(agentkit_s
     task = task_of(session)
     # The agent went idle without the engine hearing of it (a report lost, a worker killed).
     Agent.objects.filter(pk=agent.pk).update(state=Agent.State.IDLE)
-    assert engine.sweep_lost_jobs(now=timezone.now(), dry_run=True) == []
+    assert sweeps.sweep_lost_jobs(now=timezone.now(), dry_run=True) == []
     later = timezone.now() + timedelta(seconds=11)
-    assert engine.sweep_lost_jobs(now=later, dry_run=True) == [task]
-    assert [t.pk for t in engine.sweep_lost_jobs(now=later)] == [task.pk]
+    assert sweeps.sweep_lost_jobs(now=later, dry_run=True) == [task]
+    assert [t.pk for t in sweeps.sweep_lost_jobs(now=later)] == [task.pk]
     task.refresh_from_db()
     assert task.status == S.DISPATCHED
 
@@ -490,7 +507,7 @@ def test_a_scheduler_tick_reports_what_it_did(q_sync, agentkit_stub):
     agentkit_stub.respond(503)
     start(spec=spec_with(retryBackoffSeconds=0))
     agentkit_stub.answer = agentkit_stub.accept
-    counts = engine.scheduler_tick(now=timezone.now() + timedelta(seconds=1))
+    counts = sweeps.scheduler_tick(now=timezone.now() + timedelta(seconds=1))
     assert counts.retries_due == 1 and counts.errors == []
 
 
@@ -519,8 +536,8 @@ def test_a_step_queued_while_its_session_was_cancelled_is_cancelled_not_stranded
     agent = AgentFactory()
     orphan = TaskFactory(session=SessionFactory(agent=agent, status=SS.CANCELLED), status=S.QUEUED)
     waiting = start(agent=AgentFactory(state=Agent.State.ACTIVE))  # unrelated work elsewhere
-    assert engine.sweep_lost_jobs(now=timezone.now() + timedelta(seconds=2), dry_run=True) == [orphan]
-    engine.sweep_lost_jobs(now=timezone.now() + timedelta(seconds=2))
+    assert sweeps.sweep_lost_jobs(now=timezone.now() + timedelta(seconds=2), dry_run=True) == [orphan]
+    sweeps.sweep_lost_jobs(now=timezone.now() + timedelta(seconds=2))
     orphan.refresh_from_db()
     assert orphan.status == S.CANCELLED and not agentkit_stub.requests
     assert task_of(waiting).status == S.QUEUED
@@ -540,8 +557,8 @@ def test_a_task_whose_agent_deregisters_in_flight_dies_and_the_session_fails(q_s
     session = start(spec=spec_with(timeoutSeconds=5))
     task = task_of(session)
     Agent.objects.filter(pk=session.agent_id).update(deregistered_at=timezone.now())
-    engine.sweep_timeouts(now=task.timeout_at + timedelta(seconds=1))
-    engine.sweep_due_retries(now=timezone.now() + timedelta(minutes=5))
+    sweeps.sweep_timeouts(now=task.timeout_at + timedelta(seconds=1))
+    sweeps.sweep_due_retries(now=timezone.now() + timedelta(minutes=5))
     task.refresh_from_db()
     session.refresh_from_db()
     assert task.status == S.DEAD and "deregistered" in task.last_error
@@ -554,7 +571,7 @@ def test_a_queued_task_of_an_agent_that_deregisters_while_busy_is_swept_and_fail
     agent = AgentFactory(state=Agent.State.ACTIVE)
     session = start(agent=agent)
     Agent.objects.filter(pk=agent.pk).update(deregistered_at=timezone.now())
-    engine.sweep_lost_jobs(now=timezone.now() + timedelta(seconds=2))
+    sweeps.sweep_lost_jobs(now=timezone.now() + timedelta(seconds=2))
     session.refresh_from_db()
     assert task_of(session).status == S.DEAD and session.status == SS.FAILED
 
@@ -578,7 +595,7 @@ def test_one_bad_row_does_not_block_a_sweep(caplog):
     bad = TaskFactory(session=SessionFactory(spec_snapshot={"broken": True}), status=S.DISPATCHED, attempt=1,
                       max_retries=0, timeout_at=past)
     good = TaskFactory(status=S.DISPATCHED, attempt=1, max_retries=0, timeout_at=past)
-    assert engine.sweep_timeouts(now=timezone.now()) == 1
+    assert sweeps.sweep_timeouts(now=timezone.now()) == 1
     good.refresh_from_db()
     bad.refresh_from_db()
     assert good.status == S.DEAD
@@ -601,14 +618,14 @@ def test_concurrent_dispatches_to_one_agent_send_exactly_one(agentkit_stub):
     barrier = threading.Barrier(2)
     outcomes = []
 
-    def dispatch(task_id) -> None:
+    def worker(task_id) -> None:
         try:
             barrier.wait()
-            outcomes.append(engine.task_dispatch(task_id=task_id).outcome)
+            outcomes.append(dispatch.task_dispatch(task_id=task_id).outcome)
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=dispatch, args=(task_of(s).pk,)) for s in (first, second)]
+    threads = [threading.Thread(target=worker, args=(task_of(s).pk,)) for s in (first, second)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -643,7 +660,7 @@ def test_a_cancelled_retry_holds_its_agent_even_if_an_earlier_attempt_was_refuse
     agentkit_stub.respond(503)
     first = start(agent=agent, spec=spec_with(retryBackoffSeconds=0))
     agentkit_stub.answer = agentkit_stub.accept
-    engine.sweep_due_retries(now=timezone.now() + timedelta(seconds=1))
+    sweeps.sweep_due_retries(now=timezone.now() + timedelta(seconds=1))
     assert task_of(first).attempt == 2 and task_of(first).status == S.DISPATCHED
     engine.session_cancel(session=first, by=By.operator(operator))
     second = start(agent=agent)
@@ -656,10 +673,10 @@ def test_a_cancelled_task_stops_holding_its_agent_at_its_deadline(q_sync, agentk
     first = start(agent=agent, spec=spec_with(timeoutSeconds=30))
     engine.session_cancel(session=first, by=By.operator(operator))
     second = start(agent=agent)
-    assert engine.task_dispatch(task_id=task_of(second).pk).outcome == "busy"
+    assert dispatch.task_dispatch(task_id=task_of(second).pk).outcome == "busy"
     # 31 seconds later, still no word from the agent: the attempt's deadline has passed.
     Task.objects.filter(pk=task_of(first).pk).update(reference_at=timezone.now() - timedelta(seconds=31))
-    assert engine.task_dispatch(task_id=task_of(second).pk).outcome == "dispatched"
+    assert dispatch.task_dispatch(task_id=task_of(second).pk).outcome == "dispatched"
 
 
 def test_a_cancelled_task_whose_post_failed_does_not_hold_its_agent(agentkit_stub, operator):
@@ -673,13 +690,13 @@ def test_a_cancelled_task_whose_post_failed_does_not_hold_its_agent(agentkit_stu
         return httpx.Response(503, json={"detail": "down"})
 
     agentkit_stub.answer = answer
-    assert engine.task_dispatch(task_id=task.pk).outcome == "failed"
+    assert dispatch.task_dispatch(task_id=task.pk).outcome == "failed"
     assert task_of(session).status == S.CANCELLED
     attempt = task.attempts.get()
     assert attempt.outcome == TaskAttempt.Outcome.CANCELLED and attempt.http_status == 503
     agentkit_stub.answer = agentkit_stub.accept
     second = engine.session_start(definition=WorkflowDefinitionFactory(), agent=agent, by=By.system())
-    assert engine.task_dispatch(task_id=task_of(second).pk).outcome == "dispatched"
+    assert dispatch.task_dispatch(task_id=task_of(second).pk).outcome == "dispatched"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -719,7 +736,7 @@ def test_the_one_in_flight_constraint_firing_in_a_claim_is_busy_not_an_error(age
     thread.start()
     assert rogue_started.wait(10)
     release.set()
-    result = engine.task_dispatch(task_id=task_of(second).pk)
+    result = dispatch.task_dispatch(task_id=task_of(second).pk)
     thread.join()
     assert (result.outcome, result.detail) == ("busy", "another dispatch won the race")
     assert task_of(second).status == S.QUEUED and not task_of(second).attempts.exists()

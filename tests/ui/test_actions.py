@@ -64,7 +64,7 @@ def test_it_undrains_an_agent(staff_client, staff_operator, admin_client):
 def test_a_drained_agent_gets_no_new_dispatch_and_is_swept_after_undrain(staff_client, q_sync):
     from django.utils import timezone
 
-    from sessions import engine
+    from sessions import engine, sweeps
 
     agent = AgentFactory()
     staff_client.post(reverse("agents:agent-drain", args=[agent.pk]), {"reason": "x"})
@@ -73,7 +73,7 @@ def test_a_drained_agent_gets_no_new_dispatch_and_is_swept_after_undrain(staff_c
     assert task.status == Task.Status.QUEUED  # the dispatch job ran (sync) and refused the drained agent
     assert not task.attempts.exists()
     staff_client.post(reverse("agents:agent-undrain", args=[agent.pk]), {"reason": "ok"})
-    found = engine.sweep_lost_jobs(now=timezone.now() + timezone.timedelta(hours=1), dry_run=True)
+    found = sweeps.sweep_lost_jobs(now=timezone.now() + timezone.timedelta(hours=1), dry_run=True)
     assert task in found
 
 

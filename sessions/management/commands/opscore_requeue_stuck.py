@@ -7,7 +7,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from opscore_site.commands import OpsCommand, check_count
-from sessions import engine
+from sessions import sweeps
 
 MAX_LIMIT = 100_000
 
@@ -28,7 +28,7 @@ class Command(OpsCommand):
     def handle(self, *args, dry_run: bool, limit: int, **options) -> None:
         check_count("--limit", limit, at_most=MAX_LIMIT)
         now = timezone.now()
-        found = engine.scheduler_preview(now=now, limit=limit)
+        found = sweeps.scheduler_preview(now=now, limit=limit)
         self.stdout.write(f"{len(found['retries_due'])} due retry(s), {len(found['timed_out'])} overdue attempt(s), "
                           f"{len(found['requeued'])} queued task(s) with a lost job "
                           f"(no job for {settings.OPSCORE_LOST_JOB_SECONDS}s)")
@@ -44,7 +44,7 @@ class Command(OpsCommand):
         if dry_run:
             self.stdout.write("dry run: nothing changed")
             return
-        counts = engine.scheduler_tick(now=now, limit=limit)
+        counts = sweeps.scheduler_tick(now=now, limit=limit)
         self.stdout.write(f"retried {counts.retries_due}, timed out {counts.timed_out}, re-enqueued {counts.requeued}")
         if counts.errors:
             raise CommandError("; ".join(counts.errors))

@@ -10,6 +10,7 @@ from django.core.management.base import CommandError
 from opscore_site.commands import OpsCommand
 from opscore_site.durations import parse_moment
 from sessions import engine
+from sessions.bulk import run_each
 from sessions.engine import By
 from sessions.models import Task
 
@@ -83,13 +84,7 @@ class Command(OpsCommand):
             if answer.strip().lower() not in {"y", "yes"}:
                 raise CommandError("cancelled: nothing retried")
 
-        retried = skipped = 0
-        for task in tasks:
-            try:
-                engine.task_retry(task=task, by=by, reason=REASON)
-            except engine.EngineError as exc:  # raced with another retry, a cancel, a fallback
-                skipped += 1
-                self.stdout.write(f"  skipped {task.pk}: {exc}")
-            else:
-                retried += 1
-        self.stdout.write(f"retried {retried}, skipped {skipped}")
+        retried, skipped = run_each(tasks, lambda task: engine.task_retry(task=task, by=by, reason=REASON))
+        for task, reason in skipped:  # raced with another retry, a cancel, a fallback
+            self.stdout.write(f"  skipped {task.pk}: {reason}")
+        self.stdout.write(f"retried {retried}, skipped {len(skipped)}")

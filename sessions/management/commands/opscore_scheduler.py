@@ -7,7 +7,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from opscore_site.commands import OpsCommand, check_seconds, run_until_stopped
-from sessions import engine
+from sessions import sweeps
 
 HEARTBEAT_KEY = "opscore:scheduler:heartbeat"
 
@@ -33,7 +33,7 @@ class Command(OpsCommand):
         interval = settings.OPSCORE_SCHEDULER_INTERVAL_SECONDS if interval is None else interval
         check_seconds("--interval", interval, at_most=3600)
         if dry_run:
-            found = engine.scheduler_preview(now=timezone.now())  # a pass handles at most SWEEP_BATCH of each
+            found = sweeps.scheduler_preview(now=timezone.now())  # a pass handles at most SWEEP_BATCH of each
             self.stdout.write("dry run, nothing changed: would be "
                               + " ".join(f"{k}={len(v)}" for k, v in found.items()))
             return
@@ -57,9 +57,9 @@ class Command(OpsCommand):
         self.stdout.write("scheduler: stopped")
 
     @staticmethod
-    def _pass() -> engine.SweepCounts:
+    def _pass() -> sweeps.SweepCounts:
         """One pass; the heartbeat says the scheduler works, so a pass with a failed sweep writes none."""
-        counts = engine.scheduler_tick()
+        counts = sweeps.scheduler_tick()
         if not counts.errors:
             cache.set(HEARTBEAT_KEY, timezone.now().isoformat(), timeout=None)
         return counts

@@ -1,0 +1,156 @@
+"""Dispatch: claim a queued Task, fence the attempt, POST it to AgentKit once, record the answer.
+
+The body of the dispatch job (`sessions.tasks.send_task_job`). May lock the agent, task and
+session rows, create the TaskAttempt fence and write AgentKit's answer (`http_status`,
+`error`) on it; every change of `status` or `outcome` goes through `sessions/engine.py`.
+Talks HTTP only through `agents/agentkit.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from agents import agentkit
+from agents.models import Agent
+from sessions import engine
+from sessions.engine import By
+from sessions.models import Session, Task, TaskAttempt
+
+logger = logging.getLogger(__name__)
+
+S = Task.Status
+SS = Session.Status
+Outcome = TaskAttempt.Outcome
+
+
+@dataclass
+class DispatchResult:
+    outcome: str  # "dispatched", "skipped", "busy", "unavailable", "failed"
+    detail: str = ""
+
+
+def task_dispatch(*, task_id) -> DispatchResult:
+    """The dispatch job's body: claim, fence and commit, then POST to AgentKit once."""
+    claimed = _claim(task_id)
+    if isinstance(claimed, DispatchResult):
+        logger.info("dispatch of task %s: %s (%s)", task_id, claimed.outcome, claimed.detail)
+        return claimed
+    task, attempt = claimed
+    message = agentkit.dispatch_message(
+        task_name=task.step_id, task_parameters=task.payload, session_id=str(task.session_id),
+        task_id=str(task.pk), attempt=attempt.number,
+    )
+    try:
+        accepted = agentkit.run_task(agent_id=task.agent_id, message=message)
+    except agentkit.AgentKitError as exc:
+        _record_error(attempt=attempt, exc=exc)
+        return DispatchResult("failed", exc.message)
+    _record_accepted(attempt=attempt, http_status=accepted.http_status)
+    return DispatchResult("dispatched")
+
+
+def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
+    """Lock the task and its agent, check the agent, and fence a new attempt. Commits."""
+    agent_id = Task.objects.filter(pk=task_id, status=S.QUEUED).values_list("agent_id", flat=True).first()
+    if agent_id is None:
+        return DispatchResult("skipped", "no such queued task")
+    with transaction.atomic():
+        # The lock order of sessions/engine.py (agent, task, session). The agent lock also
+        # serialises dispatches to one agent.
+        agent = Agent.objects.select_for_update().get(pk=agent_id)
+        task = Task.objects.select_for_update().filter(pk=task_id).first()
+        if task is None or task.status != S.QUEUED:
+            return DispatchResult("skipped", f"task is {task.status if task else 'gone'}")
+        session = Session.objects.select_for_update().get(pk=task.session_id)
+        if session.is_terminal:
+            # A step queued while its session was being cancelled: it must not wait forever.
+            engine.task_transition(task=task, to=S.CANCELLED, by=By.system(), reason=f"session is {session.status}",
+                                   finished_at=timezone.now())
+            return DispatchResult("skipped", f"session is {session.status}")
+        if agent.deregistered_at is not None:
+            # Nothing will ever run it: fail it now so the fallback runs or the session fails.
+            reason = f"agent '{agent.pk}' is deregistered"
+            engine.task_give_up(task=task, reason=reason)
+            return DispatchResult("unavailable", reason)
+        if agent.drained_at is not None:
+            return DispatchResult("unavailable", "agent is drained")
+        if agent.state != Agent.State.IDLE:
+            return DispatchResult("busy", f"agent is {agent.state or 'unknown'}")
+        if Task.objects.filter(agent_id=agent.pk, status__in=Task.IN_FLIGHT).exists():
+            return DispatchResult("busy", "agent has a task in flight")
+        now = timezone.now()
+        held = _held_by_cancelled_task(agent=agent, now=now)
+        if held is not None:
+            return DispatchResult("busy", f"agent may still be working on cancelled task {held.pk}")
+        number = task.attempt + 1
+        try:
+            with transaction.atomic():
+                attempt = TaskAttempt.objects.create(task=task, number=number, reference_at=now)
+                engine.task_transition(
+                    task=task, to=S.DISPATCHED, by=By.system(), reason=f"attempt {number} sent to AgentKit",
+                    attempt=number, reference_at=now, dispatched_at=now, started_at=None,
+                    timeout_at=now + timedelta(seconds=task.timeout_seconds), next_attempt_at=None,
+                )
+        except IntegrityError:
+            # The one-in-flight constraint or the attempt fence: another worker won.
+            return DispatchResult("busy", "another dispatch won the race")
+        if session.status == SS.PENDING:
+            engine.session_transition(session=session, to=SS.RUNNING, by=By.system(), reason="first task dispatched")
+    return task, attempt
+
+
+def _held_by_cancelled_task(*, agent: Agent, now: datetime) -> Task | None:
+    """A task cancelled in flight that its agent may still be working on, or None.
+
+    An agent reports only after its work (AGENTKIT.md section 4), so cancelling a task
+    does not free the agent: its late `active`/`idle` would be taken for the outcome of
+    the next task sent to it. The cancelled attempt holds the agent until the agent
+    reports a state received after the attempt went out, or the attempt's deadline
+    passes (a lost forward), unless AgentKit refused the POST (it never reached the agent).
+    """
+    # The four `attempts__` conditions must stay in this one filter(): each filter() call on a
+    # multi-valued relation joins its own attempts row, so split up they could be met by
+    # different attempts (an earlier refused one, a later cancelled one) instead of the latest.
+    candidates = Task.objects.filter(
+        Q(attempts__http_status__isnull=True) | Q(attempts__http_status__lt=300),
+        agent_id=agent.pk, status=S.CANCELLED, attempts__number=F("attempt"),
+        attempts__outcome=Outcome.CANCELLED,
+    )
+    if agent.state_received_at is not None:
+        candidates = candidates.filter(reference_at__gte=agent.state_received_at)
+    for task in candidates.only("pk", "reference_at", "timeout_seconds"):
+        if task.reference_at + timedelta(seconds=task.timeout_seconds) > now:
+            return task
+    return None
+
+
+# AgentKit's answer closes the attempt only if nothing closed it during the POST: an agent
+# quick enough to report before the answer, the timeout sweep or an operator's cancel. An
+# attempt closed first keeps its outcome and only gains what AgentKit said.
+
+
+def _record_accepted(*, attempt: TaskAttempt, http_status: int) -> None:
+    """AgentKit took the task (2xx): `sending` -> `accepted`, with AgentKit's status."""
+    if not engine.attempt_transition(task_id=attempt.task_id, number=attempt.number, to=Outcome.ACCEPTED,
+                                     http_status=http_status):
+        TaskAttempt.objects.filter(pk=attempt.pk, http_status__isnull=True).update(http_status=http_status)
+
+
+def _record_error(*, attempt: TaskAttempt, exc: agentkit.AgentKitError) -> None:
+    """AgentKit refused or could not be reached: the attempt fails (retry, or dead if permanent).
+
+    A cancelled attempt keeps the error: a refusal means the agent never got the task, so
+    it does not hold the agent (`_held_by_cancelled_task`).
+    """
+    with transaction.atomic():
+        failed = engine.attempt_failed(task_id=attempt.task_id, number=attempt.number, error=exc.message,
+                                       permanent=exc.permanent, http_status=exc.http_status, by=By.system())
+        if failed is None:
+            TaskAttempt.objects.filter(pk=attempt.pk, outcome=Outcome.CANCELLED).update(
+                http_status=exc.http_status, error=exc.message[:5000])

@@ -1,0 +1,135 @@
+"""The scheduler's passes: due retries, attempts past their deadline, lost dispatch jobs.
+
+May read any Task and lock the rows it acts on (SKIP LOCKED); every change of `status`
+or `outcome` goes through `sessions/engine.py`. Called by `opscore_scheduler` (every
+second) and `opscore_requeue_stuck` (one pass, for when the scheduler was down).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from agents.models import Agent
+from sessions import engine
+from sessions.engine import By
+from sessions.models import Session, Task
+
+logger = logging.getLogger(__name__)
+
+S = Task.Status
+
+SWEEP_BATCH = 100
+
+
+@dataclass
+class SweepCounts:
+    retries_due: int = 0
+    timed_out: int = 0
+    requeued: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"retries_due": self.retries_due, "timed_out": self.timed_out, "requeued": self.requeued}
+
+
+def _sweep(queryset, action, *, limit: int) -> list[Task]:
+    """Claim up to `limit` rows (SKIP LOCKED, so several schedulers share the work; SQLite
+    ignores locking) and act on each in its own savepoint: one bad row is logged and
+    skipped instead of blocking the sweep on every pass."""
+    done = []
+    with transaction.atomic():
+        for task in list(queryset.select_for_update(skip_locked=True, of=("self",))[:limit]):
+            try:
+                with transaction.atomic():
+                    action(task)
+            except Exception:
+                logger.exception("scheduler could not handle task %s", task.pk)
+                continue
+            done.append(task)
+    return done
+
+
+def _requeue_due(task: Task) -> None:
+    engine.task_transition(task=task, to=S.QUEUED, by=By.system(), reason="retry due", next_attempt_at=None)
+
+
+def _time_out(task: Task) -> None:
+    engine.attempt_failed(task_id=task.pk, number=task.attempt, permanent=False, by=By.system(),
+                          error=f"no outcome within {task.timeout_seconds}s (attempt {task.attempt})")
+
+
+def due_retries(*, now: datetime):
+    """Tasks whose retry is due (what `sweep_due_retries` acts on)."""
+    return Task.objects.filter(status=S.RETRY_SCHEDULED, next_attempt_at__lte=now).order_by("next_attempt_at")
+
+
+def sweep_due_retries(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
+    return len(_sweep(due_retries(now=now), _requeue_due, limit=limit))
+
+
+def overdue_tasks(*, now: datetime):
+    """Tasks in flight past their deadline (what `sweep_timeouts` acts on)."""
+    return Task.objects.filter(status__in=Task.IN_FLIGHT, timeout_at__lte=now).order_by("timeout_at")
+
+
+def sweep_timeouts(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
+    return len(_sweep(overdue_tasks(now=now), _time_out, limit=limit))
+
+
+def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = False) -> list[Task]:
+    """Queued tasks whose job has not run for a while although it would now decide something.
+
+    Covers a worker killed mid-job, a job that found the agent busy and was never kicked
+    again, an agent that deregistered (the job fails the task) and a session ended while
+    the task was queued (the job cancels it). Re-enqueueing is safe: the job does nothing
+    unless the task is queued.
+    """
+    cutoff = now - timedelta(seconds=settings.OPSCORE_LOST_JOB_SECONDS)
+    ready_agents = Agent.objects.filter(state=Agent.State.IDLE, deregistered_at__isnull=True,
+                                        drained_at__isnull=True)
+    gone_agents = Agent.objects.filter(deregistered_at__isnull=False)  # their job fails the task
+    busy_agents = Task.objects.filter(status__in=Task.IN_FLIGHT).values("agent_id")
+    queryset = (Task.objects.filter(status=S.QUEUED)
+                .filter(Q(agent__in=ready_agents) | Q(agent__in=gone_agents) | Q(session__status__in=Session.TERMINAL))
+                .filter(Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True))
+                .exclude(agent_id__in=busy_agents).order_by("created_at"))
+    if dry_run:
+        return list(queryset[:limit])
+    return _sweep(queryset, lambda task: engine.task_enqueue(task=task), limit=limit)
+
+
+def scheduler_preview(*, now: datetime, limit: int = SWEEP_BATCH) -> dict[str, list[Task]]:
+    """What one pass of the scheduler would act on, changing nothing (for dry runs and listings)."""
+    return {
+        "retries_due": list(due_retries(now=now)[:limit]),
+        "timed_out": list(overdue_tasks(now=now)[:limit]),
+        "requeued": sweep_lost_jobs(now=now, limit=limit, dry_run=True),
+    }
+
+
+def scheduler_tick(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> SweepCounts:
+    """One pass of the scheduler loop, at most `limit` tasks of each kind. Each sweep commits on its own."""
+    now = now or timezone.now()
+    counts = SweepCounts()
+    sweeps = (
+        ("retries_due", lambda: sweep_due_retries(now=now, limit=limit)),
+        ("timed_out", lambda: sweep_timeouts(now=now, limit=limit)),
+        ("requeued", lambda: len(sweep_lost_jobs(now=now, limit=limit))),
+    )
+    for name, sweep in sweeps:
+        try:
+            setattr(counts, name, sweep())
+        except (OperationalError, InterfaceError):
+            raise  # the database itself: every sweep would fail; the caller reports it once
+        except Exception as exc:  # one failing sweep must not stop the others
+            logger.exception("scheduler sweep %s failed", name)
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            counts.errors.append(f"{name}: {exc.__class__.__name__}: {first_line}")
+    return counts
