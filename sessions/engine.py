@@ -35,7 +35,7 @@ from django.utils import timezone
 from agents.models import Agent
 from sessions.models import Actor, Session, Task, TaskAttempt, TaskEvent
 from workflows.models import WorkflowDefinition
-from workflows.schema import StepSpec, validate_definition
+from workflows.schema import StepSpec, WorkflowSpec, validate_definition
 
 logger = logging.getLogger(__name__)
 
@@ -219,24 +219,51 @@ def _payload_for(step: StepSpec, *, base: dict[str, Any] | None, previous_result
     return payload
 
 
-def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: By,
+def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: By, after: Task | None,
               fallback_for: Task | None = None, reason: str) -> Task:
-    sequence = (session.tasks.order_by("-sequence").values_list("sequence", flat=True).first() or 0) + 1
+    """Create the step's Task already `queued` (one INSERT, its event and its job), after `after`.
+
+    A session's tasks form one chain: a task is created only when the newest one finishes
+    (completed: the next step; dead: the fallback), and an operator's retry re-queues a task
+    instead of creating one. So the new sequence is `after.sequence + 1`, with no MAX() query;
+    the (session, sequence) unique constraint guards the rule.
+    """
+    now = timezone.now()
     task = Task.objects.create(
         session=session,
         agent_id=session.agent_id,
         step_id=step.taskId,
         name=step.name or step.taskId,
-        sequence=sequence,
+        sequence=after.sequence + 1 if after is not None else 1,
         fallback_for=fallback_for,
         payload=payload,
-        status=S.PENDING,
+        status=S.QUEUED,
+        enqueued_at=now,
+        created_at=now,
+        updated_at=now,
         max_retries=step.maxRetries,
         timeout_seconds=step.timeoutSeconds,
         retry_backoff_seconds=step.retryBackoffSeconds,
     )
-    task_transition(task=task, to=S.QUEUED, by=by, reason=reason)
+    # The history reads as before: created (pending) and queued at once.
+    _event(session_id=session.pk, task_id=task.pk, old=S.PENDING, new=S.QUEUED, by=by, reason=reason)
+    _send_job(task=task, now=now)
     return task
+
+
+# A session's spec snapshot never changes, so each worker parses it once, not at every step.
+_SNAPSHOT_SPECS: dict[Any, WorkflowSpec] = {}
+_SNAPSHOT_SPECS_MAX = 1024
+
+
+def _spec_of(session: Session) -> WorkflowSpec:
+    spec = _SNAPSHOT_SPECS.get(session.pk)
+    if spec is None:
+        spec = validate_definition(session.spec_snapshot)
+        if len(_SNAPSHOT_SPECS) >= _SNAPSHOT_SPECS_MAX:
+            _SNAPSHOT_SPECS.pop(next(iter(_SNAPSHOT_SPECS)))  # the oldest entry
+        _SNAPSHOT_SPECS[session.pk] = spec
+    return spec
 
 
 # --------------------------------------------------------------------------- starting
@@ -275,7 +302,7 @@ def session_start(
         )
         _event(session_id=session.pk, old="", new=SS.PENDING, by=by, reason="session started")
         _new_task(session=session, step=spec.first_step, payload=_payload_for(
-            spec.first_step, base=initial_payload, previous_result=None), by=by, reason="first step")
+            spec.first_step, base=initial_payload, previous_result=None), by=by, after=None, reason="first step")
     return session
 
 
@@ -287,13 +314,17 @@ def _backoff_seconds(task: Task) -> float:
     return min(base * random.uniform(0.5, 1.5), MAX_BACKOFF_SECONDS)
 
 
-def attempt_failed(*, task_id, number: int, error: str, permanent: bool, by: By,
+def attempt_failed(*, task_id=None, task: Task | None = None, number: int, error: str, permanent: bool, by: By,
                    http_status: int | None = None) -> Task | None:
     """Attempt `number` of the task failed: retry with backoff, or mark it dead.
 
-    Does nothing when the task has moved on (a later attempt, a cancel): the fence.
+    Pass the `task` row when the caller holds its lock already, else its `task_id`. Does
+    nothing when the task has moved on (a later attempt, a cancel): the fence. The agent is
+    free again, so its next queued task is kicked in this transaction (its job answers busy
+    while the agent is not idle; the agent's next `idle` report kicks again).
     """
-    task = Task.objects.select_for_update().filter(pk=task_id).first()
+    if task is None:
+        task = Task.objects.select_for_update().filter(pk=task_id).first()
     if task is None or task.attempt != number or task.status not in Task.IN_FLIGHT:
         return None
     now = timezone.now()
@@ -310,6 +341,7 @@ def attempt_failed(*, task_id, number: int, error: str, permanent: bool, by: By,
     else:
         why = "permanent error" if permanent else f"retries exhausted ({task.max_retries})"
         _task_dead(task=task, reason=f"{why}: {error}")
+    _kick_queued(agent_id=task.agent_id)
     return task
 
 
@@ -326,11 +358,11 @@ def _task_dead(*, task: Task, reason: str) -> None:
     session = Session.objects.select_for_update().get(pk=task.session_id)
     if session.is_terminal:
         return
-    spec = validate_definition(session.spec_snapshot)
+    spec = _spec_of(session)
     step = spec.step(task.step_id)
     if step.fallbackTaskId:
         fallback = spec.step(step.fallbackTaskId)
-        _new_task(session=session, step=fallback, by=By.system(), fallback_for=task,
+        _new_task(session=session, step=fallback, by=By.system(), after=task, fallback_for=task,
                   payload=_payload_for(fallback, base=session.initial_payload if fallback is spec.first_step else None,
                                        previous_result=None),
                   reason=f"fallback for dead step '{task.step_id}'")
@@ -348,11 +380,11 @@ def _task_completed(*, task: Task, result: Any, by: By) -> Task | None:
     session = Session.objects.select_for_update().get(pk=task.session_id)
     if session.is_terminal:
         return None
-    spec = validate_definition(session.spec_snapshot)
+    spec = _spec_of(session)
     step = spec.step(task.step_id)
     if step.nextTaskId:
         nxt = spec.step(step.nextTaskId)
-        return _new_task(session=session, step=nxt, by=By.system(),
+        return _new_task(session=session, step=nxt, by=By.system(), after=task,
                          payload=_payload_for(nxt, base=None, previous_result=result),
                          reason=f"after step '{task.step_id}'")
     session_transition(session=session, to=SS.COMPLETED, by=By.system(),
@@ -403,8 +435,8 @@ def _apply_report(*, agent_id: str, state: str, details: Any, received_at: datet
                     return  # the next step's job is enqueued already: no second job to kick
                 task = None
             elif state == Agent.State.ERROR:
-                error = _error_text(details)
-                attempt_failed(task_id=task.pk, number=task.attempt, error=error, permanent=False, by=by)
+                attempt_failed(task=task, number=task.attempt, error=_error_text(details), permanent=False,
+                               by=by)
                 task = None
     if state == Agent.State.IDLE and task is None:
         _kick_queued(agent_id=agent_id)
@@ -445,6 +477,7 @@ def session_cancel(*, session: Session, by: By, reason: str = "") -> Session:
         if session.is_terminal:
             raise InvalidTransition(f"session {session.pk} is already {session.status}")
         now = timezone.now()
+        freed = {task.agent_id for task in tasks if task.status in Task.IN_FLIGHT}
         for task in tasks:
             if task.status in Task.IN_FLIGHT:
                 attempt_transition(task_id=task.pk, number=task.attempt, to=Outcome.CANCELLED, ended_at=now)
@@ -452,6 +485,10 @@ def session_cancel(*, session: Session, by: By, reason: str = "") -> Session:
                 task_transition(task=task, to=S.CANCELLED, by=by, reason=reason or "session cancelled",
                                 finished_at=now, timeout_at=None, next_attempt_at=None)
         session_transition(session=session, to=SS.CANCELLED, by=by, reason=reason or "cancelled")
+        # The agents this session held take their next queued task (the job answers busy while
+        # the cancelled attempt may still hold its agent; the agent's next report kicks again).
+        for agent_id in sorted(freed):
+            _kick_queued(agent_id=agent_id)
     return session
 
 

@@ -61,7 +61,7 @@ def _requeue_due(task: Task) -> None:
 
 
 def _time_out(task: Task) -> None:
-    engine.attempt_failed(task_id=task.pk, number=task.attempt, permanent=False, by=By.system(),
+    engine.attempt_failed(task=task, number=task.attempt, permanent=False, by=By.system(),
                           error=f"no outcome within {task.timeout_seconds}s (attempt {task.attempt})")
 
 

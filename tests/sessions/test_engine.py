@@ -3,6 +3,7 @@ with AgentKit stubbed at the HTTP seam."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 import httpx
@@ -741,3 +742,89 @@ def test_the_one_in_flight_constraint_firing_in_a_claim_is_busy_not_an_error(age
     assert (result.outcome, result.detail) == ("busy", "another dispatch won the race")
     assert task_of(second).status == S.QUEUED and not task_of(second).attempts.exists()
     assert not agentkit_stub.requests
+
+
+# --------------------------------------------------------------------------- a freed agent takes its next task at once
+
+
+_spec_ids = itertools.count(1)
+
+
+def one_step_spec(**step) -> dict:
+    return {"id": f"one-step-{next(_spec_ids)}", "name": "One step",
+            "tasks": [{"taskId": "only", "nextTaskId": None, **step}]}
+
+
+def busy_agent_with_a_waiting_task(q_sync, *, spec=None):
+    """Agent A runs session 1's task; session 2's task waits queued for A, its first job spent."""
+    agent = AgentFactory()
+    first = start(agent=agent, spec=spec or one_step_spec(maxRetries=0))
+    second = start(agent=agent, spec=one_step_spec())
+    assert task_of(first).status == S.DISPATCHED and task_of(second).status == S.QUEUED
+    from django_q.models import OrmQ
+    OrmQ.objects.all().delete()  # the waiting task's first job ran (and answered busy)
+    q_sync.SYNC = False  # from here on, jobs stay in the broker, where they can be counted
+    return agent, first, task_of(second)
+
+
+def kicked_within(action, waiting: Task) -> None:
+    """`action` enqueues the waiting task's job in its own transaction: it is there before commit,
+    and rolling the transaction back takes it away (so no sweep is involved)."""
+    class Rollback(Exception):
+        pass
+
+    before = Task.objects.get(pk=waiting.pk).enqueued_at
+    try:
+        with transaction.atomic():
+            action()
+            assert queued_jobs_for(waiting) == 1, "the freed agent's next task has no job"
+            assert Task.objects.get(pk=waiting.pk).enqueued_at > before
+            raise Rollback
+    except Rollback:
+        pass
+    assert queued_jobs_for(waiting) == 0  # it was written in the action's transaction
+    with transaction.atomic():
+        action()
+    assert queued_jobs_for(waiting) == 1
+
+
+def test_a_completed_task_frees_its_agent_for_the_next_queued_task(q_sync, agentkit_stub):
+    agent, _, waiting = busy_agent_with_a_waiting_task(q_sync)
+    kicked_within(lambda: report(agent.id, "idle"), waiting)
+
+
+def test_a_task_failed_with_no_retry_left_frees_its_agent(q_sync, agentkit_stub):
+    agent, first, waiting = busy_agent_with_a_waiting_task(q_sync)
+    kicked_within(lambda: report(agent.id, "error", {"error_code": "E", "message": "boom"}), waiting)
+    assert task_of(first).status == S.DEAD
+
+
+def test_a_task_failed_with_a_retry_scheduled_frees_its_agent(q_sync, agentkit_stub):
+    agent, first, waiting = busy_agent_with_a_waiting_task(q_sync, spec=one_step_spec(maxRetries=3))
+    kicked_within(lambda: report(agent.id, "error", {"error_code": "E", "message": "boom"}), waiting)
+    assert task_of(first).status == S.RETRY_SCHEDULED
+
+
+def test_a_task_that_dies_on_a_permanent_agentkit_answer_frees_its_agent(q_sync, agentkit_stub):
+    agent = AgentFactory()
+    agentkit_stub.respond(404, {"detail": "agent not found"})
+    q_sync.SYNC = False
+    first, second = start(agent=agent, spec=one_step_spec()), start(agent=agent, spec=one_step_spec())
+    from django_q.models import OrmQ
+    OrmQ.objects.all().delete()
+    waiting = task_of(second)
+    kicked_within(lambda: dispatch.task_dispatch(task_id=task_of(first).pk), waiting)
+    assert task_of(first).status == S.DEAD
+
+
+def test_a_timed_out_task_frees_its_agent(q_sync, agentkit_stub):
+    agent, first, waiting = busy_agent_with_a_waiting_task(q_sync, spec=one_step_spec(timeoutSeconds=30, maxRetries=0))
+    deadline = task_of(first).timeout_at
+    kicked_within(lambda: sweeps.sweep_timeouts(now=deadline + timedelta(seconds=1)), waiting)
+    assert task_of(first).status == S.DEAD
+
+
+def test_a_cancelled_task_frees_its_agent(q_sync, agentkit_stub, operator):
+    agent, first, waiting = busy_agent_with_a_waiting_task(q_sync)
+    kicked_within(lambda: engine.session_cancel(session=first, by=By.operator(operator)), waiting)
+    assert task_of(first).status == S.CANCELLED
