@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from .config import DEFAULT_CAPABILITIES, Config, ConfigError
 from .standin import StandIn
@@ -35,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="webhook URL (env OPSCORE_WEBHOOK_URL; default "
                              "{opscore-url}/v1/opscore/internal/agent/notify)")
     parser.add_argument("--agents", type=int, default=0, metavar="N", help="register N simulated agents at start")
+    parser.add_argument("--known-agents", type=Path, default=None, metavar="FILE",
+                        help="a JSON file of agents (as for POST /_standin/agents: "
+                             '{"agents": [{"agentId": ..., "agentName": ..., "capabilities": [...]}]}) '
+                             "registered before the first request is served, as AgentKit back from a restart")
     parser.add_argument("--capabilities", default=",".join(DEFAULT_CAPABILITIES),
                         help="comma-separated capabilities of the agents (default %(default)s)")
     parser.add_argument("--work-time", default="0", metavar="SECONDS",
@@ -71,6 +77,23 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def known_agents(path: Path) -> list[dict]:
+    """The --known-agents file as keyword arguments for StandIn.register; ConfigError naming the problem."""
+    from .server import HttpError, agent_options, agent_specs
+
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"known-agents: cannot read {path}: {exc}") from None
+    if not isinstance(body, dict) or "agents" not in body:
+        raise ConfigError('known-agents: expected {"agents": [...]}')
+    try:
+        options = agent_options(body)
+        return [{**spec, **options} for spec in agent_specs(body)]
+    except HttpError as exc:
+        raise ConfigError(f"known-agents: {exc.detail}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -80,9 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s standin %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        known = known_agents(args.known_agents) if args.known_agents else []
+    except ConfigError as exc:
+        parser.error(str(exc))
     standin = StandIn(config)
     try:
-        standin.start()
+        standin.start(known_agents=known)
     except OSError as exc:
         print(f"agentkit_standin: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1

@@ -283,13 +283,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self._json_body()
         if not isinstance(body, dict):
             raise HttpError(400, "Expected a JSON object")
-        specs = _agent_specs(body)
-        options = {}
-        for flag in ("webhook", "initial_idle"):
-            if flag in body:
-                if not isinstance(body[flag], bool):
-                    raise HttpError(400, f"{flag}: expected true or false")
-                options[flag] = body[flag]
+        specs = agent_specs(body)
+        options = agent_options(body)
         taken = set(self.standin.agent_ids())
         for spec in specs:
             if spec.get("agent_id") in taken:
@@ -357,7 +352,18 @@ AGENT_FIELDS = {"agentId": ("agent_id", str), "agentName": ("name", str), "versi
                 "metadata": ("metadata", dict)}
 
 
-def _agent_specs(body: dict[str, Any]) -> list[dict[str, Any]]:
+def agent_options(body: dict[str, Any]) -> dict[str, bool]:
+    """The optional `webhook` and `initial_idle` flags of a registration body; HttpError(400) if not booleans."""
+    options = {}
+    for flag in ("webhook", "initial_idle"):
+        if flag in body:
+            if not isinstance(body[flag], bool):
+                raise HttpError(400, f"{flag}: expected true or false")
+            options[flag] = body[flag]
+    return options
+
+
+def agent_specs(body: dict[str, Any]) -> list[dict[str, Any]]:
     """Keyword arguments for StandIn.register from a control request; HttpError(400) naming what is wrong."""
     if "agents" in body:
         items = body["agents"]

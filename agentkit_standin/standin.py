@@ -151,12 +151,19 @@ class StandIn:
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> StandIn:
-        """Bind and serve in a background thread; returns self."""
+    def start(self, known_agents: list[dict[str, Any]] | None = None) -> StandIn:
+        """Bind and serve in a background thread; returns self.
+
+        `known_agents` (keyword arguments of `register`) are registered after the port is bound
+        and before the first request is served: AgentKit back from a restart with its registry,
+        so a dispatch that reaches it early finds its agent instead of a 404.
+        """
         from .server import make_server
 
         self._client = httpx.Client(follow_redirects=False, timeout=self.config.report_timeout)
         self._server = make_server(self, self.config.host, self.config.port)
+        for spec in known_agents or []:
+            self.register(**spec)
         self._serve_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                               name="standin-http", daemon=True)
         self._serve_thread.start()

@@ -108,11 +108,17 @@ class Stack:
         self.start("scheduler", [sys.executable, "manage.py", "opscore_scheduler"])
 
     def start_agentkit(self, *, agents: int = 0, work_time: str = "0", failure_rate: float = 0.0,
-                       extra: list[str] | None = None) -> None:
+                       extra: list[str] | None = None, known_agents: list[dict] | None = None) -> None:
+        """Start the stand-in with `agents` new agents, or with `known_agents` (AgentKit back from a
+        restart: registered before it serves its first request)."""
         argv = [sys.executable, "-m", "agentkit_standin", "--host", "127.0.0.1", "--port", str(self.agentkit_port),
                 "--opscore-url", self.web_url, "--api-key", API_KEY, "--webhook-secret", WEBHOOK_SECRET,
                 "--agents", str(agents), "--work-time", work_time, "--failure-rate", str(failure_rate),
                 *(extra or [])]
+        if known_agents:
+            path = self.log_dir / "agentkit-known-agents.json"
+            path.write_text(json.dumps({"agents": known_agents, "initial_idle": True}))
+            argv += ["--known-agents", str(path)]
         self.start("agentkit", argv)
         wait_until(lambda: httpx.get(f"{self.agentkit_url}/", timeout=2).status_code == 200, timeout=20,
                    what="AgentKit stand-in")

@@ -200,10 +200,10 @@ def test_killed_worker_and_agentkit_outage_lose_and_duplicate_nothing(stack):
     agent_rows = stack.standin("/_standin/agents")["agents"]
     stack.stop("agentkit", sig=signal.SIGKILL)
     time.sleep(20)
-    stack.start_agentkit(agents=0, work_time="0.05-0.2")
-    stack.standin("/_standin/agents", {"agents": [
+    # AgentKit comes back knowing its agents before it answers a /run (no 404 window).
+    stack.start_agentkit(work_time="0.05-0.2", known_agents=[
         {"agentId": a["agentId"], "agentName": a.get("agentName", ""), "capabilities": a.get("capabilities", [])}
-        for a in agent_rows], "initial_idle": True})
+        for a in agent_rows])
     statuses = wait_all_final(stack, sessions, timeout=300)
     assert Counter(statuses.values()) == {Session.Status.COMPLETED: 25}, Counter(statuses.values())
     assert Task.objects.filter(step_id="two", status=Task.Status.COMPLETED).count() == 25

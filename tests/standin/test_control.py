@@ -213,3 +213,43 @@ def test_the_command_refuses_bad_options_with_the_reason():
 
     assert process.returncode == 2
     assert "failure_rate: expected a probability between 0 and 1" in output
+
+
+def test_known_agents_are_registered_before_the_first_request_is_served(recorder, tmp_path):
+    """AgentKit back from a restart: its agents exist before any /run can reach it (no 404 window)."""
+    known = tmp_path / "known.json"
+    known.write_text(json.dumps({"agents": [{"agentId": "kept-1", "capabilities": ["fetch"]},
+                                            {"agentId": "kept-2", "agentName": "Kept"}], "initial_idle": True}))
+    process = _command("--port", "0", "--known-agents", str(known), "--opscore-url", recorder.url,
+                       env={"OPSCORE_API_KEY": API_KEY, "OPSCORE_WEBHOOK_SECRET": WEBHOOK_SECRET})
+    watchdog = threading.Timer(30, process.kill)
+    watchdog.start()
+    try:
+        lines: list[str] = []
+        url = _read_until(process, "listening on", lines).split("listening on ")[1].split()[0]
+        assert "".join(lines).count("register agent=") == 2  # both before the server took a request
+        agents = {a["agentId"]: a for a in httpx.get(f"{url}/_standin/agents").json()["agents"]}
+        assert set(agents) == {"kept-1", "kept-2"} and agents["kept-1"]["capabilities"] == ["fetch"]
+        assert httpx.post(f"{url}/v1/agents/kept-2/run", json=run_message()).status_code == 202
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
+    finally:
+        watchdog.cancel()
+        process.kill()
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("not json", "known-agents: cannot read"),
+    ('{"count": 2}', 'known-agents: expected {"agents": [...]}'),
+    ('{"agents": [{"agentId": 5}]}', "known-agents: agents[0].agentId: expected a string"),
+    ('{"agents": [{}], "initial_idle": "yes"}', "known-agents: initial_idle: expected true or false"),
+])
+def test_a_bad_known_agents_file_is_refused_with_the_reason(tmp_path, content, reason):
+    known = tmp_path / "known.json"
+    known.write_text(content)
+    process = _command("--known-agents", str(known))
+
+    output = process.communicate(timeout=30)[0]
+
+    assert process.returncode == 2
+    assert reason in output
