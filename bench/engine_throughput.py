@@ -21,8 +21,8 @@ closed: the latency loop kept from before: each agent triggers a session through
 
 Usage: .venv/bin/python bench/engine_throughput.py [--mode open|closed] [--agents 50]
          [--sessions 500] [--idle-sessions 20] [--clients 4] [--noop-jobs 500] [--workers 2] [--poll 1]
-Needs PostgreSQL at DATABASE_URL (default 127.0.0.1:5432, user postgres); uses the database
-opscore_bench_engine on that server.
+Needs PostgreSQL at DATABASE_URL (default 127.0.0.1:5432, user postgres); drops and creates the
+database --database (default opscore_bench_engine) on that server.
 """
 
 from __future__ import annotations
@@ -246,11 +246,12 @@ def main() -> None:
     parser.add_argument("--noop-jobs", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2, help="qcluster workers")
     parser.add_argument("--poll", type=float, default=1.0, help="django-q2 broker poll interval, seconds (Q_POLL)")
+    parser.add_argument("--database", default=DB_NAME, help="database to drop, create and use")
     args = parser.parse_args()
     args.agents = args.agents or (50 if args.mode == "open" else 5)
     args.sessions = args.sessions or (500 if args.mode == "open" else 100)
 
-    os.environ["DATABASE_URL"] = recreate_database(DB_NAME)
+    os.environ["DATABASE_URL"] = recreate_database(args.database)
     os.environ["DJANGO_SETTINGS_MODULE"] = "opscore_site.settings_test"
     import django
 
@@ -263,7 +264,7 @@ def main() -> None:
     from tests.e2e.harness import Stack, wait_until
 
     log_dir = Path(tempfile.mkdtemp(prefix="opscore-bench-"))
-    stack = Stack(database_name=DB_NAME, log_dir=log_dir)
+    stack = Stack(database_name=args.database, log_dir=log_dir)
     env_extra = {"Q_WORKERS": str(args.workers), "Q_POLL": str(args.poll)}
     try:
         stack.start_web()
