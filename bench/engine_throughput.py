@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import percentile, recreate_database  # noqa: E402 (bench/ is the script's directory)
+from benchlib import percentile, recreate_database, run_threads  # noqa: E402 (bench/ is the script's directory)
 
 DB_NAME = "opscore_bench_engine"
 FINAL = ("completed", "failed", "cancelled")
@@ -162,13 +162,7 @@ def open_loop(args, stack, agents: list[str], noop: float) -> None:
                 loaded_ids.append(session_id)
                 loaded_calls.append(call_ms)
 
-    threads = [threading.Thread(target=client_loop) for _ in range(args.clients)]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    trigger_seconds = time.monotonic() - started
+    trigger_seconds = run_threads([threading.Thread(target=client_loop) for _ in range(args.clients)])
     wait_sessions_final(loaded_ids, timeout=args.timeout, interval=0.25)
 
     window = Task.objects.filter(session_id__in=loaded_ids).aggregate(end=Max("finished_at"))
@@ -217,13 +211,7 @@ def closed_loop(args, stack, agents: list[str]) -> None:
                     break
                 time.sleep(0.02)
 
-    threads = [threading.Thread(target=loop, args=(agent_id,)) for agent_id in agents]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started
+    elapsed = run_threads([threading.Thread(target=loop, args=(agent_id,)) for agent_id in agents])
     completed = Session.objects.filter(status="completed").count()
     steps = Task.objects.filter(status="completed").count()
     latencies = [ms(task.dispatched_at - task.session.created_at) for task in

@@ -45,10 +45,11 @@ class ListenNotifyBroker(ORM):
         super().__init__(list_key)
         self._listener: psycopg.Connection | None = None
         self._listener_pid: int | None = None
+        self._idle = True
 
     def __setstate__(self, state: Any) -> None:
         super().__setstate__(state)
-        self._listener, self._listener_pid = None, None
+        self._listener, self._listener_pid, self._idle = None, None, True
 
     def info(self) -> str:
         if not self._info:
@@ -71,7 +72,10 @@ class ListenNotifyBroker(ORM):
 
     def claim(self) -> list[tuple[int, str]]:
         """Lease up to `bulk` visible jobs of this queue, oldest first; [(id, payload)]."""
-        self.get_connection()  # the ORM broker's stale-connection cleanup
+        if self._idle:
+            # The ORM broker's stale-connection cleanup (and Django's health check, one
+            # SELECT 1), only when the connection may have sat unused: not between jobs.
+            self.get_connection()
         connection = connections[Conf.ORM]
         table = connection.ops.quote_name(OrmQ._meta.db_table)
         with connection.cursor() as cursor:
@@ -81,7 +85,9 @@ class ListenNotifyBroker(ORM):
                 "FOR UPDATE SKIP LOCKED) RETURNING id, payload",
                 [self.timeout(None), self.list_key, timezone.now(), Conf.BULK],
             )
-            return sorted(cursor.fetchall())
+            jobs = sorted(cursor.fetchall())
+        self._idle = not jobs
+        return jobs
 
     # ------------------------------------------------------------------ waiting
 

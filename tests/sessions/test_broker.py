@@ -7,13 +7,19 @@ is set to an hour where a test must prove that a notification, not the poll, wok
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.db import connection, connections, transaction
 from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 from django_q.models import OrmQ
 
@@ -209,3 +215,14 @@ def test_a_killed_listener_connection_is_reopened_and_wakes_dequeue_again(make_b
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [waits[-1]["pid"]])
         assert cursor.fetchone() == (1,)
+
+
+def test_postgresql_uses_this_broker_and_sqlite_keeps_the_orm_broker(tmp_path):
+    assert type(get_broker()) is ListenNotifyBroker
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "opscore_site.settings_test",
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}"}
+    code = "from django_q.brokers import get_broker; b = get_broker(); print(type(b).__module__, type(b).__name__)"
+    result = subprocess.run([sys.executable, "manage.py", "shell", "--no-imports", "-c", code], cwd=Path(__file__).parents[2],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [ORM.__module__, ORM.__name__]
