@@ -100,8 +100,9 @@ class ListenNotifyBroker(ORM):
             return self._listener
         self._listener = None
         params = connections[Conf.ORM].get_connection_params()
-        for name, value in (("keepalives", 1), ("keepalives_idle", 30), ("keepalives_interval", 10),
-                            ("keepalives_count", 3)):
+        # A dead server or network shows up within a minute, not after the kernel's hours.
+        for name, value in (("connect_timeout", 10), ("keepalives", 1), ("keepalives_idle", 30),
+                            ("keepalives_interval", 10), ("keepalives_count", 3)):
             params.setdefault(name, value)
         try:
             listener = psycopg.connect(**params, autocommit=True)
