@@ -1,8 +1,11 @@
-"""What the benchmark scripts share: a fresh database beside DATABASE_URL's, and percentiles."""
+"""What the benchmark scripts share: a fresh database beside DATABASE_URL's, percentiles, and
+timing a set of client threads."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from urllib.parse import urlparse, urlunparse
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -23,3 +26,13 @@ def percentile(values: list[float], fraction: float) -> float:
     """The nearest-rank percentile of `values` (fraction 0.99 = p99)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
+
+
+def run_threads(threads: list[threading.Thread]) -> float:
+    """Start every thread, wait for all of them; return the wall seconds that took."""
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started

@@ -1,21 +1,34 @@
-"""Benchmark: end-to-end workflow steps per second and trigger->dispatch latency, next to raw
-django-q2 no-op jobs per second, in one run on this machine.
+"""Benchmark: workflow steps per second and trigger->dispatch latency, next to raw django-q2
+no-op jobs per second of the same cluster, in one run on this machine.
 
 Starts gunicorn, one qcluster, the scheduler loop and the AgentKit stand-in with instant
-agents against a fresh PostgreSQL database, then:
-  1. enqueues --noop-jobs no-op django-q2 jobs and times until the cluster has run them all;
-  2. runs --sessions two-step sessions over --agents agents (each agent in a closed loop:
-     trigger through the API, wait for completion, trigger again) and prints steps/s and the
-     p50/p99 latency from a session's creation to its first task's dispatch.
+agents against a fresh PostgreSQL database, then measures the raw no-op rate of that
+cluster (--noop-jobs no-op jobs committed in one transaction, timed until the last has run)
+and one of two modes:
 
-Usage: .venv/bin/python bench/engine_throughput.py [--agents 5] [--sessions 100] [--noop-jobs 500]
-Needs PostgreSQL at DATABASE_URL (default 127.0.0.1:5432, user postgres); uses the database
-opscore_bench_engine on that server.
+open (default): the engine's throughput. A stored two-step workflow is triggered by id
+  1. --idle-sessions times one at a time on an idle system, each waited for: trigger->dispatch
+     p50/p99 idle and the trigger API's p50 from one client;
+  2. --sessions times over --agents agents, all at once from --clients concurrent API
+     clients (the engine starts working meanwhile), then completion is watched in the
+     database: steps/s and its ratio to the no-op rate, the trigger API's rate, trigger->first
+     dispatch, enqueue->dispatch (a job's own wait in the queue; a session queued behind
+     others on a busy agent waits for the agent, not for the queue) and session end to end,
+     each p50/p99, and the stand-in's count of duplicate attempts and overlaps.
+closed: the latency loop kept from before: each agent triggers a session through the API,
+  waits for it to complete (polling the API), and triggers the next; prints steps/s and
+  trigger->dispatch p50/p99.
+
+Usage: .venv/bin/python bench/engine_throughput.py [--mode open|closed] [--agents 50]
+         [--sessions 500] [--idle-sessions 20] [--clients 4] [--noop-jobs 500] [--workers 2] [--poll 1]
+Needs PostgreSQL at DATABASE_URL (default 127.0.0.1:5432, user postgres); drops and creates the
+database --database (default opscore_bench_engine) on that server.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -27,106 +40,240 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import percentile, recreate_database  # noqa: E402 (bench/ is the script's directory)
+from benchlib import percentile, recreate_database, run_threads  # noqa: E402 (bench/ is the script's directory)
 
 DB_NAME = "opscore_bench_engine"
+FINAL = ("completed", "failed", "cancelled")
+SPEC = {"id": "bench-two-step", "name": "Bench", "tasks": [
+    {"taskId": "one", "nextTaskId": "two", "timeoutSeconds": 30},
+    {"taskId": "two", "timeoutSeconds": 30}]}
+
+
+def ms(delta) -> float:
+    return delta.total_seconds() * 1000
+
+
+def spread(label: str, values: list[float], unit: str = "ms") -> str:
+    if not values:
+        return f"{label}: no samples"
+    return (f"{label}: p50 {statistics.median(values):.1f} {unit}, p99 {percentile(values, 0.99):.1f} {unit} "
+            f"(n={len(values)})")
+
+
+def noop_rate(jobs: int) -> tuple[float, float]:
+    """Commit `jobs` no-op jobs at once; return (seconds from the first one's start to the last one's end,
+    jobs/s over that span: the drain rate, without the cluster's pickup of the first job)."""
+    from django.db import transaction
+    from django.db.models import Max, Min
+    from django_q.models import Success
+    from django_q.tasks import async_task
+
+    from tests.e2e.harness import wait_until
+
+    Success.objects.filter(func="sessions.tasks.noop_job").delete()
+    with transaction.atomic():
+        for i in range(jobs):
+            async_task("sessions.tasks.noop_job", i)
+    wait_until(lambda: Success.objects.filter(func="sessions.tasks.noop_job").count() >= jobs,
+               timeout=600, interval=0.05, what="no-op jobs")
+    span = Success.objects.filter(func="sessions.tasks.noop_job").aggregate(first=Min("started"), last=Max("stopped"))
+    elapsed = (span["last"] - span["first"]).total_seconds()
+    return elapsed, (jobs - 1) / elapsed
+
+
+def wait_sessions_final(session_ids: list[str], *, timeout: float, interval: float) -> None:
+    """Watch the database (never the API) until every session has ended."""
+    from sessions.models import Session
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Session.objects.filter(pk__in=session_ids).exclude(status__in=FINAL).exists():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"sessions still running after {timeout}s")
+
+
+def trigger(client, agent_id: str) -> tuple[str, float]:
+    """Trigger the stored workflow for `agent_id`; return (session id, call ms)."""
+    started = time.perf_counter()
+    response = client.post(f"/v1/opscore/agent/{agent_id}/workflow",
+                           json={"workflowDefinitionId": SPEC["id"], "initialPayload": None})
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.status_code != 202:
+        raise AssertionError(f"trigger: {response.status_code} {response.text[:200]}")
+    return response.json()["sessionId"], elapsed
+
+
+def session_figures(session_ids: list[str]) -> dict[str, list[float]]:
+    from sessions.models import Session, Task
+
+    tasks = list(Task.objects.filter(session_id__in=session_ids).select_related("session")
+                 .only("sequence", "status", "dispatched_at", "enqueued_at", "finished_at", "session__created_at"))
+    return {
+        "first_dispatch": [ms(t.dispatched_at - t.session.created_at) for t in tasks
+                           if t.sequence == 1 and t.dispatched_at],
+        "enqueue_dispatch": [ms(t.dispatched_at - t.enqueued_at) for t in tasks if t.dispatched_at and t.enqueued_at],
+        "end_to_end": [ms(ended - created) for created, ended in
+                       Session.objects.filter(pk__in=session_ids, ended_at__isnull=False)
+                       .values_list("created_at", "ended_at")],
+    }
+
+
+def open_loop(args, stack, agents: list[str], noop: float) -> None:
+    from django.db.models import Max, Min
+
+    from sessions.models import Session, Task
+
+    api = stack.api()
+    response = api.post("/v1/opscore/workflows", json=SPEC)
+    if response.status_code not in (200, 201):
+        raise AssertionError(f"workflow: {response.status_code} {response.text[:200]}")
+
+    # 1. Idle: one session at a time, each waited for in the database.
+    idle_ids, idle_calls = [], []
+    for i in range(args.idle_sessions):
+        session_id, call_ms = trigger(api, agents[i % len(agents)])
+        idle_ids.append(session_id)
+        idle_calls.append(call_ms)
+        wait_sessions_final([session_id], timeout=60, interval=0.01)
+    idle = session_figures(idle_ids)
+
+    # 2. Loaded: every session triggered first, from `clients` concurrent clients.
+    stack.standin("/_standin/stats/reset", {})
+    numbers = itertools.count()
+    lock = threading.Lock()
+    loaded_ids: list[str] = []
+    loaded_calls: list[float] = []
+    errors: list[str] = []
+
+    def client_loop() -> None:
+        client = stack.api()
+        while True:
+            with lock:
+                n = next(numbers)
+            if n >= args.sessions:
+                return
+            try:
+                session_id, call_ms = trigger(client, agents[n % len(agents)])
+            except Exception as exc:  # noqa: BLE001 (a benchmark reports, it does not stop)
+                errors.append(str(exc))
+                continue
+            with lock:
+                loaded_ids.append(session_id)
+                loaded_calls.append(call_ms)
+
+    trigger_seconds = run_threads([threading.Thread(target=client_loop) for _ in range(args.clients)])
+    wait_sessions_final(loaded_ids, timeout=args.timeout, interval=0.25)
+
+    window = Task.objects.filter(session_id__in=loaded_ids).aggregate(end=Max("finished_at"))
+    window["start"] = Session.objects.filter(pk__in=loaded_ids).aggregate(start=Min("created_at"))["start"]
+    steps = Task.objects.filter(session_id__in=loaded_ids, status="completed").count()
+    seconds = (window["end"] - window["start"]).total_seconds()
+    completed = Session.objects.filter(pk__in=loaded_ids, status="completed").count()
+    loaded = session_figures(loaded_ids)
+    stats = stack.standin("/_standin/stats")
+
+    print(f"sessions completed: {completed}/{args.sessions} (trigger errors: {len(errors)})")
+    print(f"workflow steps completed: {steps} in {seconds:.2f}s = {steps / seconds:.1f} steps/s")
+    print(f"ratio steps/s / no-op jobs/s: {steps / seconds / noop:.2f}")
+    print(spread("idle trigger->dispatch", idle["first_dispatch"]))
+    print(spread("loaded trigger->first dispatch", loaded["first_dispatch"]))
+    print(spread("loaded enqueue->dispatch (every task)", loaded["enqueue_dispatch"]))
+    print(spread("loaded session end to end", loaded["end_to_end"]))
+    print(spread("trigger API, 1 client, idle", idle_calls))
+    print(spread(f"trigger API, {args.clients} clients, engine running", loaded_calls)
+          + f"; {len(loaded_calls) / trigger_seconds:.1f} triggers/s")
+    print(f"stand-in: duplicate attempts {len(stats['duplicate_attempts'])}, overlaps {len(stats['overlaps'])}, "
+          f"max concurrent per agent {max(stats['max_concurrent_by_agent'].values(), default=0)}")
+    if errors:
+        print("first errors:", errors[:3])
+
+
+def closed_loop(args, stack, agents: list[str]) -> None:
+    from sessions.models import Session, Task
+
+    per_agent = max(1, args.sessions // len(agents))
+    errors: list[str] = []
+
+    def loop(agent_id: str) -> None:
+        client = stack.api()
+        for _ in range(per_agent):
+            response = client.post(f"/v1/opscore/agent/{agent_id}/workflow",
+                                   json={"workflowDefinition": SPEC, "initialPayload": None})
+            if response.status_code != 202:
+                errors.append(f"{response.status_code} {response.text[:200]}")
+                return
+            session_id = response.json()["sessionId"]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                status = client.get(f"/v1/opscore/sessions/{session_id}").json()["status"]
+                if status in FINAL:
+                    break
+                time.sleep(0.02)
+
+    elapsed = run_threads([threading.Thread(target=loop, args=(agent_id,)) for agent_id in agents])
+    completed = Session.objects.filter(status="completed").count()
+    steps = Task.objects.filter(status="completed").count()
+    latencies = [ms(task.dispatched_at - task.session.created_at) for task in
+                 Task.objects.filter(sequence=1, dispatched_at__isnull=False).select_related("session")]
+    print(f"sessions completed: {completed}/{per_agent * len(agents)} (errors: {len(errors)})")
+    print(f"workflow steps completed: {steps} in {elapsed:.2f}s = {steps / elapsed:.1f} steps/s")
+    print(spread("trigger->dispatch latency", latencies))
+    if errors:
+        print("first errors:", errors[:3])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--agents", type=int, default=5)
-    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--mode", choices=("open", "closed"), default="open")
+    parser.add_argument("--agents", type=int, default=None, help="stand-in agents (default 50 open, 5 closed)")
+    parser.add_argument("--sessions", type=int, default=None, help="sessions (default 500 open, 100 closed)")
+    parser.add_argument("--idle-sessions", type=int, default=20, help="open: sessions run one at a time first")
+    parser.add_argument("--clients", type=int, default=4, help="open: concurrent API clients triggering")
+    parser.add_argument("--timeout", type=float, default=900, help="open: seconds to wait for every session")
     parser.add_argument("--noop-jobs", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2, help="qcluster workers")
     parser.add_argument("--poll", type=float, default=1.0, help="django-q2 broker poll interval, seconds (Q_POLL)")
+    parser.add_argument("--database", default=DB_NAME, help="database to drop, create and use")
     args = parser.parse_args()
+    args.agents = args.agents or (50 if args.mode == "open" else 5)
+    args.sessions = args.sessions or (500 if args.mode == "open" else 100)
 
-    os.environ["DATABASE_URL"] = recreate_database(DB_NAME)
+    os.environ["DATABASE_URL"] = recreate_database(args.database)
     os.environ["DJANGO_SETTINGS_MODULE"] = "opscore_site.settings_test"
     import django
 
     django.setup()
+    from django.conf import settings
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
 
-    import httpx
-    from django_q.models import Success
-    from django_q.tasks import async_task
-
-    from sessions.models import Session, Task
     from tests.e2e.harness import Stack, wait_until
 
     log_dir = Path(tempfile.mkdtemp(prefix="opscore-bench-"))
-    stack = Stack(database_name=DB_NAME, log_dir=log_dir)
+    stack = Stack(database_name=args.database, log_dir=log_dir)
     env_extra = {"Q_WORKERS": str(args.workers), "Q_POLL": str(args.poll)}
     try:
         stack.start_web()
         stack.start("qcluster", [sys.executable, "manage.py", "qcluster"], **env_extra)
         stack.start_scheduler()
         stack.start_agentkit(agents=args.agents, work_time="0")
-
-        # 1. Raw django-q2 throughput with a no-op job.
-        Success.objects.all().delete()
-        started = time.monotonic()
-        for i in range(args.noop_jobs):
-            async_task("sessions.tasks.noop_job", i)
-        wait_until(lambda: Success.objects.filter(func="sessions.tasks.noop_job").count() >= args.noop_jobs,
-                   timeout=600, interval=0.1, what="no-op jobs")
-        noop_elapsed = time.monotonic() - started
-        noop_rate = args.noop_jobs / noop_elapsed
-
-        # 2. Workflow steps through the whole product.
         api = stack.api()
         agents = wait_until(lambda: [a["agentId"] for a in stack.standin("/_standin/agents")["agents"]],
                             timeout=30, what="stand-in agents")
         wait_until(lambda: all(api.get(f"/v1/opscore/agent/{a}/state").status_code == 200 for a in agents),
-                   timeout=30, what="agents known to Ops-Core")
-        spec = {"id": "bench-two-step", "name": "Bench", "tasks": [
-            {"taskId": "one", "nextTaskId": "two", "timeoutSeconds": 30},
-            {"taskId": "two", "timeoutSeconds": 30}]}
-        per_agent = max(1, args.sessions // len(agents))
-        errors: list[str] = []
+                   timeout=60, what="agents known to Ops-Core")
 
-        def loop(agent_id: str) -> None:
-            client = stack.api()
-            for _ in range(per_agent):
-                response = client.post(f"/v1/opscore/agent/{agent_id}/workflow",
-                                       json={"workflowDefinition": spec, "initialPayload": None})
-                if response.status_code != 202:
-                    errors.append(f"{response.status_code} {response.text[:200]}")
-                    return
-                session_id = response.json()["sessionId"]
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    status = client.get(f"/v1/opscore/sessions/{session_id}").json()["status"]
-                    if status in ("completed", "failed", "cancelled"):
-                        break
-                    time.sleep(0.02)
-
-        threads = [threading.Thread(target=loop, args=(agent_id,)) for agent_id in agents]
-        started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.monotonic() - started
-        completed = Session.objects.filter(status="completed").count()
-        steps = Task.objects.filter(status="completed").count()
-        latencies = []
-        for task in Task.objects.filter(sequence=1, dispatched_at__isnull=False).select_related("session"):
-            latencies.append((task.dispatched_at - task.session.created_at).total_seconds() * 1000)
-
-        print(f"machine: {os.cpu_count()} cores; qcluster workers: {args.workers}; poll: {args.poll}s; "
+        noop_seconds, noop = noop_rate(args.noop_jobs)
+        print(f"machine: {os.cpu_count()} cores; mode: {args.mode}; qcluster workers: {args.workers}; "
+              f"poll: {args.poll}s; broker: {settings.Q_CLUSTER.get('broker_class') or 'django-q2 ORM'}; "
               f"agents: {len(agents)}")
-        print(f"raw django-q2 no-op jobs: {args.noop_jobs} in {noop_elapsed:.2f}s = {noop_rate:.1f} jobs/s")
-        print(f"sessions completed: {completed}/{per_agent * len(agents)} (errors: {len(errors)})")
-        print(f"workflow steps completed: {steps} in {elapsed:.2f}s = {steps / elapsed:.1f} steps/s")
-        if latencies:
-            print(f"trigger->dispatch latency: p50 {statistics.median(latencies):.1f} ms, "
-                  f"p99 {percentile(latencies, 0.99):.1f} ms (n={len(latencies)})")
-        if errors:
-            print("first errors:", errors[:3])
+        print(f"raw django-q2 no-op jobs: {args.noop_jobs} in {noop_seconds:.2f}s = {noop:.1f} jobs/s")
+        if args.mode == "open":
+            open_loop(args, stack, agents, noop)
+        else:
+            closed_loop(args, stack, agents)
     finally:
         stack.stop_all()
         print(f"logs: {log_dir}")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from benchlib import percentile, recreate_database  # bench/ is the script's directory
+from benchlib import percentile, recreate_database, run_threads  # bench/ is the script's directory
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "opk_bench-service-key-0123456789abcdef"
@@ -98,13 +98,7 @@ def main() -> int:
                         latencies.append(elapsed)
                         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
-        threads = [threading.Thread(target=client) for _ in range(args.concurrency)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - started
+        wall = run_threads([threading.Thread(target=client) for _ in range(args.concurrency)])
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

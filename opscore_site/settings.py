@@ -222,7 +222,9 @@ AGENTKIT_API_URL = ENV.AGENTKIT_API_URL.rstrip("/")
 AGENTKIT_API_KEY = ENV.AGENTKIT_API_KEY
 AGENTKIT_TIMEOUT_SECONDS = ENV.AGENTKIT_TIMEOUT_SECONDS
 
-# django-q2 on the ORM broker of the default database. django-q2 delivers at least
+# django-q2 on the ORM broker of the default database (on PostgreSQL its LISTEN/NOTIFY
+# subclass, sessions/broker.py: an idle cluster wakes at a job's commit instead of
+# sleeping `poll`; `poll` stays the longest wait between reads). django-q2 delivers at least
 # once, so every job is safe to run twice. The lease (`retry`) must outlast a job's
 # `timeout` plus the time it can wait in the prefetch queue:
 #   retry > timeout * (1 + ceil((queue_limit + bulk) / workers))
@@ -241,13 +243,16 @@ Q_CLUSTER = {
     # 10x throughput, so `opscore_prune` deletes old rows in batches instead.
     "save_limit": 0,
     "catch_up": False,
-    # An idle cluster asks the broker this often: the floor of trigger->dispatch latency.
+    # An idle cluster reads the queue at least this often. On PostgreSQL a committed job
+    # wakes it at once (the broker LISTENs); on SQLite this is the floor of dispatch latency.
     "poll": ENV.Q_POLL,
     "cache": "default",
     "max_rss": ENV.Q_MAX_RSS_KB,
     "recycle": 500,
     "label": "Django Q2",
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    Q_CLUSTER["broker_class"] = "sessions.broker.ListenNotifyBroker"
 _lease_floor = ENV.Q_TIMEOUT * (1 + math.ceil((ENV.Q_QUEUE_LIMIT + _Q_BULK) / ENV.Q_WORKERS))
 if ENV.Q_RETRY <= _lease_floor:
     raise ImproperlyConfigured(

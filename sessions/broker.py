@@ -1,0 +1,139 @@
+"""django-q2's ORM broker, woken by PostgreSQL LISTEN/NOTIFY instead of sleeping `poll`.
+
+Enqueueing is the ORM broker's: one `django_q_ormq` row, written on the caller's connection
+inside the caller's transaction (the job exists if and only if the caller's rows commit).
+A trigger on that table (migration `0003_job_notify_trigger`, PostgreSQL only) sends
+`pg_notify(CHANNEL, key)` for every inserted row in the inserting transaction, so PostgreSQL
+delivers it at commit, exactly when the job becomes visible, and never for a rolled-back
+job; no enqueueing code has to know (the engine, `async_task`, schedules).
+
+`dequeue` (called in a loop by the qcluster's pusher process) claims jobs with one
+`UPDATE ... FOR UPDATE SKIP LOCKED ... RETURNING`: clusters never wait on each other's
+locks and a job is leased to one of them only. When it finds nothing it waits on its own
+LISTENing connection (autocommit, opened in the pusher process, reopened when it dies) for
+up to `Q_POLL` seconds, and reads again. Polling stays the safety net: notifications are
+best-effort (a job whose lease ran out, one committed while the listener was down or before
+the cluster started sends none), and every idle cluster reads the queue at least every
+`Q_POLL` seconds whatever it hears.
+
+Used only on PostgreSQL (`settings.Q_CLUSTER["broker_class"]`); SQLite keeps the ORM broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from time import monotonic, sleep
+from typing import Any
+
+import psycopg
+from django.db import connections
+from django.utils import timezone
+from django_q.brokers.orm import ORM
+from django_q.conf import Conf
+from django_q.models import OrmQ
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "django_q_ormq"
+
+
+class ListenNotifyBroker(ORM):
+    """The ORM broker that claims with SKIP LOCKED and waits for a NOTIFY instead of sleeping."""
+
+    def __init__(self, list_key: str | None = None) -> None:
+        super().__init__(list_key)
+        self._listener: psycopg.Connection | None = None
+        self._listener_pid: int | None = None
+        self._idle = True
+
+    def __setstate__(self, state: Any) -> None:
+        super().__setstate__(state)
+        self._listener, self._listener_pid, self._idle = None, None, True
+
+    def info(self) -> str:
+        if not self._info:
+            self._info = f"ORM {Conf.ORM} + LISTEN {CHANNEL}"
+        return self._info
+
+    # ------------------------------------------------------------------ reading
+
+    def dequeue(self) -> list[tuple[int, str]] | None:
+        # LISTEN before the read: a job committed between the read and the wait is heard.
+        listener = self.listener()
+        jobs = self.claim()
+        if jobs:
+            return jobs
+        if listener is None:
+            sleep(Conf.POLL)
+        else:
+            self.wait(listener, Conf.POLL)
+        return self.claim() or None
+
+    def claim(self) -> list[tuple[int, str]]:
+        """Lease up to `bulk` visible jobs of this queue, oldest first; [(id, payload)]."""
+        if self._idle:
+            # The ORM broker's stale-connection cleanup (and Django's health check, one
+            # SELECT 1), only when the connection may have sat unused: not between jobs.
+            self.get_connection()
+        connection = connections[Conf.ORM]
+        table = connection.ops.quote_name(OrmQ._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET lock = %s WHERE id IN ("  # noqa: S608 (the table name is ours)
+                f"SELECT id FROM {table} WHERE key = %s AND lock < %s ORDER BY id LIMIT %s "
+                "FOR UPDATE SKIP LOCKED) RETURNING id, payload",
+                [self.timeout(None), self.list_key, timezone.now(), Conf.BULK],
+            )
+            jobs = sorted(cursor.fetchall())
+        self._idle = not jobs
+        return jobs
+
+    # ------------------------------------------------------------------ waiting
+
+    def listener(self) -> psycopg.Connection | None:
+        """This process's LISTENing connection, opened (again) if needed; None if it cannot be."""
+        if self._listener_pid != os.getpid():
+            # Forked: the parent's socket is not ours to use, nor to close.
+            self._listener, self._listener_pid = None, os.getpid()
+        if self._listener is not None and not self._listener.closed:
+            return self._listener
+        self._listener = None
+        params = connections[Conf.ORM].get_connection_params()
+        # A dead server or network shows up within a minute, not after the kernel's hours.
+        for name, value in (("connect_timeout", 10), ("keepalives", 1), ("keepalives_idle", 30),
+                            ("keepalives_interval", 10), ("keepalives_count", 3)):
+            params.setdefault(name, value)
+        try:
+            listener = psycopg.connect(**params, autocommit=True)
+            listener.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error as exc:
+            logger.warning("job queue: cannot LISTEN (%s); polling every %ss", exc, Conf.POLL)
+            return None
+        self._listener = listener
+        return listener
+
+    def wait(self, listener: psycopg.Connection, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a job of this queue; True if one was announced.
+
+        Drains what is already queued on the connection after the first match, so a burst
+        of commits wakes the next wait once, not once per job. A broken connection is closed
+        (the next `listener()` opens a new one) and the caller reads the queue at once.
+        """
+        deadline = monotonic() + timeout
+        try:
+            while (remaining := deadline - monotonic()) > 0:
+                # Each generator is run to its end: a suspended one keeps the connection's lock.
+                heard = [notify.payload for notify in listener.notifies(timeout=remaining, stop_after=1)]
+                if self.list_key in heard:
+                    list(listener.notifies(timeout=0))
+                    return True
+        except psycopg.Error as exc:
+            logger.warning("job queue: LISTEN connection lost (%s); reopening", exc)
+            self.close_listener()
+        return False
+
+    def close_listener(self) -> None:
+        if self._listener is not None and self._listener_pid == os.getpid():
+            self._listener.close()
+        self._listener = None
