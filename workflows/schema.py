@@ -23,21 +23,31 @@ from pydantic import (
     model_validator,
 )
 
+from opscore_site.errors import ApplicationError
 from opscore_site.jsontext import MAX_DEPTH, reject_constant, text_problem
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 
-class SpecError(ValueError):
-    """A workflow definition is invalid. `errors` maps a field path to its messages."""
+class SpecError(ApplicationError, ValueError):
+    """A workflow definition is invalid. `errors` maps a field path to its messages (the API: 400 `invalid`).
+
+    A ValueError too: raised inside a pydantic validator, pydantic carries it in the error's context.
+    """
+
+    code = "invalid"
+    http_status = 400
 
     def __init__(self, errors: dict[str, list[str]]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(self.lines()))
+        super().__init__("; ".join(_lines(errors)), errors=errors)
 
     def lines(self) -> list[str]:
         """One line per field: `path: message message` (the document's own problems have no path)."""
-        return [f"{path}: {' '.join(msgs)}" if path else " ".join(msgs) for path, msgs in self.errors.items()]
+        return _lines(self.errors)
+
+
+def _lines(errors: dict[str, list[str]]) -> list[str]:
+    return [f"{path}: {' '.join(msgs)}" if path else " ".join(msgs) for path, msgs in errors.items()]
 
 
 class StepSpec(BaseModel):

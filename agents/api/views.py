@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents import webhook
+from agents.api.auth import AgentEndpoint, OperatorOrServiceKey
 from agents.api.serializers import (
     AcceptedOut,
     AgentOut,
@@ -27,15 +28,9 @@ from agents.api.serializers import (
 )
 from agents.models import Agent
 from agents.services import agent_deregister, agent_register, agent_state_record, webhook_receipt_record
-from opscore_site.api import IdConverter, ServiceUnavailable, StateReportThrottle, query_bool, query_choices, query_text
+from opscore_site.api import ServiceUnavailable, StateReportThrottle, query_bool, query_choices, query_text
 from opscore_site.parsers import parse_json_bytes
-from opscore_site.auth import AgentEndpoint, OperatorOrServiceKey
-
-
-class WebhookUnauthorized(exceptions.APIException):
-    status_code = status.HTTP_401_UNAUTHORIZED
-    default_detail = "The webhook signature is missing or wrong."
-    default_code = "bad_signature"
+from opscore_site.converters import PathIdConverter
 
 
 class AgentStateView(APIView):
@@ -111,7 +106,7 @@ class AgentNotifyView(APIView):
                 signature=delivery.signature, timestamp=delivery.sent_at, received_at=now,
                 keep=timedelta(seconds=2 * settings.OPSCORE_WEBHOOK_TOLERANCE_SECONDS),
             ):
-                raise WebhookUnauthorized("this webhook delivery was already accepted (replay)", code="replayed")
+                raise webhook.WebhookRefused("replayed", "this webhook delivery was already accepted (replay)")
             if event.event_type == "DEREGISTER":
                 known = agent_deregister(agent_id=details.agentId, at=now)
                 message = f"agent '{details.agentId}' deregistered" if known else \
@@ -138,11 +133,8 @@ class AgentNotifyView(APIView):
                 "OPSCORE_WEBHOOK_SECRET is not configured, so webhooks cannot be verified and are refused",
                 code="webhook_not_configured",
             )
-        try:
-            return webhook.verify(secret=secret, timestamp=timestamp, signature=signature, body=body,
-                                  now=time.time(), tolerance=settings.OPSCORE_WEBHOOK_TOLERANCE_SECONDS)
-        except webhook.WebhookRefused as exc:
-            raise WebhookUnauthorized(exc.detail, code=exc.code) from None
+        return webhook.verify(secret=secret, timestamp=timestamp, signature=signature, body=body,
+                              now=time.time(), tolerance=settings.OPSCORE_WEBHOOK_TOLERANCE_SECONDS)
 
 
 @extend_schema(parameters=[
@@ -159,7 +151,7 @@ class AgentViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = AgentOut
     lookup_field = "pk"
     lookup_url_kwarg = "agent_id"
-    lookup_value_regex = IdConverter.regex
+    lookup_value_regex = PathIdConverter.regex
 
     def get_queryset(self):
         queryset = Agent.objects.all().order_by("id")

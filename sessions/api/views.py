@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from opscore_site.api import query_choices, query_text
-from opscore_site.auth import AgentEndpoint, ApiKeyUser, OperatorOrServiceKey, key_label
+from agents.api.auth import AgentEndpoint, ApiKeyUser, OperatorOrServiceKey, key_label
 from sessions.api.serializers import (
     ActionIn,
     SessionDetailOut,

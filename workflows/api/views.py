@@ -8,7 +8,7 @@ from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.response import Response
 
 from opscore_site.api import query_text
-from opscore_site.auth import ApiKeyUser, OperatorOrServiceKey
+from agents.api.auth import ApiKeyUser, OperatorOrServiceKey
 from workflows.api.serializers import WorkflowDefinitionOut
 from workflows.models import WorkflowDefinition
 from workflows.schema import ID_PATTERN, validate_definition
