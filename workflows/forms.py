@@ -1,4 +1,4 @@
-"""HTML forms for workflow definitions; the one validator is workflows.schema."""
+"""The HTML form for workflow definitions; the one validator is workflows.schema."""
 
 from __future__ import annotations
 
@@ -7,10 +7,6 @@ from django import forms
 from workflows.schema import SpecError, WorkflowSpec, parse_document
 
 MAX_UPLOAD_BYTES = 1_000_000
-
-
-class WorkflowFilterForm(forms.Form):
-    q = forms.CharField(required=False, max_length=200, strip=True, label="Search")
 
 
 class SpecForm(forms.Form):

@@ -26,11 +26,13 @@ from agents.api.serializers import (
     StateReportIn,
     WebhookIn,
 )
+from agents.filters import AgentFilter
 from agents.models import Agent
 from agents.services import agent_deregister, agent_register, agent_state_record, webhook_receipt_record
-from opscore_site.api import ServiceUnavailable, StateReportThrottle, query_bool, query_choices, query_text
-from opscore_site.parsers import parse_json_bytes
+from opscore_site.api import ServiceUnavailable, StateReportThrottle
 from opscore_site.converters import PathIdConverter
+from opscore_site.filters import api_filter, openapi_parameters
+from opscore_site.parsers import parse_json_bytes
 
 
 class AgentStateView(APIView):
@@ -137,13 +139,7 @@ class AgentNotifyView(APIView):
                               now=time.time(), tolerance=settings.OPSCORE_WEBHOOK_TOLERANCE_SECONDS)
 
 
-@extend_schema(parameters=[
-    OpenApiParameter("state", OpenApiTypes.STR, description="comma-separated states"),
-    OpenApiParameter("deregistered", OpenApiTypes.BOOL),
-    OpenApiParameter("stale", OpenApiTypes.BOOL),
-    OpenApiParameter("capability", OpenApiTypes.STR),
-    OpenApiParameter("search", OpenApiTypes.STR, description="substring of id or name"),
-])
+@extend_schema(parameters=openapi_parameters(AgentFilter))
 class AgentViewSet(viewsets.ReadOnlyModelViewSet):
     """Agents (list with filters, detail) and each agent's state history."""
 
@@ -157,22 +153,7 @@ class AgentViewSet(viewsets.ReadOnlyModelViewSet):
         queryset = Agent.objects.all().order_by("id")
         if self.action != "list":
             return queryset
-        request = self.request
-        if states := query_choices(request, "state", Agent.State.values):
-            queryset = queryset.filter(state__in=states)
-        deregistered = query_bool(request, "deregistered")
-        if deregistered is not None:
-            queryset = queryset.filter(deregistered_at__isnull=not deregistered)
-        stale = query_bool(request, "stale")
-        if stale is True:
-            queryset = queryset.stale()
-        elif stale is False:
-            queryset = queryset.exclude(pk__in=Agent.objects.stale().values("pk"))
-        if capability := query_text(request, "capability"):
-            queryset = queryset.with_capability(capability)
-        if search := query_text(request, "search"):
-            queryset = queryset.filter(id__icontains=search) | queryset.filter(name__icontains=search)
-        return queryset
+        return api_filter(AgentFilter, self.request, queryset)
 
     @extend_schema(responses={200: AgentStateHistoryOut(many=True)}, parameters=[])
     @action(detail=True, methods=["get"])

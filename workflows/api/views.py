@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.response import Response
 
-from opscore_site.api import query_text
 from agents.api.auth import ApiKeyUser, OperatorOrServiceKey
+from opscore_site.filters import api_filter, openapi_parameters
 from workflows.api.serializers import WorkflowDefinitionOut
+from workflows.filters import WorkflowFilter
 from workflows.models import WorkflowDefinition
 from workflows.schema import ID_PATTERN, validate_definition
 from workflows.services import workflow_save
@@ -19,7 +20,7 @@ def _user(request):
     return None if isinstance(request.user, ApiKeyUser) else request.user
 
 
-@extend_schema(parameters=[OpenApiParameter("search", OpenApiTypes.STR, description="substring of id or name")])
+@extend_schema(parameters=openapi_parameters(WorkflowFilter))
 class WorkflowDefinitionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Definitions are validated by the WorkflowSpec; errors come back per field path."""
 
@@ -30,9 +31,7 @@ class WorkflowDefinitionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin
 
     def get_queryset(self):
         queryset = WorkflowDefinition.objects.order_by("id")
-        if self.action == "list" and (search := query_text(self.request, "search")):
-            queryset = queryset.filter(id__icontains=search) | queryset.filter(name__icontains=search)
-        return queryset
+        return api_filter(WorkflowFilter, self.request, queryset) if self.action == "list" else queryset
 
     @extend_schema(request=OpenApiTypes.OBJECT, responses={201: WorkflowDefinitionOut, 200: WorkflowDefinitionOut})
     def create(self, request) -> Response:
