@@ -22,6 +22,7 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
+from opscore_site import openapi  # noqa: F401 (registers the pydantic schema extension)
 from opscore_site.errors import ApplicationError
 
 logger = logging.getLogger(__name__)

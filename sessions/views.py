@@ -31,25 +31,13 @@ from ui.forms import ReasonForm, RequiredReasonForm, reason_problem
 from ui.permissions import actor_required, viewer_required
 from ui.rendering import paginate, query_without_page, render_page
 from workflows.models import WorkflowDefinition
+from workflows.schema import main_path
 
 THROUGHPUT_MINUTES = 15
 BULK_RETRY_LIMIT = 500
 AGENT_CHOICES_LIMIT = 200
 HISTORY_LIMIT = 100
 RECENT_SESSIONS = 20
-
-
-def main_path(snapshot: dict) -> list[str]:
-    """Step ids along nextTaskId from the first step of a spec snapshot (stops on a cycle)."""
-    steps = {s.get("taskId"): s for s in snapshot.get("tasks") or [] if isinstance(s, dict)}
-    if not steps:
-        return []
-    path: list[str] = []
-    current = snapshot["tasks"][0].get("taskId")
-    while current in steps and current not in path:
-        path.append(current)
-        current = steps[current].get("nextTaskId")
-    return path
 
 
 def progress(session: Session, completed_steps: set[str]) -> dict:

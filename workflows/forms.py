@@ -36,13 +36,9 @@ class SpecForm(forms.Form):
             if not text.strip():
                 raise forms.ValidationError("paste a definition or choose a file")
         try:
-            spec = parse_document(text, fmt=fmt)
+            spec = parse_document(text, fmt=fmt, definition_id=self.expected_id)
         except SpecError as exc:
             self.spec_errors = exc.errors
             raise forms.ValidationError("the definition is not valid: see the messages by field path") from None
-        if self.expected_id is not None and spec.id != self.expected_id:
-            self.spec_errors = {"id": [f"the id '{spec.id}' differs from this definition's id "
-                                       f"'{self.expected_id}'; import it as a new definition instead"]}
-            raise forms.ValidationError("the definition's id cannot change")
         self.spec = spec
         return data

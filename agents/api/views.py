@@ -24,7 +24,6 @@ from agents.api.serializers import (
     AgentStateHistoryOut,
     AgentStateOut,
     StateReportIn,
-    WebhookIn,
 )
 from agents.filters import AgentFilter
 from agents.models import Agent
@@ -83,7 +82,7 @@ class AgentNotifyView(APIView):
     # anonymous caller write a counter row per address.
     throttle_classes: list = []
 
-    @extend_schema(request=WebhookIn, responses={200: AcceptedOut}, auth=[], operation_id="agentkit_notify",
+    @extend_schema(request=webhook.WebhookEvent, responses={200: AcceptedOut}, auth=[], operation_id="agentkit_notify",
                    summary="AgentKit registration webhook (HMAC-signed)",
                    parameters=[
                        OpenApiParameter(webhook.TIMESTAMP_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER,

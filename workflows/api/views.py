@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions, mixins, status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.response import Response
 
 from agents.api.auth import ApiKeyUser, OperatorOrServiceKey
@@ -46,10 +46,8 @@ class WorkflowDefinitionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin
         """Create or replace the definition `workflow_id` (a new revision when the content changes)."""
         document = request.data
         if isinstance(document, dict):
-            document = {"id": workflow_id, **document}
-            if document["id"] != workflow_id:
-                raise exceptions.ValidationError({"id": [f"'{document['id']}' does not match the URL id '{workflow_id}'"]})
-        spec = validate_definition(document)
+            document = {"id": workflow_id, **document}  # the URL names the id a body may leave out
+        spec = validate_definition(document, definition_id=workflow_id)
         definition, outcome = workflow_save(spec=spec, by=_user(request), allow_update=True)
         return Response(WorkflowDefinitionOut(definition).data,
                         status=status.HTTP_201_CREATED if outcome == "created" else status.HTTP_200_OK)
