@@ -40,14 +40,23 @@ def test_loading_the_agents_and_workflows_api_does_not_load_the_engine():
     assert set(modules["loaded"]) == set(modules["at_setup"]), "agents/workflows API code imports sessions"
 
 
-def test_opscore_site_imports_no_app_module():
-    """Settings and URL composition name the apps by strings; the API's error handler maps domain
-    errors by the `code`/`http_status` they declare (opscore_site/errors.py), not by their classes."""
+def _app_imports(package: str) -> list[str]:
     apps = ("agents", "workflows", "sessions")
     offenders = []
-    for path in sorted((ROOT / "opscore_site").glob("*.py")):
+    for path in sorted((ROOT / package).rglob("*.py")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             words = line.strip().split()
             if len(words) >= 2 and words[0] in ("from", "import") and words[1].split(".")[0] in apps:
-                offenders.append(f"{path.name}:{number}: {line.strip()}")
-    assert offenders == []
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    return offenders
+
+
+def test_opscore_site_imports_no_app_module():
+    """Settings and URL composition name the apps by strings; the API's error handler maps domain
+    errors by the `code`/`http_status` they declare (opscore_site/errors.py), not by their classes."""
+    assert _app_imports("opscore_site") == []
+
+
+def test_ui_is_a_library_the_apps_import_and_imports_no_app():
+    """The pages are composed in opscore_site/urls.py; ui/ holds what every app's pages share."""
+    assert _app_imports("ui") == []
