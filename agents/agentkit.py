@@ -38,8 +38,9 @@ class AgentListingUnsupported(AgentKitError):
 
 @dataclass(frozen=True)
 class Accepted:
+    """AgentKit scheduled the task (2xx); its body says nothing more that Ops-Core uses."""
+
     http_status: int
-    body: Any
 
 
 _clients: dict[int, httpx.Client] = {}
@@ -120,11 +121,7 @@ def run_task(*, agent_id: str, message: dict[str, Any]) -> Accepted:
     response = _send("POST", f"{_base_url()}/v1/agents/{quote(agent_id, safe='')}/run", json=message)
     status = response.status_code
     if 200 <= status < 300:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        return Accepted(http_status=status, body=body)
+        return Accepted(http_status=status)
     detail = _detail(response)
     if status == 404:
         raise AgentKitError(f"AgentKit does not know agent '{agent_id}': {detail}", permanent=True, http_status=404)

@@ -30,20 +30,23 @@ def validate_agent_id(value: str) -> None:
         raise ValidationError(problem, code="invalid_agent_id")
 
 
+def _stale_cutoff(now=None):
+    return (now or timezone.now()) - timedelta(seconds=settings.OPSCORE_AGENT_STALE_SECONDS)
+
+
 class AgentQuerySet(models.QuerySet["Agent"]):
     def active(self) -> AgentQuerySet:
         """Agents that are not deregistered."""
         return self.filter(deregistered_at__isnull=True)
 
     def stale(self, *, now=None) -> AgentQuerySet:
-        """Registered agents whose last report is older than OPSCORE_AGENT_STALE_SECONDS."""
-        cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSCORE_AGENT_STALE_SECONDS)
-        return self.active().filter(Q(last_seen_at__lt=cutoff) | Q(last_seen_at__isnull=True))
+        """Registered agents whose last report is older than OPSCORE_AGENT_STALE_SECONDS (or that never reported)."""
+        return self.active().filter(Q(last_seen_at__lt=_stale_cutoff(now)) | Q(last_seen_at__isnull=True))
 
-    def fresh(self, *, now=None) -> AgentQuerySet:
-        """Registered agents that reported within OPSCORE_AGENT_STALE_SECONDS."""
-        cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSCORE_AGENT_STALE_SECONDS)
-        return self.active().filter(last_seen_at__gte=cutoff)
+    def not_stale(self, *, now=None) -> AgentQuerySet:
+        """The complement of `stale()`: agents that reported within the window, and deregistered ones
+        (a deregistered agent is never stale). The API's `stale=false` and the page's "fresh"."""
+        return self.filter(Q(deregistered_at__isnull=False) | Q(last_seen_at__gte=_stale_cutoff(now)))
 
     def with_capability(self, capability: str) -> AgentQuerySet:
         """Agents listing `capability` (JSON containment; SQLite has none, so a match of its JSON text there)."""
@@ -119,10 +122,7 @@ class Agent(models.Model):
         """The rule of `Agent.objects.stale()` for one row: a deregistered agent is never stale."""
         if self.deregistered_at is not None:
             return False
-        if self.last_seen_at is None:
-            return True
-        cutoff = (now or timezone.now()) - timedelta(seconds=settings.OPSCORE_AGENT_STALE_SECONDS)
-        return self.last_seen_at < cutoff
+        return self.last_seen_at is None or self.last_seen_at < _stale_cutoff(now)
 
 
 class AgentState(models.Model):

@@ -1,9 +1,8 @@
-"""Agent actions and API key pages. ui/urls.py adds the agent list and detail (from sessions.views)."""
+"""Agent actions and API key pages. sessions/agent_urls.py adds the agent list and detail (from sessions.views)."""
 
 from django.urls import path
 
 from agents import views
-from ui import converters  # noqa: F401 (registers <opsid:...>)
 
 urlpatterns = [
     path("agents/<opsid:agent_id>/drain/", views.agent_drain_view, name="agent-drain"),

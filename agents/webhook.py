@@ -12,19 +12,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agents.models import agent_id_problem
 from agents.timestamps import parse_iso_timestamp
+from opscore_site.errors import ApplicationError
 
 TIMESTAMP_HEADER = "X-AgentKit-Timestamp"
 SIGNATURE_HEADER = "X-AgentKit-Signature"
 
 
-class WebhookRefused(Exception):
-    """The webhook is not authentic. `code` is stable: missing_signature, bad_timestamp,
-    stale_timestamp, bad_signature, replayed."""
+class WebhookRefused(ApplicationError):
+    """The webhook is not authentic (the API answers 401). `code` is stable: missing_signature,
+    bad_timestamp, stale_timestamp, bad_signature, replayed."""
+
+    code = "bad_signature"
+    http_status = 401
 
     def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
+        super().__init__(detail, code=code)
 
 
 def sign(*, secret: str, timestamp: str, body: bytes) -> str:

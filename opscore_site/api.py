@@ -22,10 +22,8 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
-from sessions.engine import EngineError
-from sessions.services import IdempotencyConflict
-from workflows.schema import SpecError
-from workflows.services import DefinitionConflict
+from opscore_site import openapi  # noqa: F401 (registers the pydantic schema extension)
+from opscore_site.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
 
@@ -62,29 +60,26 @@ def _summary(errors: dict[str, list[str]]) -> str:
     return "; ".join(parts)[:2000] or "Invalid input."
 
 
+class Refused(exceptions.APIException):
+    """A domain error (`ApplicationError`) as DRF sees it: the status and code the error declares."""
+
+    def __init__(self, error: ApplicationError) -> None:
+        super().__init__(str(error) or None, code=error.code)
+        self.status_code = error.http_status
+        self.error = error
+
+
 def _translate(exc: Exception) -> Exception:
-    """Domain errors as the DRF exception with the right status and code."""
-    if isinstance(exc, SpecError):
-        return exceptions.ValidationError({path or "non_field_errors": msgs for path, msgs in exc.errors.items()})
+    """Domain and Django errors as the DRF exception with the right status and code."""
+    if isinstance(exc, ApplicationError):
+        return Refused(exc)
     if isinstance(exc, (Http404, ObjectDoesNotExist)):
         return exceptions.NotFound(str(exc) or None)
     if isinstance(exc, DjangoPermissionDenied):
         return exceptions.PermissionDenied(str(exc) or None)
     if isinstance(exc, RequestDataTooBig):
         return PayloadTooLarge()
-    if isinstance(exc, EngineError):
-        return Conflict(str(exc), code=exc.code)
-    if isinstance(exc, DefinitionConflict):
-        return Conflict(str(exc), code="definition_conflict")
-    if isinstance(exc, IdempotencyConflict):
-        return Conflict(str(exc), code="idempotency_conflict")
     return exc
-
-
-class Conflict(exceptions.APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "The request conflicts with the current state."
-    default_code = "conflict"
 
 
 class PayloadTooLarge(exceptions.APIException):
@@ -108,7 +103,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     response = drf_exception_handler(exc, context)
     if response is None:
         return None  # a bug: Django's handler500 below answers JSON
-    if isinstance(exc, exceptions.ValidationError):
+    if isinstance(exc, Refused) and exc.error.errors:
+        errors = {path or "non_field_errors": list(msgs) for path, msgs in exc.error.errors.items()}
+        response.data = error_body(_summary(errors), exc.error.code, errors)
+    elif isinstance(exc, exceptions.ValidationError):
         errors = _flatten(exc.detail)
         response.data = error_body(_summary(errors), "invalid", errors)
     else:
@@ -232,52 +230,3 @@ def handler500(request: HttpRequest) -> HttpResponse:
     if _is_api(request):
         return json_error("Internal server error; the request id is in X-Request-ID.", "server_error", 500)
     return defaults.server_error(request)
-
-
-# --------------------------------------------------------------------------- list filters
-
-
-def query_choices(request, name: str, allowed) -> list[str] | None:
-    """`?name=a,b` as a list of allowed values, None when absent; 400 naming the allowed ones."""
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    allowed = [str(value) for value in allowed]
-    values = [part.strip() for part in raw.split(",") if part.strip()]
-    wrong = [value for value in values if value not in allowed]
-    if wrong:
-        raise exceptions.ValidationError({name: [f"'{wrong[0]}' is not one of: {', '.join(allowed)}"]})
-    return values
-
-
-def query_bool(request, name: str) -> bool | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    lowered = raw.lower()
-    if lowered in {"true", "1", "yes"}:
-        return True
-    if lowered in {"false", "0", "no"}:
-        return False
-    raise exceptions.ValidationError({name: ["must be true or false"]})
-
-
-def query_text(request, name: str, max_length: int = 255) -> str | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    if len(raw) > max_length or "\x00" in raw:
-        raise exceptions.ValidationError({name: [f"must be at most {max_length} characters, without NUL"]})
-    return raw
-
-
-class IdConverter:
-    """A path segment id: no '/', no NUL, at most 255 characters (else the URL does not match: 404)."""
-
-    regex = r"[^/\x00]{1,255}"
-
-    def to_python(self, value: str) -> str:
-        return value
-
-    def to_url(self, value: str) -> str:
-        return value

@@ -15,11 +15,6 @@ _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
-def current_request_id() -> str:
-    """The id of the request being served, or "" outside a request."""
-    return _request_id.get()
-
-
 class RequestIdMiddleware:
     """Take X-Request-ID from the caller when it is sane, else make one."""
 
@@ -29,7 +24,6 @@ class RequestIdMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         incoming = request.headers.get("X-Request-ID", "")
         request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
-        request.request_id = request_id  # type: ignore[attr-defined]
         token = _request_id.set(request_id)
         try:
             response = self.get_response(request)

@@ -177,10 +177,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["opscore_site.parsers.JSONParser"],
     # Bearer keys first: its WWW-Authenticate header makes "no credentials" a 401.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "opscore_site.auth.ApiKeyAuthentication",
+        "agents.api.auth.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["opscore_site.auth.OperatorOrServiceKey"],
+    "DEFAULT_PERMISSION_CLASSES": ["agents.api.auth.OperatorOrServiceKey"],
     "DEFAULT_THROTTLE_CLASSES": ["opscore_site.api.ApiThrottle"],
     # Trusted reverse proxies in front of Ops-Core; 0 ignores X-Forwarded-For (it is spoofable).
     "NUM_PROXIES": ENV.OPSCORE_NUM_PROXIES,

@@ -1,6 +1,14 @@
 from django.apps import AppConfig
 
 
+def _agent_state_reported(**kwargs) -> None:
+    # The engine is imported on the first report, not when the app loads: loading the agents
+    # or workflows code (their API views, say) must not load sessions (tests/site/test_imports.py).
+    from sessions.engine import on_agent_state
+
+    on_agent_state(**kwargs)
+
+
 class SessionsConfig(AppConfig):
     name = "sessions"
     label = "opscore_sessions"  # django.contrib.sessions already owns the "sessions" label
@@ -9,6 +17,5 @@ class SessionsConfig(AppConfig):
     def ready(self) -> None:
         # The engine reacts to agent state; `agents` does not import `sessions`.
         from agents.signals import agent_state_reported
-        from sessions.engine import on_agent_state
 
-        agent_state_reported.connect(on_agent_state, dispatch_uid="sessions.engine.on_agent_state")
+        agent_state_reported.connect(_agent_state_reported, dispatch_uid="sessions.engine.on_agent_state")

@@ -33,6 +33,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent
+from opscore_site.errors import ApplicationError
 from sessions.models import Actor, Session, Task, TaskAttempt, TaskEvent
 from workflows.models import WorkflowDefinition
 from workflows.schema import StepSpec, WorkflowSpec, validate_definition
@@ -72,10 +73,11 @@ MAX_BACKOFF_SECONDS = 3600.0
 JOB_PATH = "sessions.tasks.send_task_job"
 
 
-class EngineError(Exception):
-    """An engine call was refused; `code` is stable for API clients."""
+class EngineError(ApplicationError):
+    """An engine call was refused; `code` is stable for API clients (the API answers 409)."""
 
     code = "engine_error"
+    http_status = 409
 
 
 class InvalidTransition(EngineError):

@@ -48,7 +48,6 @@ class Session(models.Model):
     initial_payload = models.JSONField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
-    metadata = models.JSONField(default=dict, blank=True)
     # Idempotency-Key of the trigger request and a hash of its body.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True)

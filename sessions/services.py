@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.models import Agent
+from opscore_site.errors import ApplicationError
 from sessions.engine import By, session_start
 from sessions.models import Session
 from workflows.models import WorkflowDefinition
@@ -23,8 +24,11 @@ from workflows.schema import WorkflowSpec
 from workflows.services import workflow_save
 
 
-class IdempotencyConflict(Exception):
+class IdempotencyConflict(ApplicationError):
     """The Idempotency-Key was already used, within its TTL, for a different request."""
+
+    code = "idempotency_conflict"
+    http_status = 409
 
 
 def request_fingerprint(document: Any) -> str:

@@ -1,7 +1,6 @@
 from django.urls import path
 
 from sessions import views
-from ui import converters  # noqa: F401 (registers <opsid:...>)
 
 app_name = "sessions"
 

@@ -18,36 +18,26 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from agents.forms import AgentFilterForm
+from agents.filters import AgentFilter
 from agents.models import Agent
 from sessions import engine
 from sessions.bulk import run_each, skipped_text
-from sessions.forms import FailureFilterForm, SessionFilterForm, SessionStartForm
+from opscore_site.filters import page_filter
+from sessions.filters import FailureFilter, SessionFilter
+from sessions.forms import SessionStartForm
 from sessions.models import Session, Task, TaskEvent
 from sessions.overview import fleet_counts
 from ui.forms import ReasonForm, RequiredReasonForm, reason_problem
 from ui.permissions import actor_required, viewer_required
 from ui.rendering import paginate, query_without_page, render_page
 from workflows.models import WorkflowDefinition
+from workflows.schema import main_path
 
 THROUGHPUT_MINUTES = 15
 BULK_RETRY_LIMIT = 500
 AGENT_CHOICES_LIMIT = 200
 HISTORY_LIMIT = 100
 RECENT_SESSIONS = 20
-
-
-def main_path(snapshot: dict) -> list[str]:
-    """Step ids along nextTaskId from the first step of a spec snapshot (stops on a cycle)."""
-    steps = {s.get("taskId"): s for s in snapshot.get("tasks") or [] if isinstance(s, dict)}
-    if not steps:
-        return []
-    path: list[str] = []
-    current = snapshot["tasks"][0].get("taskId")
-    while current in steps and current not in path:
-        path.append(current)
-        current = steps[current].get("nextTaskId")
-    return path
 
 
 def progress(session: Session, completed_steps: set[str]) -> dict:
@@ -128,9 +118,9 @@ def _with_task_in_flight(queryset):
 
 @viewer_required
 def agent_list(request: HttpRequest) -> HttpResponse:
-    form = AgentFilterForm(request.GET)
-    page = paginate(request, _with_task_in_flight(form.filter(Agent.objects.all())).order_by("id"))
-    context = {"form": form, "page": page, "query": query_without_page(request)}
+    filters = page_filter(AgentFilter, request.GET, Agent.objects.all(), registered_by_default=True)
+    page = paginate(request, _with_task_in_flight(filters.qs).order_by("id"))
+    context = {"form": filters.form, "page": page, "query": query_without_page(request)}
     return render_page(request, "agents/agent_list.html", "agents/_agent_rows.html", context)
 
 
@@ -153,8 +143,8 @@ def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
 
 @viewer_required
 def session_list(request: HttpRequest) -> HttpResponse:
-    form = SessionFilterForm(request.GET)
-    sessions = (form.filter(Session.objects.all()).select_related("agent")
+    filters = page_filter(SessionFilter, request.GET, Session.objects.all())
+    sessions = (filters.qs.select_related("agent")
                 .only("id", "workflow_id", "agent__id", "agent__name", "status", "created_at", "ended_at",
                       "spec_snapshot", "error")
                 .annotate(task_count=Count("tasks"))
@@ -165,7 +155,7 @@ def session_list(request: HttpRequest) -> HttpResponse:
                                 .values_list("session_id", "step_id")):
         completed[session_id].add(step_id)
     rows = [(s, progress(s, completed[s.pk])) for s in page]
-    context = {"form": form, "page": page, "rows": rows, "query": query_without_page(request)}
+    context = {"form": filters.form, "page": page, "rows": rows, "query": query_without_page(request)}
     return render_page(request, "sessions/session_list.html", "sessions/_session_rows.html", context)
 
 
@@ -251,35 +241,36 @@ def task_retry(request: HttpRequest, task_id: uuid.UUID) -> HttpResponse:
 # --------------------------------------------------------------------------- failures queue
 
 
-def _failures(params) -> tuple[FailureFilterForm, object]:
-    form = FailureFilterForm(params)
-    return form, form.filter(Task.objects.all())
+def _failures(params) -> tuple[FailureFilter, object]:
+    filters = page_filter(FailureFilter, params, Task.objects.all())
+    return filters, filters.qs
 
 
 @viewer_required
 def failure_list(request: HttpRequest) -> HttpResponse:
-    form, tasks = _failures(request.GET)
+    filters, tasks = _failures(request.GET)
     tasks = tasks.select_related("session").only(
         "id", "step_id", "name", "status", "attempt", "last_error", "updated_at", "finished_at", "agent_id",
         "session__id", "session__workflow_id", "session__status",
     ).order_by("-updated_at", "id")
     page = paginate(request, tasks)
-    context = {"form": form, "page": page, "query": query_without_page(request), "filters": _filter_params(form)}
+    context = {"form": filters.form, "page": page, "query": query_without_page(request),
+               "filters": _filter_params(filters)}
     return render_page(request, "sessions/failure_list.html", "sessions/_failure_rows.html", context)
 
 
-def _bulk_targets(params) -> tuple[object, str, list[str], FailureFilterForm]:
+def _bulk_targets(params) -> tuple[object, str, list[str], FailureFilter]:
     """The tasks a bulk retry is about: the selected ids, or all matching the filter.
 
     A filter with a bad value selects nothing: ignoring it would retry more than the operator asked for.
     """
-    form, tasks = _failures(params)
+    filters, tasks = _failures(params)
     problems: list[str] = []
     if params.get("scope") == "all":
-        if form.errors:
-            problems = [f"filter '{name}': {' '.join(errors)}" for name, errors in form.errors.items()]
-            return Task.objects.none(), "all", problems, form
-        return tasks, "all", problems, form
+        if filters.errors:
+            problems = [f"filter '{name}': {' '.join(errors)}" for name, errors in filters.errors.items()]
+            return Task.objects.none(), "all", problems, filters
+        return tasks, "all", problems, filters
     ids = []
     for raw in params.getlist("ids"):
         try:
@@ -287,20 +278,21 @@ def _bulk_targets(params) -> tuple[object, str, list[str], FailureFilterForm]:
         except ValueError:
             problems.append(f"'{raw}' is not a task id")
     # Every selected task goes to the engine: one it refuses (retried meanwhile) is reported as skipped.
-    return Task.objects.filter(pk__in=ids), "selected", problems, form
+    return Task.objects.filter(pk__in=ids), "selected", problems, filters
 
 
-def _filter_params(form: FailureFilterForm) -> dict:
+def _filter_params(filters: FailureFilter) -> dict:
     """The filter values in force (valid and not empty), as they were typed."""
+    form = filters.form
     form.is_valid()
-    return {name: form.data.get(name) for name in FailureFilterForm.base_fields if form.cleaned_data.get(name)}
+    return {name: form.data.get(name) for name in form.fields if form.cleaned_data.get(name)}
 
 
 @viewer_required
 def failure_retry(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         return _failure_retry_post(request)
-    tasks, scope, problems, form = _bulk_targets(request.GET)
+    tasks, scope, problems, filters = _bulk_targets(request.GET)
     count = tasks.count()
     context = {
         "count": count,
@@ -308,9 +300,9 @@ def failure_retry(request: HttpRequest) -> HttpResponse:
         "problems": problems,
         "sample": tasks.select_related("session").order_by("-updated_at", "id")[:20],
         "ids": request.GET.getlist("ids"),
-        "filters": _filter_params(form),
+        "filters": _filter_params(filters),
         "limit": BULK_RETRY_LIMIT,
-        "back": reverse("sessions:failure-list") + "?" + urlencode(_filter_params(form)),
+        "back": reverse("sessions:failure-list") + "?" + urlencode(_filter_params(filters)),
         "form": ReasonForm(),
     }
     return render(request, "sessions/failure_confirm.html", context)
@@ -318,9 +310,9 @@ def failure_retry(request: HttpRequest) -> HttpResponse:
 
 @actor_required
 def _failure_retry_post(request: HttpRequest) -> HttpResponse:
-    tasks, scope, problems, filter_form = _bulk_targets(request.POST)
-    back = reverse("sessions:failure-list") + "?" + urlencode(_filter_params(filter_form))
-    if filter_form.errors and scope == "all":
+    tasks, scope, problems, filters = _bulk_targets(request.POST)
+    back = reverse("sessions:failure-list") + "?" + urlencode(_filter_params(filters))
+    if filters.errors and scope == "all":
         messages.error(request, "Nothing retried: " + "; ".join(problems))
         return redirect(back)
     form = ReasonForm(request.POST)

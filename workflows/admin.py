@@ -22,14 +22,9 @@ class WorkflowDefinitionForm(forms.ModelForm):
     def clean_spec(self):
         document = self.cleaned_data["spec"]
         try:
-            spec = validate_definition(document, new_input=True)
+            spec = validate_definition(document, new_input=True, definition_id=self.instance.pk or None)
         except SpecError as exc:
             raise forms.ValidationError(exc.lines()) from None
-        if self.instance.pk and spec.id != self.instance.pk:
-            raise forms.ValidationError(
-                f"the spec's id '{spec.id}' differs from this definition's id '{self.instance.pk}'; "
-                "import it as a new definition instead"
-            )
         self.parsed_spec: WorkflowSpec = spec
         return spec.to_document()
 

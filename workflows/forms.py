@@ -1,4 +1,4 @@
-"""HTML forms for workflow definitions; the one validator is workflows.schema."""
+"""The HTML form for workflow definitions; the one validator is workflows.schema."""
 
 from __future__ import annotations
 
@@ -7,10 +7,6 @@ from django import forms
 from workflows.schema import SpecError, WorkflowSpec, parse_document
 
 MAX_UPLOAD_BYTES = 1_000_000
-
-
-class WorkflowFilterForm(forms.Form):
-    q = forms.CharField(required=False, max_length=200, strip=True, label="Search")
 
 
 class SpecForm(forms.Form):
@@ -40,13 +36,9 @@ class SpecForm(forms.Form):
             if not text.strip():
                 raise forms.ValidationError("paste a definition or choose a file")
         try:
-            spec = parse_document(text, fmt=fmt)
+            spec = parse_document(text, fmt=fmt, definition_id=self.expected_id)
         except SpecError as exc:
             self.spec_errors = exc.errors
             raise forms.ValidationError("the definition is not valid: see the messages by field path") from None
-        if self.expected_id is not None and spec.id != self.expected_id:
-            self.spec_errors = {"id": [f"the id '{spec.id}' differs from this definition's id "
-                                       f"'{self.expected_id}'; import it as a new definition instead"]}
-            raise forms.ValidationError("the definition's id cannot change")
         self.spec = spec
         return data

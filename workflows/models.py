@@ -39,11 +39,9 @@ class WorkflowDefinition(models.Model):
 
     def clean(self) -> None:
         try:
-            parsed = validate_definition(self.spec)
+            validate_definition(self.spec, definition_id=self.id or None)
         except SpecError as exc:
             raise ValidationError({"spec": exc.lines()}) from None
-        if self.id and parsed.id != self.id:
-            raise ValidationError({"spec": [f"spec id '{parsed.id}' does not match definition id '{self.id}'"]})
 
     @property
     def parsed(self) -> WorkflowSpec:

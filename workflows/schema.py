@@ -23,21 +23,31 @@ from pydantic import (
     model_validator,
 )
 
+from opscore_site.errors import ApplicationError
 from opscore_site.jsontext import MAX_DEPTH, reject_constant, text_problem
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 
-class SpecError(ValueError):
-    """A workflow definition is invalid. `errors` maps a field path to its messages."""
+class SpecError(ApplicationError, ValueError):
+    """A workflow definition is invalid. `errors` maps a field path to its messages (the API: 400 `invalid`).
+
+    A ValueError too: raised inside a pydantic validator, pydantic carries it in the error's context.
+    """
+
+    code = "invalid"
+    http_status = 400
 
     def __init__(self, errors: dict[str, list[str]]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(self.lines()))
+        super().__init__("; ".join(_lines(errors)), errors=errors)
 
     def lines(self) -> list[str]:
         """One line per field: `path: message message` (the document's own problems have no path)."""
-        return [f"{path}: {' '.join(msgs)}" if path else " ".join(msgs) for path, msgs in self.errors.items()]
+        return _lines(self.errors)
+
+
+def _lines(errors: dict[str, list[str]]) -> list[str]:
+    return [f"{path}: {' '.join(msgs)}" if path else " ".join(msgs) for path, msgs in errors.items()]
 
 
 class StepSpec(BaseModel):
@@ -175,11 +185,7 @@ class WorkflowSpec(BaseModel):
 
     def ordered_steps(self) -> list[StepSpec]:
         """Steps along the main path from the first step, then any others in file order."""
-        seen: list[str] = []
-        current: str | None = self.first_step.taskId
-        while current is not None and current not in seen:
-            seen.append(current)
-            current = self.step(current).nextTaskId
+        seen = main_path({"tasks": [{"taskId": s.taskId, "nextTaskId": s.nextTaskId} for s in self.tasks]})
         rest = [s.taskId for s in self.tasks if s.taskId not in seen]
         return [self.step(task_id) for task_id in seen + rest]
 
@@ -192,6 +198,20 @@ class WorkflowSpec(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_document(), sort_keys=False, allow_unicode=True)
+
+
+def main_path(document: dict[str, Any]) -> list[str]:
+    """Step ids along `nextTaskId` from the first step of a spec document (a stored spec or a session's
+    snapshot, read as it is), ending at the last step, an unknown id or a repeat."""
+    steps = {s.get("taskId"): s for s in document.get("tasks") or [] if isinstance(s, dict)}
+    if not steps:
+        return []
+    path: list[str] = []
+    current = document["tasks"][0].get("taskId")
+    while current in steps and current not in path:
+        path.append(current)
+        current = steps[current].get("nextTaskId")
+    return path
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -247,10 +267,12 @@ def _storable_problems(document: Any) -> dict[str, list[str]]:
     return errors
 
 
-def validate_definition(document: Any, *, new_input: bool = False) -> WorkflowSpec:
+def validate_definition(document: Any, *, new_input: bool = False, definition_id: str | None = None) -> WorkflowSpec:
     """Validate a parsed document (a dict) and return the spec, or raise SpecError.
 
     Field errors are keyed by their path in the upstream shape (`tasks.1.nextTaskId`).
+    `definition_id` (an edit of a stored definition, a PUT to its URL) is the id the spec must
+    keep: a definition's id never changes.
     `new_input` (a form, a file, the admin) is also checked for what PostgreSQL cannot store
     and bounded in nesting and size. Everything else is JSON already: API bodies passed the
     API's strict JSON reader, and stored specs and snapshots come from jsonb (the engine
@@ -261,7 +283,7 @@ def validate_definition(document: Any, *, new_input: bool = False) -> WorkflowSp
     if new_input and (problems := _storable_problems(document)):
         raise SpecError(problems)
     try:
-        return WorkflowSpec.model_validate(document)
+        spec = WorkflowSpec.model_validate(document)
     except SpecError:
         raise
     except ValidationError as exc:
@@ -279,10 +301,15 @@ def validate_definition(document: Any, *, new_input: bool = False) -> WorkflowSp
                 message = message.removeprefix("Value error, ")
             errors.setdefault(_format_loc(err["loc"]), []).append(message)
         raise SpecError(errors) from None
+    if definition_id is not None and spec.id != definition_id:
+        raise SpecError({"id": [f"the spec's id '{spec.id}' differs from this definition's id '{definition_id}'; "
+                                "import it as a new definition instead"]})
+    return spec
 
 
-def parse_document(text: str | bytes, *, fmt: str = "auto") -> WorkflowSpec:
-    """Parse JSON or YAML text (fmt "json", "yaml" or "auto") and validate it."""
+def parse_document(text: str | bytes, *, fmt: str = "auto", definition_id: str | None = None) -> WorkflowSpec:
+    """Parse JSON or YAML text (fmt "json", "yaml" or "auto") and validate it (`definition_id`: see
+    `validate_definition`)."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -312,4 +339,4 @@ def parse_document(text: str | bytes, *, fmt: str = "auto") -> WorkflowSpec:
             raise SpecError({"": [f"invalid YAML: nested more than {MAX_DEPTH} levels deep"]}) from None
         except ValueError as exc:  # an integer too long to read
             raise SpecError({"": [f"invalid YAML: {exc}"]}) from None
-    return validate_definition(document, new_input=True)
+    return validate_definition(document, new_input=True, definition_id=definition_id)

@@ -7,14 +7,18 @@ from typing import Literal
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from opscore_site.errors import ApplicationError
 from workflows.models import WorkflowDefinition, WorkflowDefinitionRevision
 from workflows.schema import WorkflowSpec
 
 SaveOutcome = Literal["created", "updated", "unchanged"]
 
 
-class DefinitionConflict(Exception):
+class DefinitionConflict(ApplicationError):
     """A definition with this id exists with other content, and overwriting was not allowed."""
+
+    code = "definition_conflict"
+    http_status = 409
 
 
 def _locked(definition_id: str) -> WorkflowDefinition | None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
 from ui.permissions import actor_required, viewer_required
 from ui.rendering import paginate, query_without_page, render_page
-from workflows.forms import SpecForm, WorkflowFilterForm
+from opscore_site.filters import page_filter
+from workflows.filters import WorkflowFilter
+from workflows.forms import SpecForm
 from workflows.models import WorkflowDefinition
 from workflows.services import DefinitionConflict, workflow_save
 
@@ -27,11 +28,9 @@ EXAMPLE = """{
 
 @viewer_required
 def workflow_list(request: HttpRequest) -> HttpResponse:
-    definitions = WorkflowDefinition.objects.select_related("updated_by").order_by("id")
-    form = WorkflowFilterForm(request.GET)
-    if form.is_valid() and (query := form.cleaned_data["q"]):
-        definitions = definitions.filter(Q(id__icontains=query) | Q(name__icontains=query))
-    context = {"page": paginate(request, definitions), "query": query_without_page(request), "form": form}
+    filters = page_filter(WorkflowFilter, request.GET, WorkflowDefinition.objects.select_related("updated_by"))
+    context = {"page": paginate(request, filters.qs.order_by("id")), "query": query_without_page(request),
+               "form": filters.form}
     return render_page(request, "workflows/workflowdefinition_list.html", "workflows/_workflowdefinition_rows.html",
                        context)
 

@@ -66,22 +66,6 @@ class AgentStateOut(serializers.Serializer):
     timestamp = serializers.DateTimeField(source="state_timestamp", allow_null=True)
 
 
-class WebhookAgentDetails(serializers.Serializer):
-    agentId = serializers.CharField()
-    agentName = serializers.CharField(required=False)
-    version = serializers.CharField(required=False)
-    capabilities = serializers.ListField(child=serializers.CharField(), required=False)
-    contactEndpoint = serializers.CharField(required=False)
-    metadata = serializers.DictField(required=False)
-
-
-class WebhookIn(serializers.Serializer):
-    """For the schema only: the body is checked by agents.webhook (pydantic) over the raw bytes."""
-
-    event_type = serializers.ChoiceField(choices=["REGISTER", "DEREGISTER"])
-    agent_details = WebhookAgentDetails()
-
-
 class AgentOut(serializers.ModelSerializer):
     agentId = serializers.CharField(source="id")
     contactEndpoint = serializers.CharField(source="contact_endpoint")

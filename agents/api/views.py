@@ -17,25 +17,21 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents import webhook
+from agents.api.auth import AgentEndpoint, OperatorOrServiceKey
 from agents.api.serializers import (
     AcceptedOut,
     AgentOut,
     AgentStateHistoryOut,
     AgentStateOut,
     StateReportIn,
-    WebhookIn,
 )
+from agents.filters import AgentFilter
 from agents.models import Agent
 from agents.services import agent_deregister, agent_register, agent_state_record, webhook_receipt_record
-from opscore_site.api import IdConverter, ServiceUnavailable, StateReportThrottle, query_bool, query_choices, query_text
+from opscore_site.api import ServiceUnavailable, StateReportThrottle
+from opscore_site.converters import PathIdConverter
+from opscore_site.filters import api_filter, openapi_parameters
 from opscore_site.parsers import parse_json_bytes
-from opscore_site.auth import AgentEndpoint, OperatorOrServiceKey
-
-
-class WebhookUnauthorized(exceptions.APIException):
-    status_code = status.HTTP_401_UNAUTHORIZED
-    default_detail = "The webhook signature is missing or wrong."
-    default_code = "bad_signature"
 
 
 class AgentStateView(APIView):
@@ -86,7 +82,7 @@ class AgentNotifyView(APIView):
     # anonymous caller write a counter row per address.
     throttle_classes: list = []
 
-    @extend_schema(request=WebhookIn, responses={200: AcceptedOut}, auth=[], operation_id="agentkit_notify",
+    @extend_schema(request=webhook.WebhookEvent, responses={200: AcceptedOut}, auth=[], operation_id="agentkit_notify",
                    summary="AgentKit registration webhook (HMAC-signed)",
                    parameters=[
                        OpenApiParameter(webhook.TIMESTAMP_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER,
@@ -111,7 +107,7 @@ class AgentNotifyView(APIView):
                 signature=delivery.signature, timestamp=delivery.sent_at, received_at=now,
                 keep=timedelta(seconds=2 * settings.OPSCORE_WEBHOOK_TOLERANCE_SECONDS),
             ):
-                raise WebhookUnauthorized("this webhook delivery was already accepted (replay)", code="replayed")
+                raise webhook.WebhookRefused("replayed", "this webhook delivery was already accepted (replay)")
             if event.event_type == "DEREGISTER":
                 known = agent_deregister(agent_id=details.agentId, at=now)
                 message = f"agent '{details.agentId}' deregistered" if known else \
@@ -138,20 +134,11 @@ class AgentNotifyView(APIView):
                 "OPSCORE_WEBHOOK_SECRET is not configured, so webhooks cannot be verified and are refused",
                 code="webhook_not_configured",
             )
-        try:
-            return webhook.verify(secret=secret, timestamp=timestamp, signature=signature, body=body,
-                                  now=time.time(), tolerance=settings.OPSCORE_WEBHOOK_TOLERANCE_SECONDS)
-        except webhook.WebhookRefused as exc:
-            raise WebhookUnauthorized(exc.detail, code=exc.code) from None
+        return webhook.verify(secret=secret, timestamp=timestamp, signature=signature, body=body,
+                              now=time.time(), tolerance=settings.OPSCORE_WEBHOOK_TOLERANCE_SECONDS)
 
 
-@extend_schema(parameters=[
-    OpenApiParameter("state", OpenApiTypes.STR, description="comma-separated states"),
-    OpenApiParameter("deregistered", OpenApiTypes.BOOL),
-    OpenApiParameter("stale", OpenApiTypes.BOOL),
-    OpenApiParameter("capability", OpenApiTypes.STR),
-    OpenApiParameter("search", OpenApiTypes.STR, description="substring of id or name"),
-])
+@extend_schema(parameters=openapi_parameters(AgentFilter))
 class AgentViewSet(viewsets.ReadOnlyModelViewSet):
     """Agents (list with filters, detail) and each agent's state history."""
 
@@ -159,28 +146,13 @@ class AgentViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = AgentOut
     lookup_field = "pk"
     lookup_url_kwarg = "agent_id"
-    lookup_value_regex = IdConverter.regex
+    lookup_value_regex = PathIdConverter.regex
 
     def get_queryset(self):
         queryset = Agent.objects.all().order_by("id")
         if self.action != "list":
             return queryset
-        request = self.request
-        if states := query_choices(request, "state", Agent.State.values):
-            queryset = queryset.filter(state__in=states)
-        deregistered = query_bool(request, "deregistered")
-        if deregistered is not None:
-            queryset = queryset.filter(deregistered_at__isnull=not deregistered)
-        stale = query_bool(request, "stale")
-        if stale is True:
-            queryset = queryset.stale()
-        elif stale is False:
-            queryset = queryset.exclude(pk__in=Agent.objects.stale().values("pk"))
-        if capability := query_text(request, "capability"):
-            queryset = queryset.with_capability(capability)
-        if search := query_text(request, "search"):
-            queryset = queryset.filter(id__icontains=search) | queryset.filter(name__icontains=search)
-        return queryset
+        return api_filter(AgentFilter, self.request, queryset)
 
     @extend_schema(responses={200: AgentStateHistoryOut(many=True)}, parameters=[])
     @action(detail=True, methods=["get"])

@@ -10,8 +10,8 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from opscore_site.api import query_choices, query_text
-from opscore_site.auth import AgentEndpoint, ApiKeyUser, OperatorOrServiceKey, key_label
+from agents.api.auth import AgentEndpoint, ApiKeyUser, OperatorOrServiceKey, key_label
+from opscore_site.filters import api_filter, openapi_parameters
 from sessions.api.serializers import (
     ActionIn,
     SessionDetailOut,
@@ -22,6 +22,7 @@ from sessions.api.serializers import (
     WorkflowTriggerOut,
 )
 from sessions.engine import By, session_cancel, session_retry, task_retry
+from sessions.filters import SessionFilter, TaskFilter
 from sessions.models import Session, Task, TaskAttempt
 from sessions.services import request_fingerprint, session_trigger
 
@@ -77,11 +78,7 @@ class _ActionMixin:
         return by, reason
 
 
-@extend_schema(parameters=[
-    OpenApiParameter("status", OpenApiTypes.STR, description="comma-separated statuses"),
-    OpenApiParameter("agent", OpenApiTypes.STR),
-    OpenApiParameter("workflow", OpenApiTypes.STR),
-])
+@extend_schema(parameters=openapi_parameters(SessionFilter))
 class SessionViewSet(_ActionMixin, viewsets.ReadOnlyModelViewSet):
     """Sessions: list with filters, detail with tasks and attempts, cancel and retry."""
 
@@ -97,13 +94,7 @@ class SessionViewSet(_ActionMixin, viewsets.ReadOnlyModelViewSet):
             tasks = Task.objects.order_by("sequence").prefetch_related(
                 Prefetch("attempts", queryset=TaskAttempt.objects.order_by("number")))
             return queryset.prefetch_related(Prefetch("tasks", queryset=tasks))
-        if statuses := query_choices(self.request, "status", Session.Status.values):
-            queryset = queryset.filter(status__in=statuses)
-        if agent := query_text(self.request, "agent"):
-            queryset = queryset.filter(agent_id=agent)
-        if workflow := query_text(self.request, "workflow"):
-            queryset = queryset.filter(workflow_id=workflow)
-        return queryset
+        return api_filter(SessionFilter, self.request, queryset)
 
     @extend_schema(request=ActionIn, responses={200: SessionDetailOut}, parameters=[])
     @action(detail=True, methods=["post"])
@@ -122,11 +113,7 @@ class SessionViewSet(_ActionMixin, viewsets.ReadOnlyModelViewSet):
         return Response(SessionDetailOut(self.get_object()).data)
 
 
-@extend_schema(parameters=[
-    OpenApiParameter("status", OpenApiTypes.STR, description="comma-separated statuses"),
-    OpenApiParameter("agent", OpenApiTypes.STR),
-    OpenApiParameter("session", OpenApiTypes.UUID),
-])
+@extend_schema(parameters=openapi_parameters(TaskFilter))
 class TaskViewSet(_ActionMixin, viewsets.ReadOnlyModelViewSet):
     """Tasks: list filtered by status, agent and session; detail with attempts; retry."""
 
@@ -140,16 +127,7 @@ class TaskViewSet(_ActionMixin, viewsets.ReadOnlyModelViewSet):
         queryset = Task.objects.order_by("-created_at", "id")
         if self.action != "list":
             return queryset.prefetch_related(Prefetch("attempts", queryset=TaskAttempt.objects.order_by("number")))
-        if statuses := query_choices(self.request, "status", Task.Status.values):
-            queryset = queryset.filter(status__in=statuses)
-        if agent := query_text(self.request, "agent"):
-            queryset = queryset.filter(agent_id=agent)
-        if session := query_text(self.request, "session"):
-            try:
-                queryset = queryset.filter(session_id=Session._meta.pk.to_python(session))
-            except Exception:
-                raise exceptions.ValidationError({"session": ["must be a session id (UUID)"]}) from None
-        return queryset
+        return api_filter(TaskFilter, self.request, queryset)
 
     @extend_schema(request=ActionIn, responses={200: TaskDetailOut}, parameters=[])
     @action(detail=True, methods=["post"])

@@ -28,6 +28,9 @@ def test_an_agent_is_stale_after_the_window(db, settings):
     assert set(Agent.objects.stale(now=now)) == {old, never}
     assert not gone.is_stale(now=now)  # one rule for a row and for the queryset: deregistered is not stale
     assert gone not in Agent.objects.active()
+    # "Not stale" is the complement, for the API's stale=false and the page's "fresh" alike.
+    assert set(Agent.objects.not_stale(now=now)) == {fresh, gone}
+    assert {a for a in Agent.objects.all() if not a.is_stale(now=now)} == {fresh, gone}
 
 
 def test_a_key_is_stored_hashed_and_found_by_its_secret(db):

@@ -127,6 +127,8 @@ def test_sessions_and_tasks_lists_filter(api):
     assert api.get(f"{V1}/tasks?session={one.pk}").json()["count"] == 1
     assert_error(api.get(f"{V1}/tasks?status=lost"), 400)
     assert_error(api.get(f"{V1}/tasks?session=not-a-uuid"), 400)
+    assert_error(api.get(f"{V1}/sessions?since=forever"), 400, "invalid")
+    assert api.get(f"{V1}/sessions?since=1h&workflow=wf-1").json()["count"] == 1
     assert_error(api.get(f"{V1}/sessions/not-a-uuid"), 404)
 
 

@@ -1,5 +1,7 @@
 """Every admin changelist and change form renders; login and django.contrib.sessions still work."""
 
+import html
+
 import pytest
 from django.contrib import admin
 from django.urls import reverse
@@ -119,3 +121,29 @@ def test_admin_revoke_action_reports_the_count(client, operator):
     assert "Revoked 1 API key(s)." in response.content.decode()
     key.refresh_from_db()
     assert key.revoked_at is not None
+
+
+def test_a_definition_keeps_its_id_everywhere_with_one_message(client, operator):
+    """Admin, model validation, the edit page and the API's PUT share the validator's rule and message."""
+    import json
+
+    from django.core.exceptions import ValidationError
+    from rest_framework.test import APIClient
+
+    client.force_login(operator)
+    workflow_save(spec=validate_definition(two_step_spec("kept")))
+    message = "the spec's id 'renamed' differs from this definition's id 'kept'; import it as a new definition instead"
+    renamed = json.dumps(two_step_spec("renamed"))
+
+    admin_page = client.post(reverse("admin:workflows_workflowdefinition_change", args=["kept"]), {"spec": renamed})
+    assert admin_page.status_code == 200 and f"id: {message}" in html.unescape(admin_page.content.decode())
+    with pytest.raises(ValidationError) as caught:
+        WorkflowDefinition(id="kept", name="x", spec=two_step_spec("renamed")).clean()
+    assert caught.value.message_dict == {"spec": [f"id: {message}"]}
+    edit_page = client.post(reverse("workflows:workflow-edit", args=["kept"]), {"document": renamed})
+    assert edit_page.status_code == 400 and message in html.unescape(edit_page.content.decode())
+    api = APIClient()
+    api.force_login(operator)
+    answer = api.put("/v1/opscore/workflows/kept", two_step_spec("renamed"), format="json")
+    assert answer.status_code == 400 and answer.json()["errors"] == {"id": [message]}
+    assert WorkflowDefinition.objects.get().spec["id"] == "kept"

@@ -221,3 +221,17 @@ def test_it_refuses_lone_surrogates_postgresql_cannot_encode():
     assert errors == {"tasks.0.parameters": ["a key: text may not contain lone surrogates (they cannot be stored as UTF-8)"]}
     errors = parse_errors('{"id": "x", "name": "n\\ud800", "tasks": [{"taskId": "a"}]}')
     assert errors == {"name": ["text may not contain lone surrogates (they cannot be stored as UTF-8)"]}
+
+
+def test_the_main_path_is_walked_by_one_function_for_specs_and_snapshots():
+    from workflows.schema import main_path
+
+    spec = two_step_spec("flow")
+    spec["tasks"].append({"taskId": "spare", "name": "Spare"})
+    spec["tasks"] = [spec["tasks"][0], spec["tasks"][2], spec["tasks"][1]]
+    assert main_path(spec) == ["step_1", "step_2"]
+    assert [s.taskId for s in validate_definition(spec).ordered_steps()] == ["step_1", "step_2", "spare"]
+    # A snapshot is read as stored: an unknown next step or a loop ends the path, never an error.
+    assert main_path({"tasks": [{"taskId": "a", "nextTaskId": "b"}, {"taskId": "b", "nextTaskId": "a"}]}) == ["a", "b"]
+    assert main_path({"tasks": [{"taskId": "a", "nextTaskId": "gone"}]}) == ["a"]
+    assert main_path({}) == []

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import exceptions, mixins, status, viewsets
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
 from rest_framework.response import Response
 
-from opscore_site.api import query_text
-from opscore_site.auth import ApiKeyUser, OperatorOrServiceKey
+from agents.api.auth import ApiKeyUser, OperatorOrServiceKey
+from opscore_site.filters import api_filter, openapi_parameters
 from workflows.api.serializers import WorkflowDefinitionOut
+from workflows.filters import WorkflowFilter
 from workflows.models import WorkflowDefinition
 from workflows.schema import ID_PATTERN, validate_definition
 from workflows.services import workflow_save
@@ -19,7 +20,7 @@ def _user(request):
     return None if isinstance(request.user, ApiKeyUser) else request.user
 
 
-@extend_schema(parameters=[OpenApiParameter("search", OpenApiTypes.STR, description="substring of id or name")])
+@extend_schema(parameters=openapi_parameters(WorkflowFilter))
 class WorkflowDefinitionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Definitions are validated by the WorkflowSpec; errors come back per field path."""
 
@@ -30,9 +31,7 @@ class WorkflowDefinitionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin
 
     def get_queryset(self):
         queryset = WorkflowDefinition.objects.order_by("id")
-        if self.action == "list" and (search := query_text(self.request, "search")):
-            queryset = queryset.filter(id__icontains=search) | queryset.filter(name__icontains=search)
-        return queryset
+        return api_filter(WorkflowFilter, self.request, queryset) if self.action == "list" else queryset
 
     @extend_schema(request=OpenApiTypes.OBJECT, responses={201: WorkflowDefinitionOut, 200: WorkflowDefinitionOut})
     def create(self, request) -> Response:
@@ -47,10 +46,8 @@ class WorkflowDefinitionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin
         """Create or replace the definition `workflow_id` (a new revision when the content changes)."""
         document = request.data
         if isinstance(document, dict):
-            document = {"id": workflow_id, **document}
-            if document["id"] != workflow_id:
-                raise exceptions.ValidationError({"id": [f"'{document['id']}' does not match the URL id '{workflow_id}'"]})
-        spec = validate_definition(document)
+            document = {"id": workflow_id, **document}  # the URL names the id a body may leave out
+        spec = validate_definition(document, definition_id=workflow_id)
         definition, outcome = workflow_save(spec=spec, by=_user(request), allow_update=True)
         return Response(WorkflowDefinitionOut(definition).data,
                         status=status.HTTP_201_CREATED if outcome == "created" else status.HTTP_200_OK)

@@ -1,4 +1,4 @@
-"""Who may call the API: Bearer API keys (service or agent-bound) and operators' sessions.
+"""Who may call the API: Bearer API keys (service or agent-bound, `agents.ApiKey`) and operators' sessions.
 
 - Agent endpoints (`agent/{agentId}/...`): a service key for any agent, an agent-bound
   key for its own agent only (another agent is a 403). Logged-in staff operators may
@@ -65,7 +65,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
-    target_class = "opscore_site.auth.ApiKeyAuthentication"
+    target_class = "agents.api.auth.ApiKeyAuthentication"
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema):
