@@ -208,8 +208,9 @@ def task_enqueue(*, task: Task) -> None:
 def _send_job(*, task: Task, now: datetime) -> None:
     from django_q.tasks import async_task
 
-    # Jobs take ids only.
-    async_task(JOB_PATH, str(task.pk), task_name=f"send-task-{task.pk}-{int(now.timestamp() * 1000)}")
+    # Jobs take ids only. A dispatch's outcome is recorded on its TaskAttempt, so django-q2 keeps
+    # no success row for the job (save=False: one INSERT less per step); a failed job is kept.
+    async_task(JOB_PATH, str(task.pk), task_name=f"send-task-{task.pk}-{int(now.timestamp() * 1000)}", save=False)
 
 
 def _payload_for(step: StepSpec, *, base: dict[str, Any] | None, previous_result: Any) -> dict[str, Any]:
