@@ -45,6 +45,10 @@ class OpscoreEnv(BaseSettings):
     SECURE_HSTS_SECONDS: int = Field(default=31536000, ge=0)
     LOG_LEVEL: str = "INFO"
 
+    # Operator and admin login (django-axes): failures per account and address before a lockout
+    OPSCORE_LOGIN_FAILURE_LIMIT: int = Field(default=5, ge=1)
+    OPSCORE_LOGIN_COOLOFF_MINUTES: int = Field(default=15, ge=1)
+
     # Agent-facing API
     OPSCORE_API_KEY: str = ""
     OPSCORE_WEBHOOK_SECRET: str = ""
