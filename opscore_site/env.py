@@ -87,14 +87,10 @@ class OpscoreEnv(BaseSettings):
         value = value.strip()
         if not value:
             return value
-        import httpx
+        from opscore_site.httpurl import http_url_problem
 
-        try:
-            url = httpx.URL(value)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"is not a valid URL ({exc})") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an http:// or https:// URL, e.g. http://agentkit:8000")
+        if problem := http_url_problem(value):
+            raise ValueError(f"{problem}, e.g. http://agentkit:8000")
         return value
 
     @field_validator("AGENTKIT_API_KEY")
