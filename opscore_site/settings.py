@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
 
 from opscore_site import env as _env
 from opscore_site.env import BASE_DIR, load_env
@@ -66,6 +67,7 @@ MIDDLEWARE = [
     "opscore_site.middleware.RequestIdMiddleware",
     "opscore_site.api.ApiBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -91,6 +93,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.csp",
                 "ui.permissions.context",
             ],
         },
@@ -187,6 +190,41 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy on every response, in development too (a violation shows in the
+# browser's console at once). Our pages and the admin have no inline script, style or event
+# handler: scripts and styles come from our own static files only.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, "data:"],  # data: for the empty favicon in base.html and Swagger UI's icons
+    "connect-src": [CSP.SELF],
+    "font-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
+# The API docs have policies of their own (opscore_site/api_urls.py). drf-spectacular's
+# templates (overridden in templates/drf_spectacular/) start each viewer with an inline script,
+# allowed by a per-response nonce; everything else they load is ours (drf-spectacular-sidecar).
+OPSCORE_SWAGGER_CSP = {
+    **SECURE_CSP,
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF, CSP.NONCE],
+}
+# Redoc's bundle injects <style> elements while it loads, before any nonce can be handed to it,
+# so its page alone allows inline styles (never inline scripts); its search index runs in a
+# Worker made from a blob: URL, and its sidebar always shows Redocly's logo from cdn.redoc.ly
+# (without the network, the image is simply left out).
+OPSCORE_REDOC_CSP = {
+    **SECURE_CSP,
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF, CSP.UNSAFE_INLINE],
+    "img-src": [CSP.SELF, "data:", "https://cdn.redoc.ly"],
+    "worker-src": [CSP.SELF, "blob:"],
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
