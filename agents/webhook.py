@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agents.models import agent_id_problem
 from agents.timestamps import parse_iso_timestamp
 from opscore_site.errors import ApplicationError
+from opscore_site.httpurl import http_url_problem
 
 TIMESTAMP_HEADER = "X-AgentKit-Timestamp"
 SIGNATURE_HEADER = "X-AgentKit-Signature"
@@ -85,6 +86,14 @@ class AgentDetails(BaseModel):
     def _addressable(cls, value: str) -> str:
         if problem := agent_id_problem(value):
             raise ValueError(f"agentId: {problem}")
+        return value
+
+    @field_validator("contactEndpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # Shown as the agent's endpoint on operator pages: a `javascript:` URL must never be stored.
+        if value and (problem := http_url_problem(value)):
+            raise ValueError(problem)
         return value
 
 

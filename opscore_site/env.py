@@ -45,6 +45,10 @@ class OpscoreEnv(BaseSettings):
     SECURE_HSTS_SECONDS: int = Field(default=31536000, ge=0)
     LOG_LEVEL: str = "INFO"
 
+    # Operator and admin login (django-axes): failures per account and address before a lockout
+    OPSCORE_LOGIN_FAILURE_LIMIT: int = Field(default=5, ge=1)
+    OPSCORE_LOGIN_COOLOFF_MINUTES: int = Field(default=15, ge=1)
+
     # Agent-facing API
     OPSCORE_API_KEY: str = ""
     OPSCORE_WEBHOOK_SECRET: str = ""
@@ -83,14 +87,10 @@ class OpscoreEnv(BaseSettings):
         value = value.strip()
         if not value:
             return value
-        import httpx
+        from opscore_site.httpurl import http_url_problem
 
-        try:
-            url = httpx.URL(value)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"is not a valid URL ({exc})") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an http:// or https:// URL, e.g. http://agentkit:8000")
+        if problem := http_url_problem(value):
+            raise ValueError(f"{problem}, e.g. http://agentkit:8000")
         return value
 
     @field_validator("AGENTKIT_API_KEY")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import secrets
 import sys
+from datetime import timedelta
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
 
 from opscore_site import env as _env
 from opscore_site.env import BASE_DIR, load_env
@@ -50,6 +52,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "axes",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -64,6 +67,7 @@ MIDDLEWARE = [
     "opscore_site.middleware.RequestIdMiddleware",
     "opscore_site.api.ApiBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -71,6 +75,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a lockout into the "locked out" page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "opscore_site.urls"
@@ -87,6 +93,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.csp",
                 "ui.permissions.context",
             ],
         },
@@ -130,6 +137,19 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it refuses a locked-out account and address before the password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Login throttling for /accounts/login/ and /admin/login/ (opscore_site/logins.py).
+AXES_FAILURE_LIMIT = ENV.OPSCORE_LOGIN_FAILURE_LIMIT
+OPSCORE_LOGIN_COOLOFF_MINUTES = ENV.OPSCORE_LOGIN_COOLOFF_MINUTES
+AXES_COOLOFF_TIME = timedelta(minutes=OPSCORE_LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "opscore_site.logins.client_ip"
+AXES_LOCKOUT_CALLABLE = "opscore_site.logins.lockout_response"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
@@ -170,6 +190,41 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy on every response, in development too (a violation shows in the
+# browser's console at once). Our pages and the admin have no inline script, style or event
+# handler: scripts and styles come from our own static files only.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, "data:"],  # data: for the empty favicon in base.html and Swagger UI's icons
+    "connect-src": [CSP.SELF],
+    "font-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
+# The API docs have policies of their own (opscore_site/api_urls.py). drf-spectacular's
+# templates (overridden in templates/drf_spectacular/) start each viewer with an inline script,
+# allowed by a per-response nonce; everything else they load is ours (drf-spectacular-sidecar).
+OPSCORE_SWAGGER_CSP = {
+    **SECURE_CSP,
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF, CSP.NONCE],
+}
+# Redoc's bundle injects <style> elements while it loads, before any nonce can be handed to it,
+# so its page alone allows inline styles (never inline scripts); its search index runs in a
+# Worker made from a blob: URL, and its sidebar always shows Redocly's logo from cdn.redoc.ly
+# (without the network, the image is simply left out).
+OPSCORE_REDOC_CSP = {
+    **SECURE_CSP,
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF, CSP.UNSAFE_INLINE],
+    "img-src": [CSP.SELF, "data:", "https://cdn.redoc.ly"],
+    "worker-src": [CSP.SELF, "blob:"],
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -51,8 +51,9 @@ class WorkflowTriggerView(APIView):
     )
     def post(self, request, agent_id: str) -> Response:
         key = request.headers.get(IDEMPOTENCY_HEADER) or None
-        if key is not None and (len(key) > 255 or not key.strip()):
-            raise exceptions.ValidationError({IDEMPOTENCY_HEADER: ["must be 1 to 255 non-blank characters"]})
+        # Printable only: a NUL reached PostgreSQL's text column as a 500.
+        if key is not None and (len(key) > 255 or not key.strip() or not key.isprintable()):
+            raise exceptions.ValidationError({IDEMPOTENCY_HEADER: ["must be 1 to 255 printable, non-blank characters"]})
         trigger = WorkflowTriggerIn(data=request.data)
         trigger.is_valid(raise_exception=True)
         data = trigger.validated_data

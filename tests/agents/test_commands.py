@@ -114,14 +114,16 @@ def test_sync_skips_entries_the_webhook_would_refuse_with_the_reason(agentkit_se
         {"agentId": "nan", "metadata": {"load": float("nan")}},
         {"agentId": "nul", "agentName": "a\u0000b"},
         {"agentId": "deep", "metadata": {"m": nested(70)}},
+        {"agentId": "script", "contactEndpoint": "javascript:alert(3)"},
     ]
     out, err = run("opscore_sync_agents")
-    assert "6 agent(s) listed: 1 created, 0 updated, 0 unchanged, 5 skipped" in out
+    assert "7 agent(s) listed: 1 created, 0 updated, 0 unchanged, 6 skipped" in out
     assert "skipped agent 'long-version': version: String should have at most 64 characters" in err
     assert "skipped agent 'far': contactEndpoint: String should have at most 2048 characters" in err
     assert "skipped agent 'nan': numbers must be finite" in err
     assert "skipped agent 'nul': text may not contain NUL" in err
     assert "skipped agent 'deep': nested more than 64 levels deep" in err
+    assert "skipped agent 'script': contactEndpoint: must be an http:// or https:// URL" in err
     assert list(Agent.objects.values_list("pk", flat=True)) == ["ok"]
 
 

@@ -200,3 +200,29 @@ def test_the_webhook_is_csrf_exempt_even_next_to_an_operator_session(db, operato
     assert response.status_code == 200, response.content
     # And the session does not stand in for the signature.
     assert_error(client.post(URL, register_body("a2"), content_type="application/json"), 401, "missing_signature")
+
+
+@pytest.mark.parametrize("endpoint", [
+    "javascript:alert(3)", "JavaScript:alert(3)", "data:text/html,<script>alert(1)</script>", "file:///etc/passwd",
+    "ftp://host/", "host:9000", "//host:9000/", "http://", "http:/host", "http://host:9000/\r\nX-Evil: 1",
+    "http://ho st/", "http://[::1",
+])
+def test_a_contact_endpoint_that_is_not_an_http_url_is_400(db, endpoint):
+    body = assert_error(deliver(register_body("a1", contactEndpoint=endpoint)), 400, "invalid")
+    assert list(body["errors"]) == ["agent_details.contactEndpoint"], body
+    message = body["errors"]["agent_details.contactEndpoint"][0]
+    assert message.startswith(("must be an http:// or https:// URL", "must not contain", "is not a valid URL")), message
+    assert body["detail"] == f"agent_details.contactEndpoint: {message}"
+    assert not Agent.objects.exists()
+
+
+@pytest.mark.parametrize("endpoint, stored", [
+    ("https://agents.example.com/a1", "https://agents.example.com/a1"),
+    ("HTTP://host:9000/", "HTTP://host:9000/"),
+    ("http://[::1]:9000/", "http://[::1]:9000/"),
+    (None, ""),
+    ("", ""),
+])
+def test_http_contact_endpoints_and_none_are_stored(db, endpoint, stored):
+    assert deliver(register_body("a1", contactEndpoint=endpoint)).status_code == 200
+    assert Agent.objects.get(pk="a1").contact_endpoint == stored

@@ -31,6 +31,12 @@
     var seconds = parseFloat(el.dataset.poll) || 5;
     setInterval(function () { refresh(el); }, seconds * 1000);
   });
+  // <form data-confirm="Question?">: ask before submitting (no inline onsubmit: Content-Security-Policy).
+  // Delegated, so forms in refreshed partials are covered too.
+  document.addEventListener("submit", function (e) {
+    var form = e.target.closest("form[data-confirm]");
+    if (form && !window.confirm(form.dataset.confirm)) e.preventDefault();
+  }, true);
   // Select-all checkbox on the failures queue.
   document.addEventListener("change", function (e) {
     if (e.target.matches("[data-select-all]")) {
