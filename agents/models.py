@@ -12,13 +12,16 @@ from django.db import connection, models
 from django.db.models import Q
 from django.utils import timezone
 
+from opscore_site.converters import has_forbidden_characters
+
 
 def agent_id_problem(agent_id: str) -> str | None:
     """Why `agent_id` cannot name an agent, or None. AgentKit's URLs and ours carry it as one path segment."""
     if not agent_id.strip():
         return "an agent id may not be blank"
-    if "/" in agent_id or "\x00" in agent_id:
-        return "an agent id may not contain '/' or NUL (it is one segment of AgentKit's and Ops-Core's URLs)"
+    if has_forbidden_characters(agent_id):
+        return ("an agent id may not contain '/' or control characters such as NUL, CR or LF "
+                "(it is one segment of AgentKit's and Ops-Core's URLs)")
     if len(agent_id) > 255:
         return "an agent id has at most 255 characters"
     return None

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 from rest_framework.test import APIClient
 
-from agents.models import Agent, AgentState
+from agents.models import Agent, AgentState, agent_id_problem
 from agents.webhook import sign
 from sessions.models import Session
 from tests.agents.factories import AgentFactory
@@ -177,6 +177,18 @@ def test_path_ids_no_agent_could_have_are_a_clear_4xx(api, path):
         assert_error(response, response.status_code)
         assert_no_header_injection(response)
     nothing_stored()
+
+
+@pytest.mark.parametrize("agent_id", ["a1\r\nSet-Cookie: evil=1", "a1\nX", "a1\rX", "a\tb", "a\x7fb", "a\x1bb"],
+                         ids=["CR-LF", "LF", "CR", "tab", "DEL", "ESC"])
+def test_an_agent_id_with_control_characters_names_no_agent(api, agent_id):
+    """No report creates such an agent (the path does not match: 404), so the webhook and the
+    other id checks, which refuse it too, never meet an agent they could not name."""
+    response = api.post(state_url(agent_id), state_body(agent_id), content_type="application/json")
+    assert response.status_code == 404
+    assert_error(response, 404)
+    nothing_stored()
+    assert agent_id_problem(agent_id) and "control characters" in agent_id_problem(agent_id)
 
 
 # --------------------------------------------------------------------------- headers
