@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
+from opscore_site import dbdown
 from opscore_site import openapi  # noqa: F401 (registers the pydantic schema extension)
 from opscore_site.errors import ApplicationError
 
@@ -227,6 +229,9 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
+    exc = sys.exc_info()[1]  # Django calls this while handling the exception
+    if dbdown.is_database_error(exc):
+        return dbdown.database_unavailable_response(request, exc)
     if _is_api(request):
         return json_error("Internal server error; the request id is in X-Request-ID.", "server_error", 500)
     return defaults.server_error(request)

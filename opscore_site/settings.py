@@ -77,6 +77,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a lockout into the "locked out" page.
     "axes.middleware.AxesMiddleware",
+    # Innermost: a view's database error is a 503 (opscore_site/dbdown.py), before anything else sees it.
+    "opscore_site.dbdown.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "opscore_site.urls"
