@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import random
+import contextvars
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -116,8 +118,25 @@ class By:
 # --------------------------------------------------------------------------- transitions
 
 
+# The events of one step (a task completed and the next one queued; a session started and its first
+# task queued) go to the database in one INSERT at the end of the step (`_events_in_one_insert`).
+_event_batch: contextvars.ContextVar[list[TaskEvent] | None] = contextvars.ContextVar("event_batch", default=None)
+
+
+@contextmanager
+def _events_in_one_insert():
+    batch: list[TaskEvent] = []
+    token = _event_batch.set(batch)
+    try:
+        yield
+    finally:
+        _event_batch.reset(token)
+    if batch:  # only when the step did not raise: its transaction goes on, and so must its events
+        TaskEvent.objects.bulk_create(batch)
+
+
 def _event(*, session_id, task_id=None, old: str, new: str, by: By, reason: str, attempt=None) -> None:
-    TaskEvent.objects.create(
+    event = TaskEvent(
         session_id=session_id,
         task_id=task_id,
         old_status=old,
@@ -128,6 +147,11 @@ def _event(*, session_id, task_id=None, old: str, new: str, by: By, reason: str,
         attempt=attempt,
         reason=reason[:5000],
     )
+    batch = _event_batch.get()
+    if batch is None:
+        event.save(force_insert=True)
+    else:
+        batch.append(event)
 
 
 def task_transition(*, task: Task, to: str, by: By, reason: str = "", **changes: Any) -> Task:
@@ -290,7 +314,8 @@ def session_start(
     if agent.deregistered_at is not None:
         raise AgentUnavailable(f"agent '{agent.pk}' is deregistered")
     spec = validate_definition(definition.spec)
-    with transaction.atomic():
+    # No savepoint inside a caller's transaction (the trigger's): an error here ends it anyway.
+    with transaction.atomic(savepoint=False), _events_in_one_insert():
         session = Session.objects.create(
             definition=definition,
             workflow_id=definition.pk,
@@ -330,6 +355,12 @@ def attempt_failed(*, task_id=None, task: Task | None = None, number: int, error
         task = Task.objects.select_for_update().filter(pk=task_id).first()
     if task is None or task.attempt != number or task.status not in Task.IN_FLIGHT:
         return None
+    with _events_in_one_insert():
+        _attempt_failed(task=task, number=number, error=error, permanent=permanent, by=by, http_status=http_status)
+    return task
+
+
+def _attempt_failed(*, task: Task, number: int, error: str, permanent: bool, by: By, http_status: int | None) -> None:
     now = timezone.now()
     attempt_transition(task_id=task.pk, number=number, to=Outcome.REJECTED if permanent else Outcome.FAILED,
                        error=error[:5000], http_status=http_status, ended_at=now)
@@ -345,7 +376,6 @@ def attempt_failed(*, task_id=None, task: Task | None = None, number: int, error
         why = "permanent error" if permanent else f"retries exhausted ({task.max_retries})"
         _task_dead(task=task, reason=f"{why}: {error}")
     _kick_queued(agent_id=task.agent_id)
-    return task
 
 
 def task_give_up(*, task: Task, reason: str) -> None:
@@ -413,7 +443,7 @@ def on_agent_state(*, agent_id: str, state: str, details: Any, received_at: date
     scheduler's timeout and lost-job sweeps recover the task.
     """
     try:
-        with transaction.atomic():
+        with transaction.atomic(), _events_in_one_insert():
             _apply_report(agent_id=agent_id, state=state, details=details, received_at=received_at)
     except Exception:
         logger.exception("engine could not apply a %s report of agent %s; the sweeps will recover",
