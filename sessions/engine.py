@@ -33,6 +33,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent
+from opscore_site import metrics
 from sessions.models import Actor, Session, Task, TaskAttempt, TaskEvent
 from workflows.models import WorkflowDefinition
 from workflows.schema import StepSpec, WorkflowSpec, validate_definition
@@ -147,6 +148,7 @@ def task_transition(*, task: Task, to: str, by: By, reason: str = "", **changes:
     task.status, task.updated_at = to, now
     _event(session_id=task.session_id, task_id=task.pk, old=old, new=to, by=by, reason=reason,
            attempt=task.attempt or None)
+    metrics.task_moved(task=task, old=old, to=to, now=now)
     if to == S.QUEUED:
         _send_job(task=task, now=now)
     return task
@@ -170,6 +172,7 @@ def session_transition(*, session: Session, to: str, by: By, reason: str = "", *
         setattr(session, name, value)
     session.status, session.updated_at = to, now
     _event(session_id=session.pk, old=old, new=to, by=by, reason=reason)
+    metrics.session_moved(to=to)
     return session
 
 
