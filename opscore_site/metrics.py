@@ -74,6 +74,7 @@ _SESSION_FINAL = ("completed", "failed", "cancelled")
 # Every metric name this module exports (the deploy/ files are checked against it).
 DATABASE_GAUGES = ("opscore_queue_depth", "opscore_agents", "opscore_agents_stale", "opscore_sessions",
                    "opscore_scheduler_last_pass_timestamp_seconds")
+HISTOGRAM_NAMES = frozenset(h._name for h in (HTTP_DURATION, SCHEDULE_TO_START, TASK_DURATION, AGENTKIT_DURATION))
 METRIC_NAMES = frozenset({
     "opscore_state_reports_total", "opscore_http_request_duration_seconds", "opscore_tasks_total",
     "opscore_task_schedule_to_start_seconds", "opscore_task_duration_seconds", "opscore_sessions_finished_total",
