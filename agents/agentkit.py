@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from django.conf import settings
+
+from opscore_site import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +77,21 @@ def _headers() -> dict[str, str]:
 
 def _send(method: str, url: str, **kwargs: Any) -> httpx.Response:
     """One request to AgentKit with the configured timeout; transport failures as transient AgentKitError."""
+    started, code = time.perf_counter(), "error"
     try:
-        return _client().request(method, url, headers=_headers(), timeout=settings.AGENTKIT_TIMEOUT_SECONDS,
-                                 **kwargs)
+        response = _client().request(method, url, headers=_headers(), timeout=settings.AGENTKIT_TIMEOUT_SECONDS,
+                                     **kwargs)
+        code = str(response.status_code)
+        return response
     except httpx.TimeoutException as exc:
+        code = "timeout"
         raise AgentKitError(f"AgentKit timed out: {exc.__class__.__name__}", permanent=False) from exc
     except httpx.HTTPError as exc:
         raise AgentKitError(f"AgentKit unreachable: {exc.__class__.__name__}: {exc}", permanent=False) from exc
     except httpx.InvalidURL as exc:  # not an HTTPError: a typo in the setting must not crash the job
         raise AgentKitError(f"AGENTKIT_API_URL is not a valid URL: {exc}", permanent=False) from exc
+    finally:
+        metrics.agentkit_request(code=code, seconds=time.perf_counter() - started)
 
 
 def _detail(response: httpx.Response) -> str:

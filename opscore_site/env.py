@@ -72,6 +72,12 @@ class OpscoreEnv(BaseSettings):
     AGENTKIT_API_KEY: str = ""
     AGENTKIT_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
 
+    # Prometheus metrics (GET /metrics): open while both are empty
+    OPSCORE_METRICS_TOKEN: str = ""
+    OPSCORE_METRICS_ALLOWED_IPS: Annotated[list[str], NoDecode] = []
+    # Read by prometheus-client itself at import; declared here so start-up can check the directory.
+    PROMETHEUS_MULTIPROC_DIR: str = ""
+
     # django-q2
     Q_WORKERS: int = Field(default=4, ge=1)
     Q_TIMEOUT: int = Field(default=60, ge=1)
@@ -100,7 +106,26 @@ class OpscoreEnv(BaseSettings):
             raise ValueError("must be printable ASCII (it is sent in an HTTP header)")
         return value
 
-    @field_validator("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", mode="before")
+    @field_validator("OPSCORE_METRICS_ALLOWED_IPS")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
+        return value
+
+    @field_validator("PROMETHEUS_MULTIPROC_DIR")
+    @classmethod
+    def _directory(cls, value: str) -> str:
+        if value and not Path(value).is_dir():
+            raise ValueError(f"{value!r} is not a directory (create it, empty, before the processes start)")
+        return value
+
+    @field_validator("ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "OPSCORE_METRICS_ALLOWED_IPS", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

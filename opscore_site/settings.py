@@ -64,6 +64,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "opscore_site.metrics.MetricsMiddleware",  # outermost: times everything below it
     "opscore_site.middleware.RequestIdMiddleware",
     "opscore_site.api.ApiBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -184,7 +185,7 @@ if not DEBUG:
     SECURE_SSL_REDIRECT = ENV.SECURE_SSL_REDIRECT
     # The API is exempt: AgentKit and its SDK follow no redirects (an in-cluster http:// URL
     # would lose every report and webhook); operator pages still go to HTTPS.
-    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^v1/"]
+    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$", r"^v1/"]
     SECURE_HSTS_SECONDS = ENV.SECURE_HSTS_SECONDS
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
@@ -278,6 +279,8 @@ OPSCORE_LOST_JOB_SECONDS = ENV.OPSCORE_LOST_JOB_SECONDS
 AGENTKIT_API_URL = ENV.AGENTKIT_API_URL.rstrip("/")
 AGENTKIT_API_KEY = ENV.AGENTKIT_API_KEY
 AGENTKIT_TIMEOUT_SECONDS = ENV.AGENTKIT_TIMEOUT_SECONDS
+OPSCORE_METRICS_TOKEN = ENV.OPSCORE_METRICS_TOKEN
+OPSCORE_METRICS_ALLOWED_IPS = ENV.OPSCORE_METRICS_ALLOWED_IPS
 
 # django-q2 on the ORM broker of the default database (on PostgreSQL its LISTEN/NOTIFY
 # subclass, sessions/broker.py: an idle cluster wakes at a job's commit instead of

@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, register_converter
 
-from opscore_site import views
+from opscore_site import metrics, views
 from opscore_site.converters import PathIdConverter
 
 # Before any include below: every app's patterns use <opsid:...> for an id in one path segment.
@@ -17,6 +17,7 @@ register_converter(PathIdConverter, "opsid")
 urlpatterns = [
     path("health", views.health, name="health"),
     path("ready", views.ready, name="ready"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

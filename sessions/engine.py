@@ -23,9 +23,9 @@ due retries, times out overdue attempts and re-enqueues work whose job was lost.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
-import contextvars
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +35,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent
+from opscore_site import metrics
 from opscore_site.errors import ApplicationError
 from sessions.models import Actor, Session, Task, TaskAttempt, TaskEvent
 from workflows.models import WorkflowDefinition
@@ -173,6 +174,7 @@ def task_transition(*, task: Task, to: str, by: By, reason: str = "", **changes:
     task.status, task.updated_at = to, now
     _event(session_id=task.session_id, task_id=task.pk, old=old, new=to, by=by, reason=reason,
            attempt=task.attempt or None)
+    metrics.task_moved(task=task, old=old, to=to, now=now)
     if to == S.QUEUED:
         _send_job(task=task, now=now)
     return task
@@ -196,6 +198,7 @@ def session_transition(*, session: Session, to: str, by: By, reason: str = "", *
         setattr(session, name, value)
     session.status, session.updated_at = to, now
     _event(session_id=session.pk, old=old, new=to, by=by, reason=reason)
+    metrics.session_moved(to=to)
     return session
 
 

@@ -17,6 +17,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from agents.models import Agent
+from opscore_site import metrics
 from sessions import engine
 from sessions.engine import By
 from sessions.models import Session, Task
@@ -61,8 +62,9 @@ def _requeue_due(task: Task) -> None:
 
 
 def _time_out(task: Task) -> None:
-    engine.attempt_failed(task=task, number=task.attempt, permanent=False, by=By.system(),
-                          error=f"no outcome within {task.timeout_seconds}s (attempt {task.attempt})")
+    if engine.attempt_failed(task=task, number=task.attempt, permanent=False, by=By.system(),
+                             error=f"no outcome within {task.timeout_seconds}s (attempt {task.attempt})"):
+        metrics.task_timed_out()
 
 
 def due_retries(*, now: datetime):

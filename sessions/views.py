@@ -20,7 +20,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 
 from agents.filters import AgentFilter
 from agents.models import Agent
-from sessions import engine
+from sessions import charts, engine
 from sessions.bulk import run_each, skipped_text
 from opscore_site.filters import page_filter
 from sessions.filters import FailureFilter, SessionFilter
@@ -92,6 +92,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "throughput_minutes": minutes,
         "throughput_window": minutes_text(minutes),
         "tasks_per_minute": completed / minutes,
+        **charts.dashboard_charts(now=now, window=charts.window_of(request.GET.get("window"))),
     }
     return render_page(request, "sessions/dashboard.html", "sessions/_dashboard.html", context)
 
@@ -175,6 +176,7 @@ def session_detail(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
         "session_events": TaskEvent.objects.filter(session=session, task__isnull=True)
         .select_related("actor_user").order_by("created_at", "id"),
         "retry_task": next((t for t in reversed(tasks) if t.status in Task.NEEDS_DECISION), None),
+        "timeline": charts.session_timeline(session=session, tasks=tasks, now=timezone.now()) if tasks else None,
     }
     return render_page(request, "sessions/session_detail.html", "sessions/_session_detail.html", context)
 
