@@ -5,7 +5,7 @@ workers, the scheduler). With `PROMETHEUS_MULTIPROC_DIR` set (before Python star
 client library reads it at import) each process writes its own files there and a scrape of
 any web worker sums them all; unset, each process exports only its own numbers (fine for one
 process, a test, `runserver`). Gauges read from the database are computed at scrape time by
-`DatabaseCollector` with a few cheap indexed queries, never per request.
+the apps' registered collectors (`sessions.gauges`) with a few cheap indexed queries, never per request.
 
 Labels are bounded: states, statuses, outcomes, HTTP codes and URL route patterns, never an
 agent, session or task id. The hooks count on commit: a transition rolled back never counted.
@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 logger = logging.getLogger(__name__)
@@ -95,11 +95,12 @@ def state_report(state: str) -> None:
     _on_commit(lambda: STATE_REPORTS.labels(state=state).inc())
 
 
-def task_moved(*, task: Any, old: str, to: str, now: datetime) -> None:
-    """Called by `engine.task_transition` after each move of a task."""
+def task_moved(*, task: Any, old: str, to: str, now: datetime, queued_since: datetime | None = None) -> None:
+    """Called by `engine.task_transition` after each move of a task (`queued_since`: when a task
+    moving to `dispatched` last entered `queued`)."""
     outcome = _OUTCOME_OF_STATUS.get(to)
     if to == "dispatched":
-        started = _queued_since(task)
+        started = queued_since
         if started is not None:
             delay = max((now - started).total_seconds(), 0.0)
             _on_commit(lambda: SCHEDULE_TO_START.observe(delay))
@@ -129,17 +130,6 @@ def session_moved(*, to: str) -> None:
     """Called by `engine.session_transition` after each move of a session."""
     if to in _SESSION_FINAL:
         _on_commit(lambda: SESSIONS_FINISHED.labels(status=to).inc())
-
-
-def _queued_since(task: Any) -> datetime | None:
-    """When the task last entered `queued`: its creation for a first attempt (steps are created
-    queued), else the newest `queued` event (kicks re-enqueue a waiting task without re-queueing it)."""
-    if not task.attempt or task.attempt <= 1:
-        return task.created_at
-    from sessions.models import TaskEvent
-
-    return (TaskEvent.objects.filter(task_id=task.pk, new_status="queued").order_by("-created_at")
-            .values_list("created_at", flat=True).first())
 
 
 def agentkit_request(*, code: str, seconds: float) -> None:
@@ -184,70 +174,15 @@ def _endpoint(route: str) -> str:
 
 # --------------------------------------------------------------------------- scrape-time gauges
 
-
-class DatabaseCollector:
-    """The gauges read from our tables at scrape time: three indexed queries and one cache read.
-
-    Agents: one GROUP BY over the (small) fleet table. Sessions: only the unfinished statuses,
-    on the (status, created_at) index; finished ones are `opscore_sessions_finished_total`.
-    Queue depth: queued tasks, on the (status, ...) indexes.
-    """
-
-    def collect(self) -> Iterator[Metric]:
-        from datetime import timedelta
-
-        from django.core.cache import cache
-        from django.db.models import Count, Q
-        from django.utils import timezone
-
-        from agents.models import Agent
-        from sessions.management.commands.opscore_scheduler import HEARTBEAT_KEY
-        from sessions.models import Session, Task
-
-        now = timezone.now()
-        cutoff = now - timedelta(seconds=settings.OPSCORE_AGENT_STALE_SECONDS)
-        agents = GaugeMetricFamily("opscore_agents", "Registered agents by current state (`unknown`: no report "
-                                   "yet).", labels=["state"])
-        counts = {state: 0 for state in Agent.State.values}
-        stale = 0
-        rows = (Agent.objects.active().values("state")
-                .annotate(n=Count("pk"), stale=Count("pk", filter=Q(last_seen_at__lt=cutoff) | Q(
-                    last_seen_at__isnull=True))))
-        for row in rows:
-            key = row["state"] or "unknown"
-            counts[key] = counts.get(key, 0) + row["n"]
-            stale += row["stale"]
-        for state, n in counts.items():
-            agents.add_metric([state], n)
-        yield agents
-        yield GaugeMetricFamily("opscore_agents_stale", "Registered agents with no report for "
-                                "OPSCORE_AGENT_STALE_SECONDS.", value=stale)
-
-        sessions = GaugeMetricFamily("opscore_sessions", "Unfinished sessions by status.", labels=["status"])
-        live = (Session.Status.PENDING, Session.Status.RUNNING)
-        by_status = dict(Session.objects.filter(status__in=live).order_by().values_list("status")
-                         .annotate(n=Count("pk")))
-        for status in live:
-            sessions.add_metric([status], by_status.get(status, 0))
-        yield sessions
-        yield GaugeMetricFamily("opscore_queue_depth", "Tasks queued for dispatch.",
-                                value=Task.objects.filter(status=Task.Status.QUEUED).count())
-
-        heartbeat = cache.get(HEARTBEAT_KEY)
-        last_pass = GaugeMetricFamily("opscore_scheduler_last_pass_timestamp_seconds",
-                                      "Unix time of the scheduler's last pass in which no sweep failed "
-                                      "(0: none recorded).")
-        last_pass.add_metric([], _timestamp(heartbeat))
-        yield last_pass
+# The gauges read from the apps' tables at scrape time: each app registers its collector (an
+# object with `collect()`) from its AppConfig.ready(), so this module imports no app
+# (sessions.gauges.FleetGauges). Never computed per request.
+_collectors: list[Any] = []
 
 
-def _timestamp(value: object) -> float:
-    if not isinstance(value, str):
-        return 0.0
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return 0.0
+def register_collector(collector: Any) -> None:
+    if all(type(existing) is not type(collector) for existing in _collectors):
+        _collectors.append(collector)
 
 
 class _Scrape:
@@ -269,7 +204,7 @@ def exposition() -> bytes:
         process_metrics: Any = registry
     else:
         process_metrics = prometheus_client.REGISTRY
-    return generate_latest(_Scrape([process_metrics, DatabaseCollector()]))  # type: ignore[arg-type]
+    return generate_latest(_Scrape([process_metrics, *_collectors]))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- GET /metrics

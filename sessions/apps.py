@@ -19,3 +19,8 @@ class SessionsConfig(AppConfig):
         from agents.signals import agent_state_reported
 
         agent_state_reported.connect(_agent_state_reported, dispatch_uid="sessions.engine.on_agent_state")
+        # The fleet's gauges for GET /metrics, read at scrape time.
+        from opscore_site import metrics
+        from sessions.gauges import FleetGauges
+
+        metrics.register_collector(FleetGauges())

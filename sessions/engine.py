@@ -174,10 +174,21 @@ def task_transition(*, task: Task, to: str, by: By, reason: str = "", **changes:
     task.status, task.updated_at = to, now
     _event(session_id=task.session_id, task_id=task.pk, old=old, new=to, by=by, reason=reason,
            attempt=task.attempt or None)
-    metrics.task_moved(task=task, old=old, to=to, now=now)
+    metrics.task_moved(task=task, old=old, to=to, now=now,
+                       queued_since=_queued_since(task) if to == S.DISPATCHED else None)
     if to == S.QUEUED:
         _send_job(task=task, now=now)
     return task
+
+
+def _queued_since(task: Task) -> datetime | None:
+    """When the task last entered `queued`, for the schedule-to-start metric: its creation for a first
+    attempt (steps are created queued), else its newest `queued` event (a kick re-enqueues a waiting
+    task without re-queueing it, so `enqueued_at` is not it)."""
+    if not task.attempt or task.attempt <= 1:
+        return task.created_at
+    return (TaskEvent.objects.filter(task_id=task.pk, new_status=S.QUEUED).order_by("-created_at")
+            .values_list("created_at", flat=True).first())
 
 
 def session_transition(*, session: Session, to: str, by: By, reason: str = "", **changes: Any) -> Session:
