@@ -209,6 +209,9 @@ SPECTACULAR_SETTINGS = {
 
 # Ops-Core settings (DESIGN.md "Stack and layout").
 OPSCORE_API_KEY = ENV.OPSCORE_API_KEY
+# Seconds a verified key is trusted per process: a revoked key is refused by the process
+# that revoked it at once and by every other process within this bound.
+OPSCORE_API_KEY_CACHE_SECONDS = ENV.OPSCORE_API_KEY_CACHE_SECONDS
 OPSCORE_WEBHOOK_TOLERANCE_SECONDS = ENV.OPSCORE_WEBHOOK_TOLERANCE_SECONDS
 OPSCORE_STATE_MAX_FUTURE_SECONDS = ENV.OPSCORE_STATE_MAX_FUTURE_SECONDS
 OPSCORE_THROTTLE_RATE = ENV.OPSCORE_THROTTLE_RATE

@@ -141,8 +141,42 @@ def test_revoked_key_is_401(api, service_key):
     from agents.models import ApiKey
     from agents.services import api_key_revoke
 
-    api_key_revoke(key=ApiKey.objects.get(name="fleet"))
+    assert api.post(url("a1"), report("a1"), format="json").status_code == 202  # verified and cached
+    api_key_revoke(key=ApiKey.objects.get(name="fleet"))  # in this process: refused at once
     assert_error(api.post(url("a1"), report("a1"), format="json"), 401)
+
+
+def test_a_key_revoked_by_another_process_is_refused_after_the_cache_bound(service_key, settings):
+    """Another process's revocation reaches this one only through the database: within
+    OPSCORE_API_KEY_CACHE_SECONDS (README "Auth")."""
+    from agents.models import ApiKey
+    from agents.services import api_key_authenticate
+
+    settings.OPSCORE_API_KEY_CACHE_SECONDS = 5
+    now = datetime.now(UTC)
+    assert api_key_authenticate(raw=service_key, now=now) is not None
+    ApiKey.objects.filter(name="fleet").update(revoked_at=now)  # what opscore_revoke_api_key does elsewhere
+    assert api_key_authenticate(raw=service_key, now=now + timedelta(seconds=4.9)) is not None
+    assert api_key_authenticate(raw=service_key, now=now + timedelta(seconds=5)) is None
+    assert api_key_authenticate(raw=service_key, now=now + timedelta(seconds=5.1)) is None
+
+
+def test_without_the_cache_every_request_verifies_its_key(api, settings, django_assert_num_queries):
+    from agents.models import ApiKey
+
+    settings.OPSCORE_API_KEY_CACHE_SECONDS = 0
+    api.get(url("a1"))  # last_used written
+    ApiKey.objects.filter(name="fleet").update(revoked_at=datetime.now(UTC))
+    with django_assert_num_queries(1):  # the key lookup: no key, no state read
+        assert_error(api.get(url("a1")), 401)
+
+
+def test_a_cached_agent_bound_key_still_cannot_report_for_another_agent(bound_api, django_assert_num_queries):
+    assert bound_api.post(url("bound-agent"), report("bound-agent"), format="json").status_code == 202
+    with django_assert_num_queries(0):  # the key comes from the cache, and is refused before any write
+        body = assert_error(bound_api.post(url("other"), report("other"), format="json"), 403, "permission_denied")
+    assert "bound-agent" in body["detail"]
+    assert not Agent.objects.filter(pk="other").exists()
 
 
 def test_a_revoked_environment_key_stays_revoked(anon, settings, caplog):
@@ -213,7 +247,7 @@ def test_anonymous_clients_are_counted_by_socket_address_not_x_forwarded_for(cli
     assert statuses == [200, 200, 429]
 
 
-def test_last_used_is_written_at_most_once_a_minute(api, django_assert_num_queries):
+def test_last_used_is_written_at_most_once_a_minute(api):
     from agents.models import ApiKey
 
     api.get(url("x"))
@@ -223,30 +257,94 @@ def test_last_used_is_written_at_most_once_a_minute(api, django_assert_num_queri
     assert ApiKey.objects.get(name="fleet").last_used_at == first
 
 
-def test_the_report_is_one_short_transaction(api, django_assert_num_queries):
-    """Default configuration (no throttle): key lookup, savepoint, the upsert, the history insert,
-    the engine's savepoint and its check for a task in flight, release; nothing grows with the history."""
-    api.post(url("a1"), report("a1", "active"), format="json")  # last_used written here
+def test_the_common_report_is_one_statement(api, django_assert_num_queries):
+    """No task in flight, nothing queued (default configuration, no throttle): one statement,
+    the CTE that upserts the agent, inserts the history row and asks the engine's interest
+    (a task in flight, or queued work for an idle) at once; autocommit makes it its own
+    transaction. The key was verified by the first request and is cached; nothing grows
+    with the history."""
+    api.post(url("a1"), report("a1", "active"), format="json")  # key verified, last_used written
     for n in range(30):
-        api.post(url("a1"), report("a1", "active"), format="json")
-    with django_assert_num_queries(8):
-        assert api.post(url("a1"), report("a1", "active"), format="json").status_code == 202
+        api.post(url("a1"), report("a1", "active" if n % 2 else "idle"), format="json")
+    with django_assert_num_queries(1) as captured:
+        assert api.post(url("a1"), report("a1", "idle"), format="json").status_code == 202
+    assert captured.captured_queries[0]["sql"].lstrip().startswith("WITH interest AS")
+    assert AgentState.objects.filter(agent_id="a1").count() == 32
 
 
-def test_the_engine_signal_says_whether_the_report_is_current(api):
-    from agents.signals import agent_state_reported
+def _in_flight(agentkit_stub, monkeypatch) -> str:
+    """An agent with a dispatched first step of a two-step session; later jobs stay in the queue."""
+    from django_q.conf import Conf
+
+    from sessions import engine
+    from sessions.models import Task
+    from sessions.services import By
+    from tests.workflows.factories import WorkflowDefinitionFactory
+
+    monkeypatch.setattr(Conf, "SYNC", True)
+    agent = AgentFactory(id="busy", state="idle")
+    engine.session_start(definition=WorkflowDefinitionFactory(), agent=agent, initial_payload=None, by=By.system())
+    monkeypatch.setattr(Conf, "SYNC", False)
+    assert Task.objects.get(agent=agent).status == Task.Status.DISPATCHED
+    return agent.id
+
+
+def test_a_completing_idle_is_pinned(api, agentkit_stub, monkeypatch, django_assert_num_queries):
+    """A task in flight, 16 statements: the CTE (it writes nothing: the engine's interest matched);
+    our transaction (a savepoint inside the test's; BEGIN in production); the CTE forced; the
+    engine's savepoint, the task FOR UPDATE, the attempt's outcome, the task -> completed and its
+    event, the session FOR UPDATE, the next sequence, the next task inserted, -> queued and its
+    event, its job enqueued; the engine's release; ours (COMMIT in production)."""
+    from sessions.models import Task
+
+    agent_id = _in_flight(agentkit_stub, monkeypatch)
+    api.get(url(agent_id))  # key verified and cached
+    with django_assert_num_queries(16):
+        assert api.post(url(agent_id), report(agent_id, "idle"), format="json").status_code == 202
+    assert list(Task.objects.filter(agent_id=agent_id).order_by("sequence").values_list("status", flat=True)) == [
+        "completed", "queued"]
+    assert AgentState.objects.filter(agent_id=agent_id).count() == 1
+
+
+def test_an_error_report_in_flight_is_pinned(api, agentkit_stub, monkeypatch, django_assert_num_queries):
+    """A task in flight reports error, 13 statements: the CTE (writes nothing), our savepoint,
+    the CTE forced; the engine's savepoint, the task FOR UPDATE, the task again in the attempt
+    failure, the attempt's outcome, -> failed and its event, -> retry_scheduled and its event;
+    the engine's release, ours."""
+    from sessions.models import Task
+
+    agent_id = _in_flight(agentkit_stub, monkeypatch)
+    api.get(url(agent_id))
+    with django_assert_num_queries(13):
+        response = api.post(url(agent_id), report(agent_id, "error", details={"error_code": "E", "message": "m"}),
+                            format="json")
+    assert response.status_code == 202
+    assert Task.objects.get(agent_id=agent_id).status == Task.Status.RETRY_SCHEDULED
+    assert AgentState.objects.filter(agent_id=agent_id).count() == 1
+
+
+def test_a_bad_report_costs_no_query(api, django_assert_num_queries):
+    api.get(url("a1"))  # key verified and cached
+    with django_assert_num_queries(0):
+        assert_error(api.post(url("a1"), report("a1", "sleeping"), format="json"), 400, "invalid")
+
+
+def test_receivers_see_the_reports_their_interest_matches(api):
+    from agents.signals import agent_state_reported, report_interest_register, report_interest_unregister
 
     seen = []
 
     def receiver(**kwargs):
-        seen.append((kwargs["state"], kwargs["is_current"]))
+        seen.append((kwargs["agent_id"], kwargs["state"]))
 
     agent_state_reported.connect(receiver, dispatch_uid="test-receiver")
+    report_interest_register("test-receiver", lambda: "%(agent_id)s = 'watched' OR %(state)s = 'error'")
     try:
-        now = datetime.now(UTC)
-        api.post(url("a1"), report("a1", "idle", at=now), format="json")
-        api.post(url("a1"), report("a1", "active", at=now - timedelta(seconds=1)), format="json")
-        api.post(url("a1"), report("a1", "error", at=now + timedelta(seconds=1)), format="json")
+        for agent_id, state in [("a1", "idle"), ("watched", "active"), ("a1", "error")]:
+            assert api.post(url(agent_id), report(agent_id, state), format="json").status_code == 202
     finally:
+        report_interest_unregister("test-receiver")
         agent_state_reported.disconnect(dispatch_uid="test-receiver")
-    assert seen == [("idle", True), ("active", False), ("error", True)]
+    assert seen == [("watched", "active"), ("a1", "error")]
+    # Every report is recorded once, interesting or not.
+    assert AgentState.objects.count() == 3 and Agent.objects.get(pk="watched").state == "active"
