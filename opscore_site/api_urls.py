@@ -5,7 +5,8 @@ from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
-from agents.api.views import AgentNotifyView, AgentStateView, AgentViewSet
+from agents.api.state_views import AgentStateView
+from agents.api.views import AgentNotifyView, AgentViewSet
 from opscore_site.api import IdConverter
 from sessions.api.views import SessionViewSet, TaskViewSet, WorkflowTriggerView
 from workflows.api.views import WorkflowDefinitionViewSet

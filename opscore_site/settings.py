@@ -102,6 +102,9 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's backend, minus the health check's SELECT 1 for a connection used within the last second.
+    DATABASES["default"]["ENGINE"] = "opscore_site.postgresql"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The demo runs web, qcluster, scheduler and stand-in against one file: WAL and
     # IMMEDIATE transactions keep concurrent writers from failing with "database is locked".

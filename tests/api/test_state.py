@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -348,3 +349,84 @@ def test_receivers_see_the_reports_their_interest_matches(api):
     assert seen == [("watched", "active"), ("a1", "error")]
     # Every report is recorded once, interesting or not.
     assert AgentState.objects.count() == 3 and Agent.objects.get(pk="watched").state == "active"
+
+
+# --------------------------------------------------------------------------- the lean path
+
+
+def _through_drf(settings) -> None:
+    """A state-report rate sends every report through DRF (the lean path steps aside)."""
+    settings.OPSCORE_STATE_THROTTLE_RATE = "1000000/min"
+
+
+def _comparable(response) -> tuple:
+    headers = {k: v for k, v in response.headers.items() if k not in ("X-Request-ID",)}
+    return response.status_code, response.content, headers
+
+
+def test_the_lean_path_answers_byte_for_byte_like_drf(api, settings):
+    at = datetime(2026, 11, 23, 22, 9, 39, 929454, tzinfo=UTC)
+    lean = api.post(url("a1"), report("a1", "idle", at=at, details={}), format="json")
+    _through_drf(settings)
+    full = api.post(url("a1"), report("a1", "idle", at=at, details={}), format="json")
+    assert _comparable(lean) == _comparable(full)
+    assert lean.content == b'{"status":"success","message":"State \'idle\' recorded for agent \'a1\'."}'
+
+
+def test_the_lean_path_records_without_drf(api, monkeypatch):
+    from agents.api.state_views import AgentStateView
+
+    def drf_post(*args, **kwargs):
+        raise AssertionError("the common report went through DRF")
+
+    monkeypatch.setattr(AgentStateView, "post", drf_post)
+    assert api.post(url("a1"), report("a1", "active", details={"n": 1}), format="json").status_code == 202
+    agent = Agent.objects.get(pk="a1")
+    assert (agent.state, agent.state_details) == ("active", {"n": 1})
+
+
+EDGE_BODIES = [
+    {"agentId": 7, "timestamp": "2026-11-23T22:09:39+00:00", "state": "idle"},
+    {"agentId": "a1", "timestamp": "  2026-11-23T22:09:39Z  ", "state": "idle"},
+    {"agentId": "a1", "timestamp": "2026-11-23T22:09:39+02:00", "state": "idle", "details": None, "extra": 1},
+    {"agentId": "a1", "timestamp": "2026-11-23T22:09:39+00:00", "state": "IDLE"},
+    {"agentId": "a1", "timestamp": "2026-11-23T22:09:39+00:00", "state": ["idle"]},
+    {"agentId": "a1", "timestamp": "2026-11-23T22:09:39+00:00", "state": "idle", "details": [1]},
+    {"agentId": "a1", "timestamp": "2026-11-23T22:09:39+00:00", "state": "idle", "details": "x"},
+    {"agentId": "a1", "timestamp": 1795471675, "state": "idle"},
+    {"agentId": "a1", "timestamp": "", "state": "idle"},
+    {"agentId": "a1", "timestamp": "   ", "state": "idle"},
+    {"agentId": "a1", "timestamp": " " * 40 + "2026-11-23T22:09:39+00:00" + " " * 40, "state": "idle"},
+    {"agentId": "a1 ", "timestamp": "2026-11-23T22:09:39+00:00", "state": "idle"},
+    {"agentId": "a1", "state": "idle"},
+    {"agentId": "a1", "timestamp": "2099-01-01T00:00:00+00:00", "state": "idle"},
+    {"agentId": "a1", "timestamp": "9999-12-31T23:59:59-12:00", "state": "idle"},
+    {"timestamp": "2026-11-23T22:09:39+00:00", "state": "idle"},
+    [],
+    "idle",
+    None,
+]
+
+
+@pytest.mark.parametrize("body", EDGE_BODIES)
+def test_the_lean_path_accepts_and_refuses_exactly_what_drf_does(api, settings, body):
+    lean = api.post(url("a1"), body, format="json")
+    lean_rows = AgentState.objects.count()
+    _through_drf(settings)
+    full = api.post(url("a1"), body, format="json")
+    server_time = re.compile(r"server time [^)]*")  # the one part that differs between two requests
+    assert (lean.status_code, server_time.sub("", lean.content.decode())) == (
+        full.status_code, server_time.sub("", full.content.decode()))
+    assert AgentState.objects.count() == (2 * lean_rows if lean.status_code == 202 else 0)
+
+
+@pytest.mark.parametrize("headers", [
+    {"HTTP_AUTHORIZATION": "Bearer"}, {"HTTP_AUTHORIZATION": "Bearer  two  spaces"},
+    {"HTTP_AUTHORIZATION": "Basic abc"}, {"HTTP_AUTHORIZATION": "Bearer opk_café-not-ascii-key"}, {},
+])
+def test_odd_credentials_get_drfs_answers(anon, headers):
+    anon.credentials(**headers)
+    response = anon.post(url("a1"), report("a1"), format="json")
+    assert response.status_code in (401, 403)
+    assert_error(response, response.status_code)
+    assert not AgentState.objects.exists()
