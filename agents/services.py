@@ -232,21 +232,24 @@ ON CONFLICT (id) DO UPDATE SET
 _UPSERT = ("INSERT INTO {t} " + _AGENT_COLUMNS + """
 VALUES (%(agent_id)s, '', '', %(capabilities)s, '', %(metadata)s, %(received_at)s, %(received_at)s, %(state)s,
         %(timestamp)s, %(received_at)s, %(details)s, '')""" + _ON_CONFLICT)
-# PostgreSQL: upsert, history insert and the interest in one statement. When an interest
-# matches and `force` is false it writes nothing: the caller then records the report again,
-# forced, in a transaction with the receivers (so an engine reaction commits with it).
+_INTEREST = "SELECT ({interest}) FROM (SELECT %(agent_id)s AS agent_id, %(state)s AS state) AS report"
+# PostgreSQL: upsert, history insert and the interest in one statement, prepared once per
+# connection (every parameter typed). When an interest matches and `force` is false it writes
+# nothing: the caller then records the report again, forced, in a transaction with the
+# receivers (so an engine reaction commits with it).
 _REPORT_CTE = ("""
-WITH interest AS (SELECT ({interest}) AS matched),
+WITH report AS (SELECT %(agent_id)s::varchar AS agent_id, %(state)s::varchar AS state),
+interest AS (SELECT ({interest}) AS matched FROM report),
 upsert AS (
   INSERT INTO {t} """ + _AGENT_COLUMNS + """
-  SELECT %(agent_id)s, '', '', %(capabilities)s::jsonb, '', %(metadata)s::jsonb, %(received_at)s::timestamptz,
-         %(received_at)s::timestamptz, %(state)s, %(timestamp)s::timestamptz, %(received_at)s::timestamptz,
+  SELECT report.agent_id, '', '', %(capabilities)s::jsonb, '', %(metadata)s::jsonb, %(received_at)s::timestamptz,
+         %(received_at)s::timestamptz, report.state, %(timestamp)s::timestamptz, %(received_at)s::timestamptz,
          %(details)s::jsonb, ''
-  WHERE %(force)s OR NOT (SELECT matched FROM interest)""" + _ON_CONFLICT + """),
+  FROM report WHERE %(force)s::boolean OR NOT (SELECT matched FROM interest)""" + _ON_CONFLICT + """),
 history AS (
   INSERT INTO {h} (agent_id, state, details, timestamp, received_at)
-  SELECT %(agent_id)s, %(state)s, %(details)s::jsonb, %(timestamp)s::timestamptz, %(received_at)s::timestamptz
-  WHERE %(force)s OR NOT (SELECT matched FROM interest)
+  SELECT report.agent_id, report.state, %(details)s::jsonb, %(timestamp)s::timestamptz, %(received_at)s::timestamptz
+  FROM report WHERE %(force)s::boolean OR NOT (SELECT matched FROM interest)
   RETURNING id
 )
 SELECT (SELECT matched FROM interest), (SELECT id FROM history)
@@ -280,7 +283,9 @@ def agent_state_record(
     if connection.vendor == "postgresql":
         sql = _REPORT_CTE.format(interest=interest, h=connection.ops.quote_name(AgentState._meta.db_table),
                                  **on_conflict)
-        with connection.cursor() as cursor:
+        # opscore_site.postgresql prepares it; Django's stock backend sends it as text.
+        prepared = getattr(connection, "prepared_cursor", connection.cursor)
+        with prepared() as cursor:
             cursor.execute(sql, {**params, "force": False})
             matched, history_id = cursor.fetchone()
             if not matched:
@@ -294,7 +299,7 @@ def agent_state_record(
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(_UPSERT.format(**on_conflict), params)
-            cursor.execute(f"SELECT {interest}", params)
+            cursor.execute(_INTEREST.format(interest=interest), params)
             (matched,) = cursor.fetchone()
         history = AgentState.objects.create(
             agent_id=agent_id, state=state, details=details, timestamp=timestamp, received_at=received_at

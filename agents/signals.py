@@ -6,9 +6,9 @@ receiver's writes commit (or roll back) with the report itself.
 
 Most reports concern nobody (no task in flight, nothing queued), so the signal is sent
 only for a report that a registered *interest* matches: an SQL boolean expression over
-the placeholders `%(agent_id)s` and `%(state)s`, evaluated inside the report's own
-statement (PostgreSQL: one round trip for a report that interests nobody). A receiver
-that wants every report registers the interest "TRUE".
+`report.agent_id` and `report.state` (a one-row relation of the report), evaluated inside
+the report's own statement (PostgreSQL: one round trip for a report that interests
+nobody). A receiver that wants every report registers the interest "TRUE".
 
 Keyword arguments sent:
     agent_id     str       the reporting agent

@@ -225,6 +225,9 @@ def main() -> int:
                         help="bench.sh: redo a run when other processes took more than this %% (default 100: never)")
     parser.add_argument("--retries", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="leave both servers running (Ctrl-C stops them)")
+    parser.add_argument("--product-root", type=Path, default=ROOT,
+                        help="the checkout to serve as the product, e.g. an export of main for BEFORE figures "
+                             "(`git archive main | tar -x -C /tmp/main`); default this one")
     args = parser.parse_args()
 
     ensure_tools()
@@ -235,7 +238,7 @@ def main() -> int:
            "LOG_LEVEL": "WARNING", "DEBUG": "false", "OPSCORE_THROTTLE_RATE": args.throttle_rate,
            "AGENTKIT_API_URL": "http://127.0.0.1:9"}
     python = sys.executable
-    run([python, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env)
+    run([python, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=args.product_root, env=env)
     if args.preload:
         preload(database_url, args.preload, max(args.preload_agents, args.agents))
     servers: list[subprocess.Popen] = []
@@ -243,7 +246,7 @@ def main() -> int:
     try:
         product = subprocess.Popen(
             [str(Path(python).parent / "gunicorn"), "opscore_site.wsgi", "--bind", f"127.0.0.1:{args.port}",
-             *gunicorn_common], cwd=ROOT, env=env, start_new_session=True)
+             *gunicorn_common], cwd=args.product_root, env=env, start_new_session=True)
         servers.append(product)
         product_base = f"http://127.0.0.1:{args.port}/v1/opscore"
         targets = [f"product={product_base}@{product.pid}"]

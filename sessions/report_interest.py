@@ -15,10 +15,10 @@ from sessions.models import Task
 
 
 def engine_interest_sql() -> str:
-    """SQL boolean over %(agent_id)s and %(state)s; served by the (agent, status) index."""
+    """SQL boolean over report.agent_id and report.state; served by the (agent, status) index."""
     q = connection.ops.quote_name
     in_flight = ", ".join(f"'{status}'" for status in sorted(Task.IN_FLIGHT))
     status = q("status")
-    return (f"EXISTS (SELECT 1 FROM {q(Task._meta.db_table)} WHERE {q('agent_id')} = %(agent_id)s"
+    return (f"EXISTS (SELECT 1 FROM {q(Task._meta.db_table)} WHERE {q('agent_id')} = report.agent_id"
             f" AND ({status} IN ({in_flight})"
-            f" OR (%(state)s = '{Agent.State.IDLE.value}' AND {status} = '{Task.Status.QUEUED.value}')))")
+            f" OR (report.state = '{Agent.State.IDLE.value}' AND {status} = '{Task.Status.QUEUED.value}')))")

@@ -45,3 +45,18 @@ def test_a_request_that_met_a_database_error_does_not_vouch_for_its_connection(c
     connection.health_check_done = False
     connection.close_if_health_check_failed()
     assert checks == [1]
+
+
+def test_a_state_report_is_prepared_once_per_connection():
+    from datetime import UTC, datetime
+
+    from agents.services import agent_state_record
+
+    for n in range(3):
+        now = datetime.now(UTC)
+        agent_state_record(agent_id="p1", state=("idle", "active")[n % 2], details={"n": n}, timestamp=now,
+                           received_at=now)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), sum(generic_plans + custom_plans) FROM pg_prepared_statements"
+                       " WHERE statement LIKE %s", ["%WITH report AS%"])
+        assert cursor.fetchone() == (1, 3)
