@@ -24,8 +24,11 @@ when missing and it can). Not a test: nothing is asserted.
     .venv/bin/python bench/state_reports.py --rounds 3 --duration 10s --connections 32
     .venv/bin/python bench/state_reports.py --rounds 3 --duration 10s --preload 1000000
 
-Figures (2 vCPU shared with other work; wrk 2 threads, 100 agents, c32, 3 rounds x 10 s,
-medians): see the README section "State reports: benchmark figures".
+Figures (2 vCPU shared with other work; wrk 2 threads, 100 agents, 3 rounds x 10 s, medians;
+the README section "State reports: benchmark figures" has the table): ratio product/reference
+at c32 0.43 on main before issue 12, 1.89 after (p99 159 ms), 2.01 with 1,000,000 history
+rows over 10,000 agents, 1.40 at c128 with no errors; server CPU per report 4.3 ms before,
+0.95 ms after (reference 1.75 ms).
 """
 
 from __future__ import annotations
