@@ -69,7 +69,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "opscore_site.middleware.MessageMiddleware",  # Django's, skipped under /v1/
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
