@@ -104,9 +104,10 @@ class Agent(models.Model):
 
     class Meta:
         ordering = ["id"]
+        # No index on a column every report changes (state, last_seen_at, state_*): then each
+        # report's update is HOT (heap-only, no index writes, pruned in place). The state
+        # counts and the stale filter scan this table instead: one row per agent, small.
         indexes = [
-            models.Index(fields=["state"], name="agent_state_idx"),
-            models.Index(fields=["last_seen_at"], name="agent_last_seen_idx"),
             models.Index(fields=["deregistered_at"], name="agent_deregistered_idx"),
         ]
 
@@ -131,7 +132,8 @@ class Agent(models.Model):
 class AgentState(models.Model):
     """One state report, as received. Append-only: the history behind the agent timeline."""
 
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="state_history")
+    # No index of its own: (agent, -received_at) below serves every lookup by agent.
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="state_history", db_index=False)
     state = models.CharField(max_length=16, choices=Agent.State.choices)
     details = models.JSONField(null=True, blank=True)
     timestamp = models.DateTimeField(help_text="The agent's timestamp.")

@@ -6,17 +6,17 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
+from agents import signals
 from agents.models import Agent, AgentState, ApiKey, WebhookReceipt
-from agents.signals import agent_state_reported
+from opscore_site import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,10 @@ def api_key_revoke(*, key: ApiKey, by=None) -> ApiKey:
         if ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now, revoked_by=by):
             logger.info("API key %s revoked by %s", key, by or "system")
         key.refresh_from_db(fields=["revoked_at", "revoked_by"])
+    # This process refuses the key at once (again at commit, in case a request cached it in
+    # between); other processes within OPSCORE_API_KEY_CACHE_SECONDS.
+    api_key_cache_clear()
+    transaction.on_commit(api_key_cache_clear)
     return key
 
 
@@ -150,20 +154,46 @@ def agent_undrain(*, agent: Agent, by_user=None, reason: str = "") -> Agent:
     return agent
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
+# Verified keys by the SHA-256 of their raw value: (key, valid until). Per process; only
+# keys that verified are kept, so its size is bounded by the number of real keys.
+_key_cache: dict[str, tuple[ApiKey, datetime]] = {}
+_KEY_CACHE_MAX = 10_000
+
+
+def api_key_cache_clear() -> None:
+    """Forget every verified key of this process (revocation calls it; other processes wait out the TTL)."""
+    _key_cache.clear()
+
 
 def api_key_authenticate(*, raw: str, now: datetime) -> ApiKey | None:
     """The active key for `raw` (installing OPSCORE_API_KEY on its first use), or None.
 
-    One indexed query on the hot path; `last_used_at` is written at most once a minute.
+    A verified key is remembered for OPSCORE_API_KEY_CACHE_SECONDS, so the hot path makes
+    no query: a key revoked in this process is refused at once, one revoked elsewhere
+    within that many seconds. `last_used_at` is written at most once a minute.
     """
-    key = api_key_lookup(raw)
-    if key is None and settings.OPSCORE_API_KEY and hmac.compare_digest(raw.encode(), settings.OPSCORE_API_KEY.encode()):
-        try:
-            key = api_key_bootstrap()
-        except ValueError as exc:  # misconfigured or revoked key: refuse it (401) and say why in the log
-            logger.error("OPSCORE_API_KEY is refused: %s", exc)
+    digest = ApiKey.hash_secret(raw)
+    cached = _key_cache.get(digest)
+    if cached is not None and cached[1] > now:
+        key = cached[0]
+    else:
+        key = api_key_lookup(raw)
+        if key is None and settings.OPSCORE_API_KEY and hmac.compare_digest(
+                raw.encode(), settings.OPSCORE_API_KEY.encode()):
+            try:
+                key = api_key_bootstrap()
+            except ValueError as exc:  # misconfigured or revoked key: refuse it (401) and say why in the log
+                logger.error("OPSCORE_API_KEY is refused: %s", exc)
+                key = None
+        if key is None:
+            _key_cache.pop(digest, None)
             return None
-    if key is not None and (key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION):
+        ttl = settings.OPSCORE_API_KEY_CACHE_SECONDS
+        if ttl > 0:
+            if len(_key_cache) >= _KEY_CACHE_MAX:
+                _key_cache.clear()
+            _key_cache[digest] = (key, now + timedelta(seconds=ttl))
+    if key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION:
         # Conditional, so concurrent requests write the row once a minute at most.
         ApiKey.objects.filter(pk=key.pk).exclude(last_used_at__gte=now - LAST_USED_RESOLUTION).update(
             last_used_at=now
@@ -177,8 +207,8 @@ def api_key_authenticate(*, raw: str, now: datetime) -> ApiKey | None:
 
 @dataclass(frozen=True)
 class StateRecorded:
-    history: AgentState
-    is_current: bool  # the report became the agent's current state (newer by agent timestamp)
+    history_id: int
+    engine_notified: bool  # a registered interest matched: `agent_state_reported` was sent
 
 
 # Newer wins by the agent's clock; a tie (second-resolution clocks: `active` and `idle`
@@ -188,10 +218,9 @@ _NEWER = (
     " OR (excluded.state_timestamp = {t}.state_timestamp AND excluded.state <> {t}.state"
     " AND excluded.state_received_at > {t}.state_received_at))"
 )
-_UPSERT = """
-INSERT INTO {t} (id, name, version, capabilities, contact_endpoint, metadata, created_at, last_seen_at,
-                 state, state_timestamp, state_received_at, state_details, drained_reason)
-VALUES (%s, '', '', %s, '', %s, %s, %s, %s, %s, %s, %s, '')
+_AGENT_COLUMNS = ("(id, name, version, capabilities, contact_endpoint, metadata, created_at, last_seen_at,"
+                  " state, state_timestamp, state_received_at, state_details, drained_reason)")
+_ON_CONFLICT = """
 ON CONFLICT (id) DO UPDATE SET
   last_seen_at = CASE WHEN {t}.last_seen_at IS NULL OR excluded.last_seen_at > {t}.last_seen_at
                       THEN excluded.last_seen_at ELSE {t}.last_seen_at END,
@@ -199,21 +228,37 @@ ON CONFLICT (id) DO UPDATE SET
   state_timestamp = CASE WHEN {newer} THEN excluded.state_timestamp ELSE {t}.state_timestamp END,
   state_received_at = CASE WHEN {newer} THEN excluded.state_received_at ELSE {t}.state_received_at END,
   state_details = CASE WHEN {newer} THEN excluded.state_details ELSE {t}.state_details END
-RETURNING state_received_at
 """
+# Portable (SQLite, the demo): the upsert alone; the history row and the interest follow.
+_UPSERT = ("INSERT INTO {t} " + _AGENT_COLUMNS + """
+VALUES (%(agent_id)s, '', '', %(capabilities)s, '', %(metadata)s, %(received_at)s, %(received_at)s, %(state)s,
+        %(timestamp)s, %(received_at)s, %(details)s, '')""" + _ON_CONFLICT)
+_INTEREST = "SELECT ({interest}) FROM (SELECT %(agent_id)s AS agent_id, %(state)s AS state) AS report"
+# PostgreSQL: upsert, history insert and the interest in one statement, prepared once per
+# connection (every parameter typed). When an interest matches and `force` is false it writes
+# nothing: the caller then records the report again, forced, in a transaction with the
+# receivers (so an engine reaction commits with it).
+_REPORT_CTE = ("""
+WITH report AS (SELECT %(agent_id)s::varchar AS agent_id, %(state)s::varchar AS state),
+interest AS (SELECT ({interest}) AS matched FROM report),
+upsert AS (
+  INSERT INTO {t} """ + _AGENT_COLUMNS + """
+  SELECT report.agent_id, '', '', %(capabilities)s::jsonb, '', %(metadata)s::jsonb, %(received_at)s::timestamptz,
+         %(received_at)s::timestamptz, report.state, %(timestamp)s::timestamptz, %(received_at)s::timestamptz,
+         %(details)s::jsonb, ''
+  FROM report WHERE %(force)s::boolean OR NOT (SELECT matched FROM interest)""" + _ON_CONFLICT + """),
+history AS (
+  INSERT INTO {h} (agent_id, state, details, timestamp, received_at)
+  SELECT report.agent_id, report.state, %(details)s::jsonb, %(timestamp)s::timestamptz, %(received_at)s::timestamptz
+  FROM report WHERE %(force)s::boolean OR NOT (SELECT matched FROM interest)
+  RETURNING id
+)
+SELECT (SELECT matched FROM interest), (SELECT id FROM history)
+""")
 
 
 def _prep(field_name: str, value: Any) -> Any:
     return Agent._meta.get_field(field_name).get_db_prep_save(value, connection)
-
-
-def _as_aware(value: Any) -> datetime | None:
-    # PostgreSQL returns an aware datetime; SQLite a naive UTC datetime or its text.
-    if isinstance(value, str):
-        value = parse_datetime(value)
-    if value is not None and timezone.is_naive(value):
-        value = timezone.make_aware(value, UTC)
-    return value
 
 
 def agent_state_record(
@@ -221,31 +266,55 @@ def agent_state_record(
 ) -> StateRecorded:
     """Record one state report: a history row plus the agent's current state, newer wins.
 
-    One short transaction: the agent row is created or updated in one statement
-    (INSERT ... ON CONFLICT, PostgreSQL and SQLite), the history row is inserted,
-    and `agent_state_reported` is sent so the engine reacts before the commit.
+    PostgreSQL, the common case (no registered interest matches, i.e. no task in flight
+    and nothing queued for an idle): one statement in autocommit, the agent upsert
+    (INSERT ... ON CONFLICT), the history insert and the interest check together, so a
+    return means committed. A report that interests a receiver is recorded again, in one
+    transaction with `agent_state_reported`, so the engine reacts before the commit.
+    SQLite (the demo) does the same in a transaction of three statements.
     """
-    table = connection.ops.quote_name(Agent._meta.db_table)
-    sql = _UPSERT.format(t=table, newer=_NEWER.format(t=table))
-    received_param = _prep("state_received_at", received_at)
-    params = [
-        agent_id, _prep("capabilities", []), _prep("metadata", {}), _prep("created_at", received_at),
-        _prep("last_seen_at", received_at), state, _prep("state_timestamp", timestamp), received_param,
-        _prep("state_details", details),
-    ]
+    agent_table = connection.ops.quote_name(Agent._meta.db_table)
+    on_conflict = {"t": agent_table, "newer": _NEWER.format(t=agent_table)}
+    params = {
+        "agent_id": agent_id, "capabilities": _prep("capabilities", []), "metadata": _prep("metadata", {}),
+        "received_at": _prep("state_received_at", received_at), "state": state,
+        "timestamp": _prep("state_timestamp", timestamp), "details": _prep("state_details", details),
+    }
+    interest = signals.report_interest_sql()
+    if connection.vendor == "postgresql":
+        sql = _REPORT_CTE.format(interest=interest, h=connection.ops.quote_name(AgentState._meta.db_table),
+                                 **on_conflict)
+        # opscore_site.postgresql prepares it; Django's stock backend sends it as text.
+        prepared = getattr(connection, "prepared_cursor", connection.cursor)
+        with prepared() as cursor:
+            cursor.execute(sql, {**params, "force": False})
+            matched, history_id = cursor.fetchone()
+            if not matched:
+                metrics.state_report(state)
+                return StateRecorded(history_id=history_id, engine_notified=False)
+            with transaction.atomic():
+                cursor.execute(sql, {**params, "force": True})
+                _, history_id = cursor.fetchone()
+                _notify(agent_id=agent_id, state=state, details=details, timestamp=timestamp,
+                        received_at=received_at)
+                metrics.state_report(state)  # counted when the transaction commits
+        return StateRecorded(history_id=history_id, engine_notified=True)
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            (current_received,) = cursor.fetchone()
-        is_current = _as_aware(current_received) == received_at
+            cursor.execute(_UPSERT.format(**on_conflict), params)
+            cursor.execute(_INTEREST.format(interest=interest), params)
+            (matched,) = cursor.fetchone()
         history = AgentState.objects.create(
             agent_id=agent_id, state=state, details=details, timestamp=timestamp, received_at=received_at
         )
-        agent_state_reported.send(
-            sender=Agent, agent_id=agent_id, state=state, details=details, timestamp=timestamp,
-            received_at=received_at, is_current=is_current,
-        )
-    return StateRecorded(history=history, is_current=is_current)
+        if matched:
+            _notify(agent_id=agent_id, state=state, details=details, timestamp=timestamp, received_at=received_at)
+        metrics.state_report(state)
+    return StateRecorded(history_id=history.pk, engine_notified=bool(matched))
+
+
+def _notify(**report: Any) -> None:
+    signals.agent_state_reported.send(sender=Agent, **report)
 
 
 # --------------------------------------------------------------------------- registration

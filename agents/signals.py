@@ -4,15 +4,43 @@
 `agent_state_reported`, inside the same database transaction as the report, so a
 receiver's writes commit (or roll back) with the report itself.
 
+Most reports concern nobody (no task in flight, nothing queued), so the signal is sent
+only for a report that a registered *interest* matches: an SQL boolean expression over
+`report.agent_id` and `report.state` (a one-row relation of the report), evaluated inside
+the report's own statement (PostgreSQL: one round trip for a report that interests
+nobody). A receiver that wants every report registers the interest "TRUE".
+
 Keyword arguments sent:
     agent_id     str       the reporting agent
     state        str       one of Agent.State
     details      dict|None the report's details (None when absent or null)
     timestamp    datetime  the agent's clock (aware)
     received_at  datetime  the server's receive time, used to correlate with dispatches
-    is_current   bool      whether the report became the agent's current state (newer wins)
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
 
 from django.dispatch import Signal
 
 agent_state_reported = Signal()
+
+_interests: dict[str, Callable[[], str]] = {}
+
+
+def report_interest_register(uid: str, sql: Callable[[], str]) -> None:
+    """Send `agent_state_reported` for the reports where `sql()` (an SQL boolean) is true. Idempotent per uid.
+
+    `sql` is called when the first report is recorded (the models are loaded by then).
+    """
+    _interests[uid] = sql
+
+
+def report_interest_unregister(uid: str) -> None:
+    _interests.pop(uid, None)
+
+
+def report_interest_sql() -> str:
+    """The registered interests as one SQL boolean ("FALSE" when there is none)."""
+    return " OR ".join(f"({build()})" for build in _interests.values()) or "FALSE"

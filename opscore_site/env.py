@@ -57,6 +57,9 @@ class OpscoreEnv(BaseSettings):
     OPSCORE_STATE_MAX_FUTURE_SECONDS: int = Field(default=300, ge=0)
     OPSCORE_MAX_BODY_BYTES: int = Field(default=1_048_576, ge=1024)
     OPSCORE_THROTTLE_RATE: str = "6000/min"
+    # A verified API key is trusted this long per process without a query: the bound on
+    # how late a key revoked in another process is still accepted. 0 checks every request.
+    OPSCORE_API_KEY_CACHE_SECONDS: float = Field(default=5.0, ge=0, le=60)
     OPSCORE_STATE_THROTTLE_RATE: str = ""
     OPSCORE_NUM_PROXIES: int = Field(default=0, ge=0)
     OPSCORE_IDEMPOTENCY_TTL_HOURS: int = Field(default=24, ge=1)

@@ -74,7 +74,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "opscore_site.middleware.MessageMiddleware",  # Django's, skipped under /v1/
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a lockout into the "locked out" page.
     "axes.middleware.AxesMiddleware",
@@ -112,6 +112,10 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+_POSTGRESQL = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+if _POSTGRESQL:
+    # Django's backend, minus the health check's SELECT 1 for a connection used within the last second.
+    DATABASES["default"]["ENGINE"] = "opscore_site.postgresql"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The demo runs web, qcluster, scheduler and stand-in against one file: WAL and
     # IMMEDIATE transactions keep concurrent writers from failing with "database is locked".
@@ -267,6 +271,9 @@ SPECTACULAR_SETTINGS = {
 
 # Ops-Core settings (DESIGN.md "Stack and layout").
 OPSCORE_API_KEY = ENV.OPSCORE_API_KEY
+# Seconds a verified key is trusted per process: a revoked key is refused by the process
+# that revoked it at once and by every other process within this bound.
+OPSCORE_API_KEY_CACHE_SECONDS = ENV.OPSCORE_API_KEY_CACHE_SECONDS
 OPSCORE_WEBHOOK_TOLERANCE_SECONDS = ENV.OPSCORE_WEBHOOK_TOLERANCE_SECONDS
 OPSCORE_STATE_MAX_FUTURE_SECONDS = ENV.OPSCORE_STATE_MAX_FUTURE_SECONDS
 OPSCORE_THROTTLE_RATE = ENV.OPSCORE_THROTTLE_RATE
@@ -311,7 +318,7 @@ Q_CLUSTER = {
     "recycle": 500,
     "label": "Django Q2",
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+if _POSTGRESQL:
     Q_CLUSTER["broker_class"] = "sessions.broker.ListenNotifyBroker"
 _lease_floor = ENV.Q_TIMEOUT * (1 + math.ceil((ENV.Q_QUEUE_LIMIT + _Q_BULK) / ENV.Q_WORKERS))
 if ENV.Q_RETRY <= _lease_floor:

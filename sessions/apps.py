@@ -16,9 +16,12 @@ class SessionsConfig(AppConfig):
 
     def ready(self) -> None:
         # The engine reacts to agent state; `agents` does not import `sessions`.
-        from agents.signals import agent_state_reported
+        from agents.signals import agent_state_reported, report_interest_register
+        from sessions.report_interest import engine_interest_sql
 
         agent_state_reported.connect(_agent_state_reported, dispatch_uid="sessions.engine.on_agent_state")
+        # ... and only to the reports it can act on (sessions/report_interest.py).
+        report_interest_register("sessions.engine.on_agent_state", engine_interest_sql)
         # The fleet's gauges for GET /metrics, read at scrape time.
         from opscore_site import metrics
         from sessions.gauges import FleetGauges

@@ -6,6 +6,16 @@ import pytest
 from django.contrib.auth.models import User
 
 
+@pytest.fixture(autouse=True)
+def _fresh_api_key_cache():
+    """Each test verifies its keys afresh: the per-process key cache outlives a test's rolled-back rows."""
+    from agents.services import api_key_cache_clear
+
+    api_key_cache_clear()
+    yield
+    api_key_cache_clear()
+
+
 @pytest.fixture
 def operator(db) -> User:
     """A staff user with every permission (an on-call operator)."""

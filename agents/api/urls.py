@@ -3,7 +3,8 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from agents.api.views import AgentNotifyView, AgentStateView, AgentViewSet
+from agents.api.state_views import AgentStateView
+from agents.api.views import AgentNotifyView, AgentViewSet
 
 router = SimpleRouter(trailing_slash="")
 router.register("agents", AgentViewSet, basename="agent")

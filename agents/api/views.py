@@ -1,4 +1,4 @@
-"""Agent endpoints: state reports (AgentKit SDK), AgentKit's webhook, and the agents resource."""
+"""Agent endpoints: AgentKit's webhook and the agents resource (state reports: agents/api/state_views.py)."""
 
 from __future__ import annotations
 
@@ -10,63 +10,26 @@ from django.db import transaction
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import exceptions, status, viewsets
+from rest_framework import exceptions, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents import webhook
-from agents.api.auth import AgentEndpoint, OperatorOrServiceKey
+from agents.api.auth import OperatorOrServiceKey
 from agents.api.serializers import (
     AcceptedOut,
     AgentOut,
     AgentStateHistoryOut,
-    AgentStateOut,
-    StateReportIn,
 )
 from agents.filters import AgentFilter
 from agents.models import Agent
-from agents.services import agent_deregister, agent_register, agent_state_record, webhook_receipt_record
-from opscore_site.api import ServiceUnavailable, StateReportThrottle
+from agents.services import agent_deregister, agent_register, webhook_receipt_record
+from opscore_site.api import ServiceUnavailable
 from opscore_site.converters import PathIdConverter
 from opscore_site.filters import api_filter, openapi_parameters
 from opscore_site.parsers import parse_json_bytes
-
-
-class AgentStateView(APIView):
-    """`/v1/opscore/agent/{agentId}/state`: agents report their state; keys and operators read it."""
-
-    permission_classes = [AgentEndpoint]
-
-    @property
-    def operators_allowed(self) -> bool:
-        return self.request.method == "GET"
-
-    def get_throttles(self):
-        # Each report is sent once, never retried (AGENTKIT.md section 2): not the API-wide rate.
-        return [StateReportThrottle()] if self.request.method == "POST" else super().get_throttles()
-
-    @extend_schema(request=StateReportIn, responses={202: AcceptedOut}, operation_id="agent_state_report",
-                   summary="Report an agent's state (AgentKit SDK)")
-    def post(self, request, agent_id: str) -> Response:
-        now = timezone.now()
-        report = StateReportIn(data=request.data, context={"agent_id": agent_id, "now": now})
-        report.is_valid(raise_exception=True)
-        data = report.validated_data
-        agent_state_record(agent_id=agent_id, state=data["state"], details=data["details"],
-                           timestamp=data["timestamp"], received_at=now)
-        return Response({"status": "success", "message": f"State '{data['state']}' recorded for agent '{agent_id}'."},
-                        status=status.HTTP_202_ACCEPTED)
-
-    @extend_schema(responses={200: AgentStateOut}, operation_id="agent_state_read",
-                   summary="An agent's current state")
-    def get(self, request, agent_id: str) -> Response:
-        agent = Agent.objects.filter(pk=agent_id).only(
-            "id", "state", "state_details", "state_timestamp").first()
-        if agent is None:
-            raise exceptions.NotFound(f"agent '{agent_id}' not found")
-        return Response(AgentStateOut(agent).data)
 
 
 class AgentNotifyView(APIView):

@@ -6,6 +6,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from agents.services import api_key_create
+from tests.sessions.conftest import agentkit_stub  # noqa: F401 (the engine's AgentKit stub, for the report pins)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -141,8 +142,42 @@ def test_revoked_key_is_401(api, service_key):
     from agents.models import ApiKey
     from agents.services import api_key_revoke
 
-    api_key_revoke(key=ApiKey.objects.get(name="fleet"))
+    assert api.post(url("a1"), report("a1"), format="json").status_code == 202  # verified and cached
+    api_key_revoke(key=ApiKey.objects.get(name="fleet"))  # in this process: refused at once
     assert_error(api.post(url("a1"), report("a1"), format="json"), 401)
+
+
+def test_a_key_revoked_by_another_process_is_refused_after_the_cache_bound(service_key, settings):
+    """Another process's revocation reaches this one only through the database: within
+    OPSCORE_API_KEY_CACHE_SECONDS (README "Auth")."""
+    from agents.models import ApiKey
+    from agents.services import api_key_authenticate
+
+    settings.OPSCORE_API_KEY_CACHE_SECONDS = 5
+    now = datetime.now(UTC)
+    assert api_key_authenticate(raw=service_key, now=now) is not None
+    ApiKey.objects.filter(name="fleet").update(revoked_at=now)  # what opscore_revoke_api_key does elsewhere
+    assert api_key_authenticate(raw=service_key, now=now + timedelta(seconds=4.9)) is not None
+    assert api_key_authenticate(raw=service_key, now=now + timedelta(seconds=5)) is None
+    assert api_key_authenticate(raw=service_key, now=now + timedelta(seconds=5.1)) is None
+
+
+def test_without_the_cache_every_request_verifies_its_key(api, settings, django_assert_num_queries):
+    from agents.models import ApiKey
+
+    settings.OPSCORE_API_KEY_CACHE_SECONDS = 0
+    api.get(url("a1"))  # last_used written
+    ApiKey.objects.filter(name="fleet").update(revoked_at=datetime.now(UTC))
+    with django_assert_num_queries(1):  # the key lookup: no key, no state read
+        assert_error(api.get(url("a1")), 401)
+
+
+def test_a_cached_agent_bound_key_still_cannot_report_for_another_agent(bound_api, django_assert_num_queries):
+    assert bound_api.post(url("bound-agent"), report("bound-agent"), format="json").status_code == 202
+    with django_assert_num_queries(0):  # the key comes from the cache, and is refused before any write
+        body = assert_error(bound_api.post(url("other"), report("other"), format="json"), 403, "permission_denied")
+    assert "bound-agent" in body["detail"]
+    assert not Agent.objects.filter(pk="other").exists()
 
 
 def test_a_revoked_environment_key_stays_revoked(anon, settings, caplog):
@@ -213,7 +248,7 @@ def test_anonymous_clients_are_counted_by_socket_address_not_x_forwarded_for(cli
     assert statuses == [200, 200, 429]
 
 
-def test_last_used_is_written_at_most_once_a_minute(api, django_assert_num_queries):
+def test_last_used_is_written_at_most_once_a_minute(api):
     from agents.models import ApiKey
 
     api.get(url("x"))
@@ -223,30 +258,176 @@ def test_last_used_is_written_at_most_once_a_minute(api, django_assert_num_queri
     assert ApiKey.objects.get(name="fleet").last_used_at == first
 
 
-def test_the_report_is_one_short_transaction(api, django_assert_num_queries):
-    """Default configuration (no throttle): key lookup, savepoint, the upsert, the history insert,
-    the engine's savepoint and its check for a task in flight, release; nothing grows with the history."""
-    api.post(url("a1"), report("a1", "active"), format="json")  # last_used written here
+def test_the_common_report_is_one_statement(api, django_assert_num_queries):
+    """No task in flight, nothing queued (default configuration, no throttle): one statement,
+    the CTE that upserts the agent, inserts the history row and asks the engine's interest
+    (a task in flight, or queued work for an idle) at once; autocommit makes it its own
+    transaction. The key was verified by the first request and is cached; nothing grows
+    with the history."""
+    api.post(url("a1"), report("a1", "active"), format="json")  # key verified, last_used written
     for n in range(30):
-        api.post(url("a1"), report("a1", "active"), format="json")
-    with django_assert_num_queries(8):
-        assert api.post(url("a1"), report("a1", "active"), format="json").status_code == 202
+        api.post(url("a1"), report("a1", "active" if n % 2 else "idle"), format="json")
+    with django_assert_num_queries(1) as captured:
+        assert api.post(url("a1"), report("a1", "idle"), format="json").status_code == 202
+    assert "WITH report AS" in captured.captured_queries[0]["sql"]
+    assert AgentState.objects.filter(agent_id="a1").count() == 32
 
 
-def test_the_engine_signal_says_whether_the_report_is_current(api):
-    from agents.signals import agent_state_reported
+def _in_flight(agentkit_stub, monkeypatch) -> str:
+    """An agent with a dispatched first step of a two-step session; later jobs stay in the queue."""
+    from django_q.conf import Conf
+
+    from sessions import engine
+    from sessions.models import Task
+    from sessions.services import By
+    from tests.workflows.factories import WorkflowDefinitionFactory
+
+    monkeypatch.setattr(Conf, "SYNC", True)
+    agent = AgentFactory(id="busy", state="idle")
+    engine.session_start(definition=WorkflowDefinitionFactory(), agent=agent, initial_payload=None, by=By.system())
+    monkeypatch.setattr(Conf, "SYNC", False)
+    assert Task.objects.get(agent=agent).status == Task.Status.DISPATCHED
+    return agent.id
+
+
+def test_a_completing_idle_is_pinned(api, agentkit_stub, monkeypatch, django_assert_num_queries):
+    """A task in flight, 13 statements: the CTE (it writes nothing: the engine's interest matched);
+    our transaction (a savepoint inside the test's; BEGIN in production); the CTE forced; the
+    engine's savepoint, the task FOR UPDATE, the attempt's outcome, the task -> completed, the
+    session FOR UPDATE, the next task inserted already queued (its sequence from this one), both
+    events in one INSERT, its job enqueued; the engine's release; ours (COMMIT in production)."""
+    from sessions.models import Task
+
+    agent_id = _in_flight(agentkit_stub, monkeypatch)
+    api.get(url(agent_id))  # key verified and cached
+    with django_assert_num_queries(13):
+        assert api.post(url(agent_id), report(agent_id, "idle"), format="json").status_code == 202
+    assert list(Task.objects.filter(agent_id=agent_id).order_by("sequence").values_list("status", flat=True)) == [
+        "completed", "queued"]
+    assert AgentState.objects.filter(agent_id=agent_id).count() == 1
+
+
+def test_an_error_report_in_flight_is_pinned(api, agentkit_stub, monkeypatch, django_assert_num_queries):
+    """A task in flight reports error, 12 statements: the CTE (writes nothing), our savepoint,
+    the CTE forced; the engine's savepoint, the task FOR UPDATE (passed on to the attempt's
+    failure, not selected again), the attempt's outcome, -> failed, -> retry_scheduled, both
+    events in one INSERT, the agent's next queued task (none: nothing to kick); the engine's
+    release, ours."""
+    from sessions.models import Task
+
+    agent_id = _in_flight(agentkit_stub, monkeypatch)
+    api.get(url(agent_id))
+    with django_assert_num_queries(12):
+        response = api.post(url(agent_id), report(agent_id, "error", details={"error_code": "E", "message": "m"}),
+                            format="json")
+    assert response.status_code == 202
+    assert Task.objects.get(agent_id=agent_id).status == Task.Status.RETRY_SCHEDULED
+    assert AgentState.objects.filter(agent_id=agent_id).count() == 1
+
+
+def test_a_bad_report_costs_no_query(api, django_assert_num_queries):
+    api.get(url("a1"))  # key verified and cached
+    with django_assert_num_queries(0):
+        assert_error(api.post(url("a1"), report("a1", "sleeping"), format="json"), 400, "invalid")
+
+
+def test_receivers_see_the_reports_their_interest_matches(api):
+    from agents.signals import agent_state_reported, report_interest_register, report_interest_unregister
 
     seen = []
 
     def receiver(**kwargs):
-        seen.append((kwargs["state"], kwargs["is_current"]))
+        seen.append((kwargs["agent_id"], kwargs["state"]))
 
     agent_state_reported.connect(receiver, dispatch_uid="test-receiver")
+    report_interest_register("test-receiver", lambda: "report.agent_id = 'watched' OR report.state = 'error'")
     try:
-        now = datetime.now(UTC)
-        api.post(url("a1"), report("a1", "idle", at=now), format="json")
-        api.post(url("a1"), report("a1", "active", at=now - timedelta(seconds=1)), format="json")
-        api.post(url("a1"), report("a1", "error", at=now + timedelta(seconds=1)), format="json")
+        for agent_id, state in [("a1", "idle"), ("watched", "active"), ("a1", "error")]:
+            assert api.post(url(agent_id), report(agent_id, state), format="json").status_code == 202
     finally:
+        report_interest_unregister("test-receiver")
         agent_state_reported.disconnect(dispatch_uid="test-receiver")
-    assert seen == [("idle", True), ("active", False), ("error", True)]
+    assert seen == [("watched", "active"), ("a1", "error")]
+    # Every report is recorded once, interesting or not.
+    assert AgentState.objects.count() == 3 and Agent.objects.get(pk="watched").state == "active"
+
+
+# --------------------------------------------------------------------------- the lean path
+
+
+def _through_drf(settings) -> None:
+    """A state-report rate sends every report through DRF (the lean path steps aside)."""
+    settings.OPSCORE_STATE_THROTTLE_RATE = "1000000/min"
+
+
+def _comparable(response) -> tuple:
+    headers = {k: v for k, v in response.headers.items() if k not in ("X-Request-ID",)}
+    return response.status_code, response.content, headers
+
+
+def test_the_lean_path_answers_byte_for_byte_like_drf(api, settings):
+    at = datetime(2026, 11, 23, 22, 9, 39, 929454, tzinfo=UTC)
+    lean = api.post(url("a1"), report("a1", "idle", at=at, details={}), format="json")
+    _through_drf(settings)
+    full = api.post(url("a1"), report("a1", "idle", at=at, details={}), format="json")
+    assert _comparable(lean) == _comparable(full)
+    assert lean.content == b'{"status":"success","message":"State \'idle\' recorded for agent \'a1\'."}'
+
+
+def test_the_lean_path_records_without_drf(api, monkeypatch):
+    from agents.api.state_views import AgentStateView
+
+    def drf_post(*args, **kwargs):
+        raise AssertionError("the common report went through DRF")
+
+    monkeypatch.setattr(AgentStateView, "post", drf_post)
+    assert api.post(url("a1"), report("a1", "active", details={"n": 1}), format="json").status_code == 202
+    agent = Agent.objects.get(pk="a1")
+    assert (agent.state, agent.state_details) == ("active", {"n": 1})
+
+
+EDGE_BODIES = [
+    {"agentId": 7, "timestamp": "2026-11-23T22:09:39+00:00", "state": "idle"},
+    {"agentId": "a1", "timestamp": "  2026-11-23T22:09:39Z  ", "state": "idle"},
+    {"agentId": "a1", "timestamp": "2026-11-23T22:09:39+02:00", "state": "idle", "details": None, "extra": 1},
+    {"agentId": "a1", "timestamp": "2026-11-23T22:09:39+00:00", "state": "IDLE"},
+    {"agentId": "a1", "timestamp": "2026-11-23T22:09:39+00:00", "state": ["idle"]},
+    {"agentId": "a1", "timestamp": "2026-11-23T22:09:39+00:00", "state": "idle", "details": [1]},
+    {"agentId": "a1", "timestamp": "2026-11-23T22:09:39+00:00", "state": "idle", "details": "x"},
+    {"agentId": "a1", "timestamp": 1795471675, "state": "idle"},
+    {"agentId": "a1", "timestamp": "", "state": "idle"},
+    {"agentId": "a1", "timestamp": "   ", "state": "idle"},
+    {"agentId": "a1", "timestamp": " " * 40 + "2026-11-23T22:09:39+00:00" + " " * 40, "state": "idle"},
+    {"agentId": "a1 ", "timestamp": "2026-11-23T22:09:39+00:00", "state": "idle"},
+    {"agentId": "a1", "state": "idle"},
+    {"agentId": "a1", "timestamp": "2099-01-01T00:00:00+00:00", "state": "idle"},
+    {"agentId": "a1", "timestamp": "9999-12-31T23:59:59-12:00", "state": "idle"},
+    {"timestamp": "2026-11-23T22:09:39+00:00", "state": "idle"},
+    [],
+    "idle",
+    None,
+]
+
+
+@pytest.mark.parametrize("body", EDGE_BODIES)
+def test_the_lean_path_accepts_and_refuses_exactly_what_drf_does(api, settings, body):
+    lean = api.post(url("a1"), body, format="json")
+    lean_rows = AgentState.objects.count()
+    _through_drf(settings)
+    full = api.post(url("a1"), body, format="json")
+    server_time = re.compile(r"server time [^)]*")  # the one part that differs between two requests
+    assert (lean.status_code, server_time.sub("", lean.content.decode())) == (
+        full.status_code, server_time.sub("", full.content.decode()))
+    assert AgentState.objects.count() == (2 * lean_rows if lean.status_code == 202 else 0)
+
+
+@pytest.mark.parametrize("headers", [
+    {"HTTP_AUTHORIZATION": "Bearer"}, {"HTTP_AUTHORIZATION": "Bearer  two  spaces"},
+    {"HTTP_AUTHORIZATION": "Basic abc"}, {"HTTP_AUTHORIZATION": "Bearer opk_café-not-ascii-key"}, {},
+])
+def test_odd_credentials_get_drfs_answers(anon, headers):
+    anon.credentials(**headers)
+    response = anon.post(url("a1"), report("a1"), format="json")
+    assert response.status_code in (401, 403)
+    assert_error(response, response.status_code)
+    assert not AgentState.objects.exists()

@@ -149,15 +149,30 @@ def test_agentkit_timeouts_and_connection_errors_are_their_own_codes(client, q_s
 
 
 def test_state_reports_count_by_state(client, django_capture_on_commit_callbacks):
+    """Reports through the service the API uses: the lean one-statement path (no task in flight) and
+    the engine's path (a task in flight), each counted once."""
+    agent = AgentFactory()
     before = scrape(client)
     with django_capture_on_commit_callbacks(execute=True):
         for state in ("idle", "active", "idle"):
-            metrics.state_report(state)
+            report(agent.id, state)
     after = scrape(client)
     assert value(after, "opscore_state_reports", "_total", state="idle") - value(
         before, "opscore_state_reports", "_total", state="idle") == 2
     assert value(after, "opscore_state_reports", "_total", state="active") - value(
         before, "opscore_state_reports", "_total", state="active") == 1
+
+
+def test_a_report_with_a_task_in_flight_is_counted_once(client, q_sync, agentkit_stub,
+                                                        django_capture_on_commit_callbacks):
+    session = start()
+    before = scrape(client)
+    with django_capture_on_commit_callbacks(execute=True):
+        report(session.agent_id, "idle")  # completes step 1 through the engine
+    after = scrape(client)
+    assert task_of(session).status == Task.Status.COMPLETED
+    assert value(after, "opscore_state_reports", "_total", state="idle") - value(
+        before, "opscore_state_reports", "_total", state="idle") == 1
 
 
 def test_http_requests_are_labelled_by_route_pattern_never_by_raw_path(client):

@@ -146,3 +146,19 @@ def test_production_redirects_operator_pages_to_https_but_not_the_api(db, settin
     page = client.get("/")
     assert page.status_code == 301 and page["Location"].startswith("https://")
     assert client.get("/health").status_code == 200
+
+
+def test_the_api_builds_no_flash_message_storage(client, db, monkeypatch):
+    from django.contrib.messages.storage.fallback import FallbackStorage
+
+    built = []
+    original = FallbackStorage.__init__
+
+    def spy(self, request, *args, **kwargs):
+        built.append(request.path)
+        original(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(FallbackStorage, "__init__", spy)
+    client.get("/v1/opscore/agent/a1/state")
+    client.get("/accounts/login/")
+    assert built == ["/accounts/login/"]
