@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from agents.models import AgentState
 from sessions.models import Task, TaskAttempt
 from tests.e2e.harness import BIN, Stack, wait_until
 from tests.e2e.test_engine_e2e import agents_known, fast_spec, stack, trigger, wait_all_final  # noqa: F401
@@ -84,8 +85,10 @@ def test_one_scrape_sums_the_counters_of_every_process(stack: Stack, tmp_path):
     assert total[("opscore_agents", (("state", "idle"),))] == 3
     state_posts = sum(value for (name, labels), value in total.items()
                       if name == "opscore_http_request_duration_seconds_count"
-                      and ("endpoint", "v1/opscore/agent/<agentid:agent_id>/state") in labels and ("method", "POST") in labels)
+                      and ("endpoint", "v1/opscore/agent/<opsid:agent_id>/state") in labels and ("method", "POST") in labels)
     assert state_posts >= 2 * completed  # each task: at least an `active` and an `idle` report
+    reports = sum(value for (name, labels), value in total.items() if name == "opscore_state_reports_total")
+    assert reports == AgentState.objects.count()  # every recorded report, from either gunicorn worker
 
     # Several processes wrote: completions are counted where reports arrive (the web workers),
     # AgentKit requests where dispatch jobs run (the qcluster's workers); the scrape is their sum.
