@@ -221,3 +221,25 @@ def test_it_refuses_lone_surrogates_postgresql_cannot_encode():
     assert errors == {"tasks.0.parameters": ["a key: text may not contain lone surrogates (they cannot be stored as UTF-8)"]}
     errors = parse_errors('{"id": "x", "name": "n\\ud800", "tasks": [{"taskId": "a"}]}')
     assert errors == {"name": ["text may not contain lone surrogates (they cannot be stored as UTF-8)"]}
+
+
+def test_routing_fields_default_to_failover_and_the_setting():
+    step = validate_definition(two_step_spec()).first_step
+    assert step.queueTimeoutSeconds is None and step.pinToSessionAgent is False
+    step = validate_definition(two_step_spec(queueTimeoutSeconds=90, pinToSessionAgent=True)).first_step
+    assert step.queueTimeoutSeconds == 90 and step.pinToSessionAgent is True
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("queueTimeoutSeconds", 0, "greater than or equal to 1"),
+    ("queueTimeoutSeconds", 10**9, "less than or equal to 604800"),
+    ("queueTimeoutSeconds", 1.5, "a whole number of seconds"),
+    ("queueTimeoutSeconds", "60", "a whole number of seconds"),
+    ("pinToSessionAgent", "yes", "pinToSessionAgent must be true or false"),
+    ("pinToSessionAgent", 1, "pinToSessionAgent must be true or false"),
+])
+def test_it_names_bad_routing_fields(field, value, message):
+    with pytest.raises(SpecError) as caught:
+        validate_definition(two_step_spec(**{field: value}))
+    assert list(caught.value.errors) == [f"tasks.0.{field}"]
+    assert message in " ".join(caught.value.errors[f"tasks.0.{field}"])
