@@ -5,15 +5,15 @@ from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
-from agents.api.views import AgentNotifyView, AgentStateView, AgentViewSet
+from agents.api.views import AgentNotifyView, AgentStateView
 from opscore_site.api import IdConverter
-from sessions.api.views import SessionViewSet, TaskViewSet, WorkflowTriggerView
+from sessions.api.views import AgentFleetViewSet, SessionViewSet, TaskViewSet, WorkflowTriggerView
 from workflows.api.views import WorkflowDefinitionViewSet
 
 register_converter(IdConverter, "agentid")
 
 router = SimpleRouter(trailing_slash="")
-router.register("agents", AgentViewSet, basename="agent")
+router.register("agents", AgentFleetViewSet, basename="agent")
 router.register("workflows", WorkflowDefinitionViewSet, basename="workflow")
 router.register("sessions", SessionViewSet, basename="session")
 router.register("tasks", TaskViewSet, basename="task")
