@@ -253,3 +253,56 @@ def test_a_bad_known_agents_file_is_refused_with_the_reason(tmp_path, content, r
 
     assert process.returncode == 2
     assert reason in output
+
+
+def test_an_agent_with_a_fixed_outcome_loses_every_run_until_told_otherwise(standin, recorder):
+    created = httpx.post(f"{standin.url}/_standin/agents", json={
+        "agents": [{"agentId": "loser", "outcome": "lose"}], "webhook": False, "initial_idle": False})
+    assert created.status_code == 201 and created.json()["agents"][0]["outcome"] == "lose"
+    for attempt in (1, 2):
+        assert httpx.post(f"{standin.url}/v1/agents/loser/run",
+                          json=run_message(attempt=attempt)).status_code == 202
+    assert standin.wait_quiet()
+    assert recorder.reports() == [] and standin.stats()["lost_forwards"] == 2
+    changed = httpx.patch(f"{standin.url}/_standin/agents/loser", json={"outcome": None})
+    assert changed.status_code == 200 and changed.json()["outcome"] is None
+    assert httpx.post(f"{standin.url}/v1/agents/loser/run", json=run_message(attempt=3)).status_code == 202
+    assert recorder.wait_for(2) and recorder.states("loser") == ["active", "idle"]
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"outcome": "explode"}, 400, "outcome: expected one of complete, fail, lose or null"),
+    ({"outcome": "lose", "extra": 1}, 400, 'expected {"outcome"'),
+    ([], 400, 'expected {"outcome"'),
+])
+def test_setting_an_agents_outcome_refuses_bad_bodies(standin, body, status, message):
+    standin.register(agent_id="a1", webhook=False, initial_idle=False)
+    response = httpx.patch(f"{standin.url}/_standin/agents/a1", json=body)
+    assert response.status_code == status and message in response.json()["detail"]
+    assert httpx.patch(f"{standin.url}/_standin/agents/nobody", json={"outcome": "lose"}).status_code == 404
+    bad = httpx.post(f"{standin.url}/_standin/agents", json={"agents": [{"outcome": "explode"}]})
+    assert bad.status_code == 400 and "agents[0].outcome: expected one of complete, fail, lose" in bad.text
+
+
+def test_the_command_gives_capability_sets_in_turn_and_forgets_agents(recorder):
+    process = _command("--port", "0", "--agents", "3", "--capability-sets", "fetch,summarise;publish",
+                       "--forgotten-agents", "1", "--opscore-url", recorder.url,
+                       env={"OPSCORE_API_KEY": API_KEY, "OPSCORE_WEBHOOK_SECRET": WEBHOOK_SECRET})
+    watchdog = threading.Timer(30, process.kill)
+    watchdog.start()
+    try:
+        lines: list[str] = []
+        url = _read_until(process, "listening on", lines).split("listening on ")[1].split()[0]
+        _read_until(process, "deregister agent=", lines)
+        agents = httpx.get(f"{url}/_standin/agents").json()["agents"]
+        assert [a["capabilities"] for a in agents] == [["fetch", "summarise"], ["publish"], ["fetch", "summarise"]]
+        reported = {r.path.split("/")[4] for r in recorder.wait_for(8) if "/state" in r.path}
+        forgotten = reported - {a["agentId"] for a in agents}
+        assert len(forgotten) == 1  # it reported and announced itself, and AgentKit no longer knows it
+        assert httpx.post(f"{url}/v1/agents/{forgotten.pop()}/run", json=run_message()).status_code == 404
+        assert not [r for r in recorder.webhooks() if r.json()["event_type"] == "DEREGISTER"]
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
+    finally:
+        watchdog.cancel()
+        process.kill()
