@@ -24,6 +24,7 @@ from sessions import engine
 from sessions.bulk import run_each, skipped_text
 from sessions.forms import FailureFilterForm, SessionFilterForm, SessionStartForm
 from sessions.models import Session, Task, TaskEvent
+from sessions.attention import failure_groups
 from sessions.overview import fleet_counts
 from ui.forms import ReasonForm, RequiredReasonForm, reason_problem
 from ui.permissions import actor_required, viewer_required
@@ -102,6 +103,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "throughput_minutes": minutes,
         "throughput_window": minutes_text(minutes),
         "tasks_per_minute": completed / minutes,
+        "agents_quarantined": counts["agents_quarantined"],
+        "tasks_waiting": counts["tasks_waiting"],
     }
     return render_page(request, "sessions/dashboard.html", "sessions/_dashboard.html", context)
 
@@ -136,7 +139,7 @@ def agent_list(request: HttpRequest) -> HttpResponse:
 
 @viewer_required
 def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
-    agent = get_object_or_404(Agent.objects.select_related("drained_by"), pk=agent_id)
+    agent = get_object_or_404(Agent.objects.select_related("drained_by", "quarantined_by"), pk=agent_id)
     context = {
         "agent": agent,
         "is_stale": agent.is_stale(),
@@ -144,6 +147,7 @@ def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
         "in_flight": Task.objects.filter(agent=agent, status__in=Task.IN_FLIGHT).select_related("session").first(),
         "queued_count": Task.objects.filter(agent=agent, status=Task.Status.QUEUED).count(),
         "sessions": Session.objects.filter(agent=agent).order_by("-created_at")[:RECENT_SESSIONS],
+        "quarantine_events": agent.quarantine_events.select_related("actor_user")[:10],
     }
     return render_page(request, "agents/agent_detail.html", "agents/_agent_detail.html", context)
 
@@ -250,6 +254,8 @@ def task_retry(request: HttpRequest, task_id: uuid.UUID) -> HttpResponse:
 
 # --------------------------------------------------------------------------- failures queue
 
+GROUPS_SHOWN = 20
+
 
 def _failures(params) -> tuple[FailureFilterForm, object]:
     form = FailureFilterForm(params)
@@ -264,7 +270,8 @@ def failure_list(request: HttpRequest) -> HttpResponse:
         "session__id", "session__workflow_id", "session__status",
     ).order_by("-updated_at", "id")
     page = paginate(request, tasks)
-    context = {"form": form, "page": page, "query": query_without_page(request), "filters": _filter_params(form)}
+    context = {"form": form, "page": page, "query": query_without_page(request), "filters": _filter_params(form),
+               "groups": failure_groups(tasks)[:GROUPS_SHOWN]}
     return render_page(request, "sessions/failure_list.html", "sessions/_failure_rows.html", context)
 
 
