@@ -80,37 +80,33 @@ def _failure_group_post(request: HttpRequest, fingerprint: str, action: str) -> 
     return redirect(back)
 
 
+def _agent_action(request: HttpRequest, agent_id: str, *, form_class, verb: str, act, done: str) -> HttpResponse:
+    """One operator action on an agent through the engine: a reason, the call, a message, back."""
+    agent = get_object_or_404(Agent, pk=agent_id)
+    form = form_class(request.POST)
+    if problem := reason_problem(form):
+        messages.error(request, f"Not {verb}: {problem}")
+    else:
+        try:
+            act(agent=agent, by=engine.By.operator(request.user), reason=form.cleaned_data["reason"])
+        except engine.EngineError as exc:
+            messages.error(request, f"Not {verb}: {exc}")
+        else:
+            messages.success(request, done.format(agent=agent.pk))
+    if request.POST.get("next") == "attention":
+        return redirect("sessions:attention")
+    return redirect("agents:agent-detail", agent_id=agent.pk)
+
+
 @actor_required
 def agent_quarantine_view(request: HttpRequest, agent_id: str) -> HttpResponse:
-    agent = get_object_or_404(Agent, pk=agent_id)
-    form = RequiredReasonForm(request.POST)
-    if problem := reason_problem(form):
-        messages.error(request, f"Not quarantined: {problem}")
-        return redirect("agents:agent-detail", agent_id=agent.pk)
-    try:
-        engine.agent_quarantine(agent=agent, by=engine.By.operator(request.user), reason=form.cleaned_data["reason"])
-    except engine.EngineError as exc:
-        messages.error(request, f"Not quarantined: {exc}")
-    else:
-        messages.success(request, f"Agent {agent.pk} is quarantined until you release it; its queued tasks "
-                                  "move to capable agents where their steps allow.")
-    return redirect("agents:agent-detail", agent_id=agent.pk)
+    return _agent_action(request, agent_id, form_class=RequiredReasonForm, verb="quarantined",
+                         act=engine.agent_quarantine,
+                         done="Agent {agent} is quarantined until you release it; its queued tasks move to capable "
+                              "agents where their steps allow.")
 
 
 @actor_required
 def agent_release_view(request: HttpRequest, agent_id: str) -> HttpResponse:
-    agent = get_object_or_404(Agent, pk=agent_id)
-    form = ReasonForm(request.POST)
-    if problem := reason_problem(form):
-        messages.error(request, f"Not released: {problem}")
-        return redirect("agents:agent-detail", agent_id=agent.pk)
-    try:
-        engine.agent_release(agent=agent, by=engine.By.operator(request.user), reason=form.cleaned_data["reason"])
-    except engine.EngineError as exc:
-        messages.error(request, f"Not released: {exc}")
-    else:
-        messages.success(request, f"Agent {agent.pk} is released and takes tasks again.")
-    nxt = request.POST.get("next")
-    if nxt == "attention":
-        return redirect("sessions:attention")
-    return redirect("agents:agent-detail", agent_id=agent.pk)
+    return _agent_action(request, agent_id, form_class=ReasonForm, verb="released", act=engine.agent_release,
+                         done="Agent {agent} is released and takes tasks again.")
