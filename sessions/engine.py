@@ -1,11 +1,13 @@
-"""The session engine: the one module that writes `Task.status`, `Session.status` and
-`TaskAttempt.outcome`.
+"""The session engine: the one module that writes `Task.status`, `Session.status`,
+`TaskAttempt.outcome` and `Agent.quarantine_state`.
 
-Here live the allowed moves of each (TASK_ALLOWED, SESSION_ALLOWED, ATTEMPT_ALLOWED), their
-writers (`task_transition`, `session_transition`, `attempt_transition`: compare-and-set on
-the row, plus a TaskEvent for tasks and sessions saying who caused it and why) and the
-lifecycle: starting a session, completing, failing and retrying tasks, reacting to the
-agents' reports, and the operators' cancel and retry. `sessions/dispatch.py` (claim,
+Here live the allowed moves of each (TASK_ALLOWED, SESSION_ALLOWED, ATTEMPT_ALLOWED,
+QUARANTINE_ALLOWED), their writers (`task_transition`, `session_transition`,
+`attempt_transition`, `quarantine_transition`: compare-and-set on the row, plus a TaskEvent
+for tasks and sessions, a QuarantineEvent for agents, saying who caused it and why) and the
+lifecycle: starting a session, routing each task to an agent that can take it, completing,
+failing and retrying tasks, quarantining agents that keep failing, reacting to the agents'
+reports, and the operators' cancel, retry, quarantine and release. `sessions/dispatch.py` (claim,
 fence, POST) and `sessions/sweeps.py` (the scheduler's passes) call these functions;
 views, API views, admin actions, commands and jobs call them or those two modules.
 
