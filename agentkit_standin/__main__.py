@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "registered before the first request is served, as AgentKit back from a restart")
     parser.add_argument("--capabilities", default=",".join(DEFAULT_CAPABILITIES),
                         help="comma-separated capabilities of the agents (default %(default)s)")
+    parser.add_argument("--capability-sets", default="", metavar="A,B;C",
+                        help="give the agents registered at start these capability sets in turn, separated by ';' "
+                             "(e.g. 'fetch,summarise;publish'); default: --capabilities for every agent")
+    parser.add_argument("--forgotten-agents", type=int, default=0, metavar="N",
+                        help="also register N agents that report and announce themselves, then are forgotten "
+                             "without a DEREGISTER webhook: Ops-Core knows them, /run answers 404 (AgentKit lost them)")
     parser.add_argument("--work-time", default="0", metavar="SECONDS",
                         help="work time per task: '0.2' or a range '0.1-0.5' (default 0 = instant)")
     parser.add_argument("--answer-delay", default="0", metavar="SECONDS",
@@ -67,6 +73,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise ConfigError(f"port: expected 0-65535, got {args.port}")
     if args.agents < 0:
         raise ConfigError(f"agents: expected 0 or more, got {args.agents}")
+    if args.forgotten_agents < 0:
+        raise ConfigError(f"forgotten-agents: expected 0 or more, got {args.forgotten_agents}")
     capabilities = [c.strip() for c in args.capabilities.split(",") if c.strip()]
     return Config(
         opscore_url=args.opscore_url, api_key=args.api_key, webhook_secret=args.webhook_secret,
@@ -75,6 +83,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         webhook=not args.no_webhook, initial_idle=args.initial_idle, with_result=args.with_result,
         capabilities=capabilities, seed=args.seed,
     )
+
+
+def capability_sets_from(text: str) -> list[list[str]]:
+    """'fetch,summarise;publish' -> [['fetch', 'summarise'], ['publish']] (empty sets are dropped)."""
+    sets = [[c.strip() for c in part.split(",") if c.strip()] for part in text.split(";")]
+    return [capabilities for capabilities in sets if capabilities]
 
 
 def known_agents(path: Path) -> list[dict]:
@@ -118,8 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
-    for _ in range(args.agents):
-        standin.register()
+    capability_sets = capability_sets_from(args.capability_sets)
+    for number in range(args.agents):
+        standin.register(capabilities=capability_sets[number % len(capability_sets)] if capability_sets else None)
+    forgotten = [standin.register(name=f"forgotten-agent-{n + 1}").agent_id for n in range(args.forgotten_agents)]
+    if forgotten and not done.wait(1.0):  # time for their reports and webhooks to arrive
+        for agent_id in forgotten:
+            standin.deregister(agent_id, webhook=False)
     done.wait()
     standin.stop()
     return 0

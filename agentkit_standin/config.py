@@ -7,6 +7,8 @@ from typing import Any
 
 from agentkit_standin.wire import WEBHOOK_PATH
 
+
+OUTCOMES = ("complete", "fail", "lose")  # what a simulated agent does with a run
 DEFAULT_CAPABILITIES = ("test_capability", "another_capability")  # the sample workflow's steps
 
 

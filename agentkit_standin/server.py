@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import wire
-from .config import ConfigError
+from .config import OUTCOMES, ConfigError
 
 if TYPE_CHECKING:
     from .standin import StandIn
@@ -204,7 +204,7 @@ class Handler(BaseHTTPRequestHandler):
             ("/_standin/config", {get: self.get_config, "POST": self.set_config, "PATCH": self.set_config}),
             ("/_standin/agents", {get: self.list_agents, "POST": self.register_agents}),
             (CONTROL_REPORT, {"POST": self.send_report}),
-            (CONTROL_AGENT, {get: self.get_agent, "DELETE": self.deregister}),
+            (CONTROL_AGENT, {get: self.get_agent, "DELETE": self.deregister, "PATCH": self.set_agent}),
         ]
         for pattern, methods in table:
             if isinstance(pattern, str):
@@ -278,6 +278,17 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(404, wire.not_found_body(agent_id)["detail"])
         return 200, agent
 
+    def set_agent(self, agent_id: str, query: dict) -> tuple[int, Any]:
+        """`{"outcome": "complete"|"fail"|"lose"|null}`: fix (or free) the fate of the agent's next runs."""
+        body = self._json_body()
+        if not isinstance(body, dict) or set(body) != {"outcome"}:
+            raise HttpError(400, 'expected {"outcome": "complete"|"fail"|"lose"|null}')
+        if body["outcome"] is not None and body["outcome"] not in OUTCOMES:
+            raise HttpError(400, f"outcome: expected one of {', '.join(OUTCOMES)} or null")
+        if not self.standin.set_agent_outcome(agent_id, body["outcome"]):
+            raise HttpError(404, wire.not_found_body(agent_id)["detail"])
+        return 200, self.standin.agent(agent_id)
+
     def register_agents(self, query: dict) -> tuple[int, Any]:
         """`{"count": N}` or `{"agents": [{agentId?, agentName?, ...}]}`, plus optional webhook/initial_idle."""
         body = self._json_body()
@@ -349,7 +360,7 @@ def _registration_errors(body: Any) -> list[dict[str, Any]]:
 
 AGENT_FIELDS = {"agentId": ("agent_id", str), "agentName": ("name", str), "version": ("version", str),
                 "capabilities": ("capabilities", list), "contactEndpoint": ("contact_endpoint", str),
-                "metadata": ("metadata", dict)}
+                "metadata": ("metadata", dict), "outcome": ("outcome", str)}
 
 
 def agent_options(body: dict[str, Any]) -> dict[str, bool]:
@@ -393,6 +404,8 @@ def agent_specs(body: dict[str, Any]) -> list[dict[str, Any]]:
                 raise HttpError(400, f"agents[{index}].{name}: expected {expected}")
             if kind is str and not value.strip():
                 raise HttpError(400, f"agents[{index}].{name}: must not be empty")
+            if name == "outcome" and value not in OUTCOMES:
+                raise HttpError(400, f"agents[{index}].outcome: expected one of {', '.join(OUTCOMES)}")
             spec[keyword] = value
         if "agent_id" in spec:
             if spec["agent_id"] in ids:

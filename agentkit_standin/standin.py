@@ -16,11 +16,10 @@ from urllib.parse import quote
 import httpx
 
 from . import wire
-from .config import Config, ConfigError, parse_range
+from .config import OUTCOMES, Config, ConfigError, parse_range
 
 logger = logging.getLogger("agentkit_standin")
 
-OUTCOMES = ("complete", "fail", "lose")
 RUNS_KEPT = 10_000  # the per-run list in the stats; counters are never truncated
 
 
@@ -36,6 +35,7 @@ class Agent:
     metadata: dict[str, Any] | None
     registered_at: str
     in_flight: list[str] = field(default_factory=list)  # run keys being worked on now
+    outcome: str | None = None  # every run's fate (complete | fail | lose) unless the task forces one
 
     def details(self) -> dict[str, Any]:
         """`agent_details` of the webhook, in AgentKit's field order."""
@@ -50,7 +50,7 @@ class Agent:
 
     def public(self) -> dict[str, Any]:
         return {**self.details(), "metadata": self.metadata, "registeredAt": self.registered_at,
-                "inFlight": list(self.in_flight)}
+                "inFlight": list(self.in_flight), "outcome": self.outcome}
 
 
 @dataclass
@@ -205,13 +205,16 @@ class StandIn:
     def register(self, *, agent_id: str | None = None, name: str | None = None, version: str = "1.0.0",
                  capabilities: list[str] | None = None, contact_endpoint: str | None = None,
                  metadata: dict[str, Any] | None = None, webhook: bool | None = None,
-                 initial_idle: bool | None = None) -> Agent:
+                 initial_idle: bool | None = None, outcome: str | None = None) -> Agent:
         """Add an agent; then (in the background) its first `idle` report and, 50-80 ms later, the webhook.
 
-        Like AgentKit, an agent registered with metadata never gets a webhook.
+        Like AgentKit, an agent registered with metadata never gets a webhook. `outcome` fixes the
+        fate of each of its runs (an agent that always loses its tasks, or always fails them).
         """
         if self._server is None:
             raise RuntimeError("start() the stand-in before registering agents")
+        if outcome is not None and outcome not in OUTCOMES:
+            raise ConfigError(f"outcome: expected one of {', '.join(OUTCOMES)} or null, got {outcome!r}")
         agent_id = agent_id or str(uuid.uuid4())
         with self._lock:
             if agent_id in self._agents:
@@ -226,6 +229,7 @@ class StandIn:
                 contact_endpoint=contact_endpoint or f"{self.url}/_standin/agents/{quote(agent_id, safe='')}",
                 metadata=metadata,
                 registered_at=wire.report_timestamp(),
+                outcome=outcome,
             )
             self._agents[agent_id] = agent
             send_idle = self.config.initial_idle if initial_idle is None else initial_idle
@@ -245,6 +249,18 @@ class StandIn:
         logger.info("deregister agent=%s webhook=%s", agent_id, "yes" if send_webhook else "no")
         if send_webhook:
             self._spawn(self._send_webhook, "DEREGISTER", agent)
+        return True
+
+    def set_agent_outcome(self, agent_id: str, outcome: str | None) -> bool:
+        """Fix (or with None, free) the fate of an agent's next runs; False for an unknown agent."""
+        if outcome is not None and outcome not in OUTCOMES:
+            raise ConfigError(f"outcome: expected one of {', '.join(OUTCOMES)} or null, got {outcome!r}")
+        with self._lock:
+            agent = self._agents.get(agent_id)
+            if agent is None:
+                return False
+            agent.outcome = outcome
+        logger.info("agent=%s outcome=%s", agent_id, outcome or "random")
         return True
 
     def agents(self) -> list[dict[str, Any]]:
@@ -321,7 +337,7 @@ class StandIn:
                 self._stats.responses["404"] += 1
                 logger.info("run agent=%s -> 404", agent_id)
                 return 404, wire.not_found_body(agent_id)
-            run = self._new_run(agent_id, message)
+            run = self._new_run(agent_id, message, agent.outcome)
             self._stats.responses["202"] += 1
             if run.outcome == "lose":
                 self._stats.settle(run, "lost")
@@ -337,12 +353,12 @@ class StandIn:
             time.sleep(self._rng.uniform(low, high) if high > low else low)
         return 202, wire.accepted_body(agent_id)
 
-    def _new_run(self, agent_id: str, message: dict[str, Any]) -> Run:
+    def _new_run(self, agent_id: str, message: dict[str, Any], agent_outcome: str | None = None) -> Run:
         payload = message["payload"]
         task_id = payload.get("opscore_task_id", message.get("opscore_task_id"))
         attempt = payload.get("attempt")
         parameters = payload.get("task_parameters")
-        outcome, work_time = self._decide(parameters)
+        outcome, work_time = self._decide(parameters, agent_outcome)
         self._stats.runs_accepted += 1
         run = Run(
             seq=self._stats.runs_accepted,
@@ -362,8 +378,9 @@ class StandIn:
         self._stats.runs_by_attempt[run.key] += 1
         return run
 
-    def _decide(self, parameters: Any) -> tuple[str, float]:
-        """Outcome and work time: per-task `_standin` overrides in task_parameters, else the dice."""
+    def _decide(self, parameters: Any, agent_outcome: str | None = None) -> tuple[str, float]:
+        """Outcome and work time: per-task `_standin` overrides in task_parameters, else the agent's
+        fixed outcome, else the dice."""
         override = parameters.get("_standin") if isinstance(parameters, dict) else None
         override = override if isinstance(override, dict) else {}
         low, high = self.config.work_time
@@ -375,7 +392,7 @@ class StandIn:
                 logger.warning("ignoring %s", exc)
         lost = self._rng.random() < self.config.lost_rate
         failed = self._rng.random() < self.config.failure_rate
-        outcome = "lose" if lost else "fail" if failed else "complete"
+        outcome = agent_outcome or ("lose" if lost else "fail" if failed else "complete")
         if override.get("outcome") in OUTCOMES:
             outcome = override["outcome"]
         elif "outcome" in override:

@@ -13,12 +13,16 @@ from ui.permissions import ReadOnlyGroupAdminMixin
 
 @admin.register(Agent)
 class AgentAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "name", "state", "state_timestamp", "last_seen_at", "deregistered_at", "drained_at")
-    list_filter = ("state", ("deregistered_at", admin.EmptyFieldListFilter), ("drained_at", admin.EmptyFieldListFilter))
+    list_display = ("id", "name", "state", "state_timestamp", "last_seen_at", "deregistered_at", "drained_at",
+                    "quarantine_state")
+    list_filter = ("state", ("deregistered_at", admin.EmptyFieldListFilter), ("drained_at", admin.EmptyFieldListFilter),
+                   "quarantine_state")
     search_fields = ("id", "name", "contact_endpoint")
     readonly_fields = (
         "id", "created_at", "registered_at", "last_seen_at", "state", "state_timestamp",
         "state_received_at", "state_details", "deregistered_at", "drained_at", "drained_by", "drained_reason",
+        "quarantine_state", "quarantined_at", "quarantine_reason", "quarantined_by", "quarantine_probe_at",
+        "quarantine_strikes", "quarantine_released_at",
     )
     show_full_result_count = False
 

@@ -51,6 +51,10 @@ class AgentQuerySet(models.QuerySet["Agent"]):
         (a deregistered agent is never stale). The API's `stale=false` and the page's "fresh"."""
         return self.filter(Q(deregistered_at__isnull=False) | Q(last_seen_at__gte=_stale_cutoff(now)))
 
+    def quarantined(self) -> AgentQuerySet:
+        """Agents in quarantine (cooling down or being probed)."""
+        return self.exclude(quarantine_state="")
+
     def with_capability(self, capability: str) -> AgentQuerySet:
         """Agents listing `capability` (JSON containment; SQLite has none, so a match of its JSON text there)."""
         if connection.features.supports_json_field_contains:
@@ -100,6 +104,33 @@ class Agent(models.Model):
         help_text="The operator who drained the agent.",
     )
 
+    class Quarantine(models.TextChoices):
+        """The circuit breaker: `sessions/engine.py` (QUARANTINE_ALLOWED) is its only writer."""
+
+        NONE = "", "not quarantined"
+        QUARANTINED = "quarantined"  # no dispatch; one probe once `quarantine_probe_at` has passed
+        PROBING = "probing"  # the probe's attempt is in flight (half-open)
+
+    # Database defaults too: the state report's upsert (agents/services.py) inserts rows in raw SQL.
+    quarantine_state = models.CharField(max_length=16, choices=Quarantine.choices, default="", db_default="",
+                                        blank=True)
+    quarantined_at = models.DateTimeField(null=True, blank=True)
+    quarantine_reason = models.CharField(max_length=1000, blank=True, default="", db_default="")
+    quarantined_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The operator who quarantined the agent (empty: the engine did, after repeated failures).",
+    )
+    quarantine_probe_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the cool-down ends and one probe may go (empty: quarantined by hand, released by hand).",
+    )
+    quarantine_strikes = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Quarantines since the agent last worked: each doubles the cool-down.",
+    )
+    quarantine_released_at = models.DateTimeField(
+        null=True, blank=True, help_text="Failures before this time no longer count toward quarantine.",
+    )
+
     objects = AgentQuerySet.as_manager()
 
     class Meta:
@@ -121,6 +152,19 @@ class Agent(models.Model):
     @property
     def is_drained(self) -> bool:
         return self.drained_at is not None
+
+    @property
+    def is_quarantined(self) -> bool:
+        return self.quarantine_state != ""
+
+    def probe_due(self, *, now=None) -> bool:
+        """Quarantined, cooled down, and waiting for its one probe."""
+        return (self.quarantine_state == self.Quarantine.QUARANTINED and self.quarantine_probe_at is not None
+                and self.quarantine_probe_at <= (now or timezone.now()))
+
+    def lacks_capability(self, capability: str) -> bool:
+        """The agent lists capabilities and `capability` is not one (unknown capabilities lack nothing)."""
+        return bool(capability) and bool(self.capabilities) and capability not in self.capabilities
 
     def is_stale(self, *, now=None) -> bool:
         """The rule of `Agent.objects.stale()` for one row: a deregistered agent is never stale."""

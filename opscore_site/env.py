@@ -69,6 +69,11 @@ class OpscoreEnv(BaseSettings):
     OPSCORE_RETENTION_DAYS: int = Field(default=30, ge=1)
     OPSCORE_SCHEDULER_INTERVAL_SECONDS: float = Field(default=1.0, gt=0)
     OPSCORE_LOST_JOB_SECONDS: int = Field(default=120, ge=1)
+    # Routing and quarantine (DESIGN.md "Where a step goes, and when it waits")
+    OPSCORE_QUEUE_TIMEOUT_SECONDS: int = Field(default=1800, ge=1)
+    OPSCORE_QUARANTINE_THRESHOLD: int = Field(default=3, ge=0)
+    OPSCORE_QUARANTINE_COOLDOWN_SECONDS: int = Field(default=30, ge=1)
+    OPSCORE_QUARANTINE_BACKOFF_CAP_SECONDS: int = Field(default=600, ge=1)
 
     # AgentKit
     AGENTKIT_API_URL: str = ""

@@ -8,7 +8,9 @@ from django.http import HttpRequest
 
 from sessions import engine
 from sessions.bulk import run_each, skipped_text
-from sessions.models import Session, Task, TaskAttempt, TaskEvent
+from agents.admin import AgentAdmin
+from agents.models import Agent
+from sessions.models import QuarantineEvent, Session, Task, TaskAttempt, TaskEvent
 from ui.permissions import ReadOnlyGroupAdminMixin
 
 
@@ -73,7 +75,8 @@ class SessionAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
 
 class AttemptInline(admin.TabularInline):
     model = TaskAttempt
-    fields = ("number", "outcome", "reference_at", "http_status", "error", "started_at", "ended_at")
+    fields = ("number", "agent", "outcome", "agent_fault", "reference_at", "http_status", "error", "started_at",
+              "ended_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -94,7 +97,8 @@ class TaskAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
         "id", "session", "agent", "step_id", "name", "sequence", "fallback_for", "payload", "status",
         "attempt", "max_retries", "timeout_seconds", "retry_backoff_seconds", "next_attempt_at",
         "timeout_at", "reference_at", "enqueued_at", "last_error", "result", "created_at", "updated_at",
-        "dispatched_at", "started_at", "finished_at",
+        "dispatched_at", "started_at", "finished_at", "capability", "pinned", "queue_timeout_seconds",
+        "routing_note", "waiting_since", "queue_deadline_at", "probe",
     )
     inlines = [AttemptInline]
     actions = ["retry_selected"]
@@ -114,11 +118,12 @@ class TaskAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
 
 @admin.register(TaskAttempt)
 class TaskAttemptAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
-    list_display = ("task", "number", "outcome", "http_status", "started_at", "ended_at")
-    list_filter = ("outcome",)
-    search_fields = ("=task__id", "error")
-    raw_id_fields = ("task",)
-    readonly_fields = ("task", "number", "outcome", "reference_at", "http_status", "error", "started_at", "ended_at")
+    list_display = ("task", "number", "agent", "outcome", "agent_fault", "http_status", "started_at", "ended_at")
+    list_filter = ("outcome", "agent_fault")
+    search_fields = ("=task__id", "agent__id", "error")
+    raw_id_fields = ("task", "agent")
+    readonly_fields = ("task", "number", "agent", "outcome", "agent_fault", "reference_at", "http_status", "error",
+                       "started_at", "ended_at")
     show_full_result_count = False
 
     def has_add_permission(self, request) -> bool:
@@ -146,3 +151,37 @@ class TaskEventAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # history: the engine and opscore_prune own these rows
+
+
+@admin.register(QuarantineEvent)
+class QuarantineEventAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
+    list_display = ("created_at", "agent", "old_state", "new_state", "actor", "actor_user", "reason")
+    list_filter = ("actor", "new_state")
+    search_fields = ("agent__id", "reason")
+    raw_id_fields = ("agent", "actor_user")
+    list_select_related = ("actor_user",)
+    readonly_fields = ("agent", "old_state", "new_state", "actor", "actor_user", "reason", "failures", "created_at")
+    show_full_result_count = False
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # history: the engine owns these rows
+
+
+# The agent admin's quarantine actions call the engine, which `agents` may not import
+# (DESIGN.md: sessions -> agents only), so they are attached to it from here.
+@admin.action(description="Quarantine selected agents (no dispatch until released)", permissions=["change"])
+def quarantine_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+    _run_each(modeladmin, request, queryset, lambda agent, by: engine.agent_quarantine(
+        agent=agent, by=by, reason="quarantined in the admin"), "Quarantined agent(s):")
+
+
+@admin.action(description="Release selected agents from quarantine", permissions=["change"])
+def release_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+    _run_each(modeladmin, request, queryset, lambda agent, by: engine.agent_release(
+        agent=agent, by=by, reason="released in the admin"), "Released agent(s):")
+
+
+AgentAdmin.actions = [*AgentAdmin.actions, quarantine_selected, release_selected]

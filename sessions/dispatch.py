@@ -31,7 +31,7 @@ Outcome = TaskAttempt.Outcome
 
 @dataclass
 class DispatchResult:
-    outcome: str  # "dispatched", "skipped", "busy", "unavailable", "failed"
+    outcome: str  # "dispatched", "skipped", "busy", "unavailable", "failed", "rerouted", "waiting"
     detail: str = ""
 
 
@@ -73,29 +73,28 @@ def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
             engine.task_transition(task=task, to=S.CANCELLED, by=By.system(), reason=f"session is {session.status}",
                                    finished_at=timezone.now())
             return DispatchResult("skipped", f"session is {session.status}")
-        if agent.deregistered_at is not None:
-            # Nothing will ever run it: fail it now so the fallback runs or the session fails.
-            reason = f"agent '{agent.pk}' is deregistered"
-            engine.task_give_up(task=task, reason=reason)
-            return DispatchResult("unavailable", reason)
-        if agent.drained_at is not None:
-            return DispatchResult("unavailable", "agent is drained")
+        now = timezone.now()
+        routed = engine.task_route(task=task, agent=agent, session=session, now=now)
+        if routed is not None:
+            return DispatchResult(routed.outcome, routed.detail)
         if agent.state != Agent.State.IDLE:
             return DispatchResult("busy", f"agent is {agent.state or 'unknown'}")
         if Task.objects.filter(agent_id=agent.pk, status__in=Task.IN_FLIGHT).exists():
             return DispatchResult("busy", "agent has a task in flight")
-        now = timezone.now()
         held = _held_by_cancelled_task(agent=agent, now=now)
         if held is not None:
             return DispatchResult("busy", f"agent may still be working on cancelled task {held.pk}")
         number = task.attempt + 1
         try:
             with transaction.atomic():
-                attempt = TaskAttempt.objects.create(task=task, number=number, reference_at=now)
+                probe = engine.probe_claim(agent=agent, task=task)
+                attempt = TaskAttempt.objects.create(task=task, number=number, reference_at=now, agent=agent)
                 engine.task_transition(
-                    task=task, to=S.DISPATCHED, by=By.system(), reason=f"attempt {number} sent to AgentKit",
+                    task=task, to=S.DISPATCHED, by=By.system(),
+                    reason=f"attempt {number} sent to AgentKit" + (" (probe after quarantine)" if probe else ""),
                     attempt=number, reference_at=now, dispatched_at=now, started_at=None,
                     timeout_at=now + timedelta(seconds=task.timeout_seconds), next_attempt_at=None,
+                    waiting_since=None, queue_deadline_at=None, probe=probe,
                 )
         except IntegrityError:
             # The one-in-flight constraint or the attempt fence: another worker won.
@@ -149,8 +148,11 @@ def _record_error(*, attempt: TaskAttempt, exc: agentkit.AgentKitError) -> None:
     it does not hold the agent (`_held_by_cancelled_task`).
     """
     with transaction.atomic():
+        # The lock order of sessions/engine.py: the agent first (its quarantine check), then the task.
+        Agent.objects.select_for_update().filter(pk=attempt.agent_id).first()
         failed = engine.attempt_failed(task_id=attempt.task_id, number=attempt.number, error=exc.message,
-                                       permanent=exc.permanent, http_status=exc.http_status, by=By.system())
+                                       permanent=exc.permanent, http_status=exc.http_status, by=By.system(),
+                                       agent_fault=engine.is_agent_fault_answer(exc.http_status))
         if failed is None:
             TaskAttempt.objects.filter(pk=attempt.pk, outcome=Outcome.CANCELLED).update(
                 http_status=exc.http_status, error=exc.message[:5000])

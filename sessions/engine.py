@@ -1,11 +1,13 @@
-"""The session engine: the one module that writes `Task.status`, `Session.status` and
-`TaskAttempt.outcome`.
+"""The session engine: the one module that writes `Task.status`, `Session.status`,
+`TaskAttempt.outcome` and `Agent.quarantine_state`.
 
-Here live the allowed moves of each (TASK_ALLOWED, SESSION_ALLOWED, ATTEMPT_ALLOWED), their
-writers (`task_transition`, `session_transition`, `attempt_transition`: compare-and-set on
-the row, plus a TaskEvent for tasks and sessions saying who caused it and why) and the
-lifecycle: starting a session, completing, failing and retrying tasks, reacting to the
-agents' reports, and the operators' cancel and retry. `sessions/dispatch.py` (claim,
+Here live the allowed moves of each (TASK_ALLOWED, SESSION_ALLOWED, ATTEMPT_ALLOWED,
+QUARANTINE_ALLOWED), their writers (`task_transition`, `session_transition`,
+`attempt_transition`, `quarantine_transition`: compare-and-set on the row, plus a TaskEvent
+for tasks and sessions, a QuarantineEvent for agents, saying who caused it and why) and the
+lifecycle: starting a session, routing each task to an agent that can take it, completing,
+failing and retrying tasks, quarantining agents that keep failing, reacting to the agents'
+reports, and the operators' cancel, retry, quarantine and release. `sessions/dispatch.py` (claim,
 fence, POST) and `sessions/sweeps.py` (the scheduler's passes) call these functions;
 views, API views, admin actions, commands and jobs call them or those two modules.
 
@@ -31,13 +33,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Count
 from django.utils import timezone
 
 from agents.models import Agent
 from opscore_site import metrics
 from opscore_site.errors import ApplicationError
-from sessions.models import Actor, Session, Task, TaskAttempt, TaskEvent
+from sessions.models import Actor, QuarantineEvent, Session, Task, TaskAttempt, TaskEvent
 from workflows.models import WorkflowDefinition
 from workflows.schema import StepSpec, WorkflowSpec, validate_definition
 
@@ -70,6 +74,17 @@ SESSION_ALLOWED: dict[str, set[str]] = {
 ATTEMPT_ALLOWED: dict[str, set[str]] = {
     Outcome.SENDING: {Outcome.ACCEPTED, Outcome.COMPLETED, Outcome.FAILED, Outcome.REJECTED, Outcome.CANCELLED},
     Outcome.ACCEPTED: {Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED},
+}
+
+Q = Agent.Quarantine
+# An agent's circuit breaker (DESIGN.md "Quarantine"): closed ("") -> quarantined after N
+# agent-fault failures in a row or by hand; quarantined -> probing when the cool-down is over
+# and one task goes to it (half-open); probing -> closed when the agent answers (it reports
+# idle or error), -> quarantined again (longer cool-down) when the probe fails by its fault.
+QUARANTINE_ALLOWED: dict[str, set[str]] = {
+    Q.NONE: {Q.QUARANTINED},
+    Q.QUARANTINED: {Q.PROBING, Q.NONE},  # NONE: an operator's release
+    Q.PROBING: {Q.NONE, Q.QUARANTINED},
 }
 
 MAX_BACKOFF_SECONDS = 3600.0
@@ -228,6 +243,25 @@ def attempt_transition(*, task_id, number: int, to: str, **changes: Any) -> bool
     return changed == 1
 
 
+def quarantine_transition(*, agent: Agent, to: str, by: By, reason: str, failures: list | None = None,
+                          **changes: Any) -> bool:
+    """Move `agent`'s quarantine state to `to` (compare-and-set) with `changes`, and record a
+    QuarantineEvent. Returns False, changing nothing, when the state moved underneath us."""
+    old = agent.quarantine_state
+    if to not in QUARANTINE_ALLOWED.get(old, set()):
+        raise InvalidTransition(f"agent {agent.pk}: quarantine {old or 'none'} -> {to or 'none'} is not allowed")
+    if not Agent.objects.filter(pk=agent.pk, quarantine_state=old).update(quarantine_state=to, **changes):
+        return False
+    for name, value in changes.items():
+        setattr(agent, name, value)
+    agent.quarantine_state = to
+    QuarantineEvent.objects.create(agent_id=agent.pk, old_state=old, new_state=to, actor=by.actor,
+                                   actor_user=by.user if by.actor == Actor.OPERATOR else None,
+                                   reason=reason[:5000], failures=failures or [])
+    logger.info("agent %s quarantine %s -> %s by %s: %s", agent.pk, old or "none", to or "none", by.actor, reason)
+    return True
+
+
 # --------------------------------------------------------------------------- enqueueing
 
 
@@ -285,6 +319,9 @@ def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: 
         max_retries=step.maxRetries,
         timeout_seconds=step.timeoutSeconds,
         retry_backoff_seconds=step.retryBackoffSeconds,
+        capability=step.agentCapability or "",
+        pinned=step.pinToSessionAgent,
+        queue_timeout_seconds=step.queueTimeoutSeconds,
     )
     # The history reads as before: created (pending) and queued at once.
     _event(session_id=session.pk, task_id=task.pk, old=S.PENDING, new=S.QUEUED, by=by, reason=reason)
@@ -357,29 +394,48 @@ def _backoff_seconds(task: Task) -> float:
 
 
 def attempt_failed(*, task_id=None, task: Task | None = None, number: int, error: str, permanent: bool, by: By,
-                   http_status: int | None = None) -> Task | None:
+                   http_status: int | None = None, agent_fault: bool = False) -> Task | None:
     """Attempt `number` of the task failed: retry with backoff, or mark it dead.
 
     Pass the `task` row when the caller holds its lock already, else its `task_id`. Does
     nothing when the task has moved on (a later attempt, a cancel): the fence. The agent is
     free again, so its next queued task is kicked in this transaction (its job answers busy
     while the agent is not idle; the agent's next `idle` report kicks again).
+
+    `agent_fault` (AgentKit's 404 or 5xx for the agent, a lost forward) counts toward the
+    agent's quarantine; it also makes a permanent error retryable when the step may run on
+    another agent (a 404 says nothing about the task). An `error` report is the task's fault.
     """
     if task is None:
         task = Task.objects.select_for_update().filter(pk=task_id).first()
     if task is None or task.attempt != number or task.status not in Task.IN_FLIGHT:
         return None
     with _events_in_one_insert():
-        _attempt_failed(task=task, number=number, error=error, permanent=permanent, by=by, http_status=http_status)
+        _attempt_failed(task=task, number=number, error=error, permanent=permanent, by=by, http_status=http_status,
+                        agent_fault=agent_fault)
     return task
 
 
-def _attempt_failed(*, task: Task, number: int, error: str, permanent: bool, by: By, http_status: int | None) -> None:
+def _attempt_failed(*, task: Task, number: int, error: str, permanent: bool, by: By, http_status: int | None,
+                    agent_fault: bool) -> None:
     now = timezone.now()
     attempt_transition(task_id=task.pk, number=number, to=Outcome.REJECTED if permanent else Outcome.FAILED,
-                       error=error[:5000], http_status=http_status, ended_at=now)
+                       error=error[:5000], http_status=http_status, ended_at=now, agent_fault=agent_fault)
     task_transition(task=task, to=S.FAILED, by=by, reason=error, last_error=error[:5000],
                     timeout_at=None, finished_at=now)
+    if permanent and agent_fault and _movable(task):
+        permanent = False  # another agent may take the retry
+    _retry_or_dead(task=task, error=error, permanent=permanent, now=now)
+    if agent_fault:
+        _note_agent_fault(agent_id=task.agent_id, now=now)
+    elif by.actor == Actor.AGENT:
+        _note_agent_answered(task=task, now=now)  # it reported: reachable, whatever the task's fate
+    elif task.probe:
+        _probe_inconclusive(agent_id=task.agent_id, reason=f"probe task {task.pk} failed without an answer: {error}")
+    _kick_queued(agent_id=task.agent_id)
+
+
+def _retry_or_dead(*, task: Task, error: str, permanent: bool, now: datetime) -> None:
     retries_used = task.attempt - 1
     if not permanent and retries_used < task.max_retries:
         delay = _backoff_seconds(task)
@@ -389,7 +445,6 @@ def _attempt_failed(*, task: Task, number: int, error: str, permanent: bool, by:
     else:
         why = "permanent error" if permanent else f"retries exhausted ({task.max_retries})"
         _task_dead(task=task, reason=f"{why}: {error}")
-    _kick_queued(agent_id=task.agent_id)
 
 
 def task_give_up(*, task: Task, reason: str) -> None:
@@ -424,6 +479,7 @@ def _task_completed(*, task: Task, result: Any, by: By) -> Task | None:
     attempt_transition(task_id=task.pk, number=task.attempt, to=Outcome.COMPLETED, ended_at=now)
     task_transition(task=task, to=S.COMPLETED, by=by, reason="agent reported idle", result=result,
                     finished_at=now, timeout_at=None)
+    _note_agent_answered(task=task, now=now)
     session = Session.objects.select_for_update().get(pk=task.session_id)
     if session.is_terminal:
         return None
@@ -500,12 +556,323 @@ def _error_text(details: Any) -> str:
 
 
 def _kick_queued(*, agent_id: str) -> None:
-    """The agent is idle: enqueue its oldest queued task, if it has one (a drained agent takes none)."""
+    """The agent is idle: enqueue its oldest queued task, or else a task waiting for an agent
+    that it can take (a drained agent takes none)."""
     task = (Task.objects.filter(agent_id=agent_id, status=S.QUEUED, agent__drained_at__isnull=True)
             .exclude(session__status__in=Session.TERMINAL)
             .order_by("created_at").only("pk", "enqueued_at").first())
     if task is not None:
         task_enqueue(task=task)
+    else:
+        _kick_waiting(agent_id=agent_id)
+
+
+def _kick_waiting(*, agent_id: str) -> None:
+    """Enqueue the longest-waiting task `agent_id` could take; its job routes it (to this agent,
+    unless a better one has appeared). One query when nothing waits, which is the usual case."""
+    waiting = list(Task.objects.filter(status=S.QUEUED, waiting_since__isnull=False)
+                   .exclude(session__status__in=Session.TERMINAL).order_by("waiting_since")
+                   .only("pk", "enqueued_at", "agent_id", "capability", "pinned", "session__agent_id")
+                   .select_related("session")[:100])
+    if not waiting:
+        return
+    agent = Agent.objects.filter(pk=agent_id).first()
+    if agent is None:
+        return
+    now = timezone.now()
+    for task in waiting:
+        home = task.session.agent_id == agent_id
+        if (task.pinned or not task.capability) and not home:
+            continue
+        if _refusal(agent=agent, task=task, now=now, home=home) is None:
+            task_enqueue(task=task)
+            return
+
+
+# --------------------------------------------------------------------------- routing
+
+
+@dataclass(frozen=True)
+class Routed:
+    """The claim did not dispatch: the task moved to another agent, waits, or was given up."""
+
+    outcome: str  # "rerouted", "waiting", "unavailable"
+    detail: str
+
+
+def _movable(task: Task) -> bool:
+    """Whether the task may run on an agent other than the session's: it names a capability
+    (the basis for choosing another agent) and is not pinned to the session's agent."""
+    return bool(task.capability) and not task.pinned
+
+
+def _refusal(*, agent: Agent, task: Task, now: datetime, home: bool) -> str | None:
+    """Why `agent` cannot take `task` now, or None. Staleness is not a refusal (see `task_route`)."""
+    who = f"session agent {agent.pk}" if home else f"agent {agent.pk}"
+    if agent.deregistered_at is not None:
+        return f"{who} is deregistered"
+    if agent.drained_at is not None:
+        return f"{who} is drained"
+    if agent.quarantine_state == Q.PROBING:
+        return f"{who} is being probed after quarantine"
+    if agent.quarantine_state == Q.QUARANTINED and not (agent.probe_due(now=now) and agent.pk == task.agent_id):
+        return f"{who} is quarantined ({agent.quarantine_reason or 'no reason given'})"
+    if agent.lacks_capability(task.capability):
+        return f"{who} lacks capability '{task.capability}'"
+    return None
+
+
+def _best_agent(*, task: Task, exclude: set[str], now: datetime, fresh_only: bool = False) -> Agent | None:
+    """Another agent for `task`, chosen fairly: registered, undrained, not quarantined, with the
+    capability; fresh before stale, free and idle before busy, fewest queued, then idle longest."""
+    candidates = list(Agent.objects.active().filter(drained_at__isnull=True, quarantine_state=Q.NONE)
+                      .with_capability(task.capability).exclude(pk__in=exclude)[:200])
+    if not candidates:
+        return None
+    ids = [agent.pk for agent in candidates]
+    busy = set(Task.objects.filter(agent_id__in=ids, status__in=Task.IN_FLIGHT).values_list("agent_id", flat=True))
+    queued = dict(Task.objects.filter(agent_id__in=ids, status=S.QUEUED, waiting_since__isnull=True)
+                  .values("agent_id").annotate(n=Count("pk")).values_list("agent_id", "n"))
+    epoch = datetime.min.replace(tzinfo=now.tzinfo)
+
+    def rank(agent: Agent):
+        free = agent.state == Agent.State.IDLE and agent.pk not in busy
+        return (agent.is_stale(now=now), not free, queued.get(agent.pk, 0), agent.state_received_at or epoch, agent.pk)
+
+    best = min(candidates, key=rank)
+    if fresh_only and best.is_stale(now=now):
+        return None
+    return best
+
+
+def task_route(*, task: Task, agent: Agent, session: Session, now: datetime) -> Routed | None:
+    """Decide where the queued `task` goes; None: to `agent` (its current one, locked by the caller).
+
+    The session's agent when it can take the step (DESIGN.md "Where a step goes"); otherwise
+    another agent with the step's capability, unless the step is pinned or names none; otherwise
+    the task waits, `queued`, with the reason, until an agent can take it or its queue deadline
+    fails the attempt (`task_queue_timeout`). A stale agent (no report for a while) is used only
+    when no fresh one can take the step: agents report only after work, so an idle fleet goes
+    stale by itself, and sending work is how we learn whether it is alive (a dead one is
+    quarantined after N lost forwards). A session agent whose AgentKit registration vanished
+    (deregistered) gives up a step that cannot move, as before.
+    """
+    home = agent.pk == session.agent_id
+    refusal = _refusal(agent=agent, task=task, now=now, home=home)
+    movable = _movable(task)
+    if not home and movable:
+        # Back to the session's agent as soon as it can take the step again (a retry, a release).
+        session_agent = Agent.objects.filter(pk=session.agent_id).first()
+        if (session_agent is not None and not session_agent.is_stale(now=now)
+                and _refusal(agent=session_agent, task=task, now=now, home=True) is None
+                and session_agent.quarantine_state == Q.NONE):
+            return _reroute(task=task, to=session_agent, note=f"back on session agent {session_agent.pk}")
+    if refusal is None:
+        if movable and agent.is_stale(now=now):
+            better = _best_agent(task=task, exclude={agent.pk}, now=now, fresh_only=True)
+            if better is not None:
+                return _reroute(task=task, to=better, note=f"routed to {better.pk}: {'session ' if home else ''}"
+                                f"agent {agent.pk} is stale (no report for {settings.OPSCORE_AGENT_STALE_SECONDS}s+)")
+        return None
+    if not movable:
+        if agent.deregistered_at is not None:
+            task_give_up(task=task, reason=f"agent '{agent.pk}' is deregistered")
+            return Routed("unavailable", f"agent '{agent.pk}' is deregistered")
+        why = "pinned to its session's agent" if task.pinned else "names no capability"
+        return _wait(task=task, now=now, note=f"waiting: {refusal}; the step {why}")
+    exclude = {agent.pk, session.agent_id}
+    better = _best_agent(task=task, exclude=exclude, now=now)
+    if better is not None:
+        return _reroute(task=task, to=better, note=f"routed to {better.pk}: {refusal}")
+    return _wait(task=task, now=now, note=f"waiting for an agent with capability '{task.capability}' ({refusal})")
+
+
+def _reroute(*, task: Task, to: Agent, note: str) -> Routed:
+    """Give the queued `task` to agent `to` (compare-and-set), record why, and enqueue its job."""
+    if not Task.objects.filter(pk=task.pk, status=S.QUEUED, agent_id=task.agent_id).update(
+            agent_id=to.pk, routing_note=note[:500], waiting_since=None, queue_deadline_at=None):
+        raise InvalidTransition(f"task {task.pk} changed underneath us")
+    task.agent_id, task.routing_note, task.waiting_since, task.queue_deadline_at = to.pk, note[:500], None, None
+    _event(session_id=task.session_id, task_id=task.pk, old=S.QUEUED, new=S.QUEUED, by=By.system(), reason=note,
+           attempt=task.attempt or None)
+    task_enqueue(task=task)
+    return Routed("rerouted", note)
+
+
+def _wait(*, task: Task, now: datetime, note: str) -> Routed:
+    """No agent can take `task`: it stays queued with `note` until one can or its deadline passes."""
+    note = note[:500]
+    if task.waiting_since is None:
+        timeout = task.queue_timeout_seconds or settings.OPSCORE_QUEUE_TIMEOUT_SECONDS
+        deadline = now + timedelta(seconds=timeout)
+        Task.objects.filter(pk=task.pk, status=S.QUEUED).update(waiting_since=now, queue_deadline_at=deadline,
+                                                                 routing_note=note)
+        task.waiting_since, task.queue_deadline_at, task.routing_note = now, deadline, note
+        _event(session_id=task.session_id, task_id=task.pk, old=S.QUEUED, new=S.QUEUED, by=By.system(),
+               reason=f"{note} (for up to {timeout}s)", attempt=task.attempt or None)
+    elif task.routing_note != note:
+        Task.objects.filter(pk=task.pk, status=S.QUEUED).update(routing_note=note)
+        task.routing_note = note
+    return Routed("waiting", note)
+
+
+def task_queue_timeout(*, task: Task) -> Task:
+    """The queued `task` waited past its deadline for an agent: that fails an attempt (one that
+    never left the queue), into the normal retry / fallback path. The caller holds its lock."""
+    now = timezone.now()
+    waited = int((now - task.waiting_since).total_seconds()) if task.waiting_since else 0
+    error = f"no agent could take the task within {waited}s: {task.routing_note or 'waiting for an agent'}"
+    number = task.attempt + 1
+    TaskAttempt.objects.create(task=task, number=number, reference_at=now, started_at=now)
+    attempt_transition(task_id=task.pk, number=number, to=Outcome.FAILED, error=error[:5000], ended_at=now)
+    task_transition(task=task, to=S.FAILED, by=By.system(), reason=error, attempt=number, last_error=error[:5000],
+                    waiting_since=None, queue_deadline_at=None, finished_at=now)
+    _retry_or_dead(task=task, error=error, permanent=False, now=now)
+    return task
+
+
+# --------------------------------------------------------------------------- quarantine
+
+
+def _cooldown(strikes: int) -> timedelta:
+    seconds = settings.OPSCORE_QUARANTINE_COOLDOWN_SECONDS * 2 ** max(strikes - 1, 0)
+    return timedelta(seconds=min(seconds, settings.OPSCORE_QUARANTINE_BACKOFF_CAP_SECONDS))
+
+
+def is_agent_fault_answer(http_status: int | None) -> bool:
+    """Whether AgentKit's answer to a dispatch is the agent's fault: 404 (AgentKit does not know
+    it) or a 5xx for it. A 422 or other 4xx is our request's fault, a 429 AgentKit's throttle,
+    and no answer at all (connection refused, timeout) is AgentKit being down for everyone:
+    none of those says anything about this agent."""
+    return http_status == 404 or (http_status is not None and http_status >= 500)
+
+
+def _note_agent_fault(*, agent_id: str, now: datetime) -> None:
+    """An attempt on `agent_id` failed by the agent's fault: quarantine it after
+    OPSCORE_QUARANTINE_THRESHOLD of them in a row, or again (longer) if it was being probed.
+
+    The run is read from the agent's latest attempts (since its last release), so a success or
+    an `error` report (the agent answered) breaks it and nothing is written on the report path.
+    The agent row is locked with SKIP LOCKED: a timeout sweep holds its task's lock already, and
+    a state report holding the agent would deadlock with it; a skipped check is made again at
+    the agent's next failure (the run is history, not a counter).
+    """
+    agent = Agent.objects.select_for_update(skip_locked=True).filter(pk=agent_id).first()
+    if agent is None:
+        logger.info("agent %s busy (locked): its quarantine check waits for its next failure", agent_id)
+        return
+    threshold = settings.OPSCORE_QUARANTINE_THRESHOLD
+    attempts = (TaskAttempt.objects.filter(agent_id=agent_id)
+                .exclude(outcome__in=(Outcome.SENDING, Outcome.ACCEPTED, Outcome.CANCELLED)))
+    if agent.quarantine_released_at is not None:
+        attempts = attempts.filter(started_at__gt=agent.quarantine_released_at)
+    if agent.quarantine_state == Q.PROBING:
+        rows = list(attempts.order_by("-started_at", "-id").values("task_id", "number", "agent_fault", "error",
+                                                                    "ended_at")[:1])
+        strikes = agent.quarantine_strikes + 1
+        cooldown = _cooldown(strikes)
+        quarantine_transition(agent=agent, to=Q.QUARANTINED, by=By.system(), failures=_failure_list(rows),
+                              reason=f"probe failed: {_last_error(rows)}; next probe in {cooldown.seconds}s",
+                              quarantine_probe_at=now + cooldown, quarantine_strikes=strikes, quarantined_at=now)
+        _reroute_queued(agent_id=agent_id)
+        return
+    if agent.quarantine_state != Q.NONE or threshold == 0:
+        return
+    rows = list(attempts.order_by("-started_at", "-id").values("task_id", "number", "agent_fault", "error",
+                                                                "ended_at")[:threshold])
+    if len(rows) < threshold or not all(row["agent_fault"] for row in rows):
+        return
+    strikes = agent.quarantine_strikes + 1
+    cooldown = _cooldown(strikes)
+    quarantine_transition(
+        agent=agent, to=Q.QUARANTINED, by=By.system(), failures=_failure_list(rows),
+        reason=f"{threshold} failures in a row by the agent's fault; last: {_last_error(rows)}",
+        quarantined_at=now, quarantined_by=None, quarantine_probe_at=now + cooldown, quarantine_strikes=strikes,
+        quarantine_reason=f"{threshold} failures in a row: {_last_error(rows)}"[:1000],
+    )
+    _reroute_queued(agent_id=agent_id)
+
+
+def _failure_list(rows: list[dict]) -> list[dict]:
+    return [{"task": str(row["task_id"]), "attempt": row["number"], "error": (row["error"] or "")[:300],
+             "at": row["ended_at"].isoformat() if row["ended_at"] else None} for row in rows]
+
+
+def _last_error(rows: list[dict]) -> str:
+    return ((rows[0]["error"] if rows else "") or "unknown error")[:300]
+
+
+def _reroute_queued(*, agent_id: str, limit: int = 500) -> None:
+    """Enqueue the jobs of the agent's queued tasks: each claim routes its task elsewhere or lets it wait."""
+    for task in (Task.objects.filter(agent_id=agent_id, status=S.QUEUED)
+                 .order_by("created_at").only("pk", "enqueued_at")[:limit]):
+        task_enqueue(task=task)
+
+
+def _note_agent_answered(*, task: Task, now: datetime) -> None:
+    """The agent reported on its task: if that task was its probe, the quarantine ends."""
+    if not task.probe:
+        return
+    agent = Agent.objects.get(pk=task.agent_id)
+    if agent.quarantine_state == Q.PROBING:
+        quarantine_transition(agent=agent, to=Q.NONE, by=By.system(), reason=f"probe task {task.pk} answered",
+                              quarantine_probe_at=None, quarantine_strikes=0, quarantine_released_at=now,
+                              quarantine_reason="", quarantined_by=None)
+
+
+def _probe_inconclusive(*, agent_id: str, reason: str) -> None:
+    """The probe ended without telling us anything (cancelled, AgentKit unreachable): probe again.
+
+    SKIP LOCKED (callers may hold task locks; see `_note_agent_fault`): a skipped agent is put back
+    by the scheduler (`sweeps.sweep_stuck_probes`)."""
+    agent = Agent.objects.select_for_update(skip_locked=True).filter(pk=agent_id).first()
+    if agent is not None and agent.quarantine_state == Q.PROBING:
+        quarantine_transition(agent=agent, to=Q.QUARANTINED, by=By.system(), reason=reason,
+                              quarantine_probe_at=timezone.now())
+
+
+def probe_abandoned(*, agent: Agent) -> bool:
+    """A probing agent has no probe task in flight any more (the scheduler found it): probe again."""
+    return quarantine_transition(agent=agent, to=Q.QUARANTINED, by=By.system(),
+                                 reason="the probe ended without an outcome", quarantine_probe_at=timezone.now())
+
+
+def probe_claim(*, agent: Agent, task: Task) -> bool:
+    """The dispatch claim sends `task` to a quarantined `agent` whose cool-down is over: it is the
+    probe (half-open). The caller holds the agent's lock. Returns whether this is a probe."""
+    if agent.quarantine_state != Q.QUARANTINED:
+        return False
+    return quarantine_transition(agent=agent, to=Q.PROBING, by=By.system(),
+                                 reason=f"cool-down over: probing with task {task.pk}")
+
+
+def agent_quarantine(*, agent: Agent, by: By, reason: str) -> Agent:
+    """An operator's quarantine: no dispatch to `agent` until released by hand (no probe).
+    Its queued tasks move to other agents where their steps allow, or wait."""
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().get(pk=agent.pk)
+        if agent.quarantine_state != Q.NONE:
+            raise InvalidTransition(f"agent {agent.pk} is already {agent.quarantine_state}")
+        now = timezone.now()
+        reason = reason.strip() or "quarantined by hand"
+        quarantine_transition(agent=agent, to=Q.QUARANTINED, by=by, reason=reason, quarantined_at=now,
+                              quarantine_reason=reason[:1000], quarantine_probe_at=None,
+                              quarantined_by=by.user if by.actor == Actor.OPERATOR else None)
+        _reroute_queued(agent_id=agent.pk)
+    return agent
+
+
+def agent_release(*, agent: Agent, by: By, reason: str = "") -> Agent:
+    """An operator's release: the agent takes work again, its run of failures forgotten."""
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().get(pk=agent.pk)
+        if agent.quarantine_state == Q.NONE:
+            raise InvalidTransition(f"agent {agent.pk} is not quarantined")
+        quarantine_transition(agent=agent, to=Q.NONE, by=by, reason=reason.strip() or "released by hand",
+                              quarantine_probe_at=None, quarantine_strikes=0,
+                              quarantine_released_at=timezone.now(), quarantine_reason="", quarantined_by=None)
+        _kick_queued(agent_id=agent.pk)
+    return agent
 
 
 # --------------------------------------------------------------------------- operator actions
@@ -525,6 +892,7 @@ def session_cancel(*, session: Session, by: By, reason: str = "") -> Session:
             raise InvalidTransition(f"session {session.pk} is already {session.status}")
         now = timezone.now()
         freed = {task.agent_id for task in tasks if task.status in Task.IN_FLIGHT}
+        probes = {task.agent_id for task in tasks if task.status in Task.IN_FLIGHT and task.probe}
         for task in tasks:
             if task.status in Task.IN_FLIGHT:
                 attempt_transition(task_id=task.pk, number=task.attempt, to=Outcome.CANCELLED, ended_at=now)
@@ -534,6 +902,8 @@ def session_cancel(*, session: Session, by: By, reason: str = "") -> Session:
         session_transition(session=session, to=SS.CANCELLED, by=by, reason=reason or "cancelled")
         # The agents this session held take their next queued task (the job answers busy while
         # the cancelled attempt may still hold its agent; the agent's next report kicks again).
+        for agent_id in sorted(probes):
+            _probe_inconclusive(agent_id=agent_id, reason=f"probe cancelled with session {session.pk}")
         for agent_id in sorted(freed):
             _kick_queued(agent_id=agent_id)
     return session

@@ -149,6 +149,19 @@ class Task(models.Model):
     last_error = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
 
+    # Routing (DESIGN.md "Where a step goes"): copied from the step, so the claim decides without the spec.
+    capability = models.CharField(max_length=255, blank=True, help_text="The step's agentCapability.")
+    pinned = models.BooleanField(default=False, help_text="The step runs on the session's agent only.")
+    queue_timeout_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="How long it may wait for an agent (empty: OPSCORE_QUEUE_TIMEOUT_SECONDS).")
+    routing_note = models.CharField(max_length=500, blank=True,
+                                    help_text="Why the task is on its agent, or what it waits for.")
+    waiting_since = models.DateTimeField(null=True, blank=True,
+                                         help_text="Set while no agent can take the task.")
+    queue_deadline_at = models.DateTimeField(null=True, blank=True,
+                                             help_text="When waiting fails the attempt (schedule-to-start timeout).")
+    probe = models.BooleanField(default=False, help_text="The attempt in flight probes its quarantined agent.")
+
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
     dispatched_at = models.DateTimeField(null=True, blank=True)
@@ -174,6 +187,8 @@ class Task(models.Model):
             models.Index(fields=["status", "-updated_at"], name="task_status_updated_idx"),
             # Throughput on the dashboard: completed tasks by finish time.
             models.Index(fields=["status", "finished_at"], name="task_status_finished_idx"),
+            # Tasks waiting for an agent (the idle-report kick and the attention list): few rows.
+            models.Index(fields=["waiting_since"], name="task_waiting_idx", condition=Q(waiting_since__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -211,6 +226,12 @@ class TaskAttempt(models.Model):
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="attempts")
     number = models.PositiveIntegerField()
+    agent = models.ForeignKey(
+        "agents.Agent", null=True, blank=True, on_delete=models.PROTECT, related_name="attempts",
+        help_text="Where the attempt went (empty: it never left the queue).",
+    )
+    agent_fault = models.BooleanField(
+        default=False, help_text="Failed by the agent's fault (AgentKit 404/5xx, a lost forward): counts toward quarantine.")
     outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.SENDING)
     reference_at = models.DateTimeField(help_text="Taken before the POST; later reports count.")
     http_status = models.PositiveIntegerField(null=True, blank=True)
@@ -223,6 +244,10 @@ class TaskAttempt(models.Model):
         constraints = [
             # A duplicate delivery of the dispatch job cannot fence the same attempt twice.
             models.UniqueConstraint(fields=["task", "number"], name="taskattempt_task_number_unique"),
+        ]
+        indexes = [
+            # The agent's latest attempts: its run of failures (quarantine) and the failures page.
+            models.Index(fields=["agent", "-started_at"], name="taskattempt_agent_started_idx"),
         ]
 
     def __str__(self) -> str:
@@ -263,4 +288,33 @@ class TaskEvent(models.Model):
             return f"operator {self.actor_user}"
         if self.actor == Actor.AGENT and self.actor_agent_id:
             return f"agent {self.actor_agent_id}"
+        return str(self.actor)
+
+
+class QuarantineEvent(models.Model):
+    """An append-only record of a change of an agent's quarantine state, who caused it and why."""
+
+    agent = models.ForeignKey("agents.Agent", on_delete=models.CASCADE, related_name="quarantine_events")
+    old_state = models.CharField(max_length=16, blank=True)
+    new_state = models.CharField(max_length=16, blank=True)
+    actor = models.CharField(max_length=16, choices=Actor.choices)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.TextField(blank=True)
+    failures = models.JSONField(default=list, blank=True,
+                                help_text="The attempts that caused it: task, attempt, error.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["agent", "-created_at"], name="quarantineevent_agent_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id}: {self.old_state or 'ok'} -> {self.new_state or 'ok'} by {self.actor}"
+
+    @property
+    def actor_label(self) -> str:
+        if self.actor == Actor.OPERATOR and self.actor_user_id:
+            return f"operator {self.actor_user}"
         return str(self.actor)

@@ -1,4 +1,5 @@
-"""The scheduler's passes: due retries, attempts past their deadline, lost dispatch jobs.
+"""The scheduler's passes: due retries, attempts past their deadline, tasks that waited too long
+for an agent, lost dispatch jobs (and waiting tasks to route again, probes that ended without an outcome).
 
 May read any Task and lock the rows it acts on (SKIP LOCKED); every change of `status`
 or `outcome` goes through `sessions/engine.py`. Called by `opscore_scheduler` (every
@@ -33,11 +34,13 @@ SWEEP_BATCH = 100
 class SweepCounts:
     retries_due: int = 0
     timed_out: int = 0
+    queue_timeouts: int = 0
     requeued: int = 0
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
-        return {"retries_due": self.retries_due, "timed_out": self.timed_out, "requeued": self.requeued}
+        return {"retries_due": self.retries_due, "timed_out": self.timed_out, "queue_timeouts": self.queue_timeouts,
+                "requeued": self.requeued}
 
 
 def _sweep(queryset, action, *, limit: int) -> list[Task]:
@@ -62,8 +65,12 @@ def _requeue_due(task: Task) -> None:
 
 
 def _time_out(task: Task) -> None:
-    if engine.attempt_failed(task=task, number=task.attempt, permanent=False, by=By.system(),
-                             error=f"no outcome within {task.timeout_seconds}s (attempt {task.attempt})"):
+    # No report at all since the dispatch is a lost forward (or a dead agent): the agent's fault.
+    # An agent that reported `active` is working, only slowly: the task's.
+    lost = task.status == S.DISPATCHED
+    if engine.attempt_failed(task=task, number=task.attempt, permanent=False, by=By.system(), agent_fault=lost,
+                             error=f"no outcome within {task.timeout_seconds}s (attempt {task.attempt}"
+                                   f"{'; no report at all: a lost forward?' if lost else ''})"):
         metrics.task_timed_out()
 
 
@@ -83,6 +90,45 @@ def overdue_tasks(*, now: datetime):
 
 def sweep_timeouts(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
     return len(_sweep(overdue_tasks(now=now), _time_out, limit=limit))
+
+
+def waiting_too_long(*, now: datetime):
+    """Queued tasks no agent could take before their deadline (what `sweep_queue_timeouts` acts on)."""
+    return Task.objects.filter(status=S.QUEUED, waiting_since__isnull=False,
+                               queue_deadline_at__lte=now).order_by("queue_deadline_at")
+
+
+def sweep_queue_timeouts(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
+    return len(_sweep(waiting_too_long(now=now), lambda task: engine.task_queue_timeout(task=task), limit=limit))
+
+
+WAITING_RECHECK_SECONDS = 10
+
+
+def sweep_waiting(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = False) -> list[Task]:
+    """Waiting tasks whose job has not run for WAITING_RECHECK_SECONDS: their job routes them again.
+
+    An idle report or a release kicks waiting work at once; this catches what no report announces
+    (an undrain, a cool-down that ended, an agent that registered the capability).
+    """
+    cutoff = now - timedelta(seconds=WAITING_RECHECK_SECONDS)
+    queryset = (Task.objects.filter(status=S.QUEUED, waiting_since__isnull=False)
+                .filter(Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True)).order_by("waiting_since"))
+    if dry_run:
+        return list(queryset[:limit])
+    return _sweep(queryset, lambda task: engine.task_enqueue(task=task), limit=limit)
+
+
+def sweep_stuck_probes(*, limit: int = SWEEP_BATCH) -> int:
+    """Probing agents whose probe is no longer in flight (it ended where the agent's row was locked):
+    back to quarantined, cool-down over, so the next task probes again."""
+    in_flight = Task.objects.filter(status__in=Task.IN_FLIGHT, probe=True).values("agent_id")
+    done = 0
+    with transaction.atomic():
+        for agent in (Agent.objects.select_for_update(skip_locked=True)
+                      .filter(quarantine_state=Agent.Quarantine.PROBING).exclude(pk__in=in_flight)[:limit]):
+            done += engine.probe_abandoned(agent=agent)
+    return done
 
 
 def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = False) -> list[Task]:
@@ -112,7 +158,9 @@ def scheduler_preview(*, now: datetime, limit: int = SWEEP_BATCH) -> dict[str, l
     return {
         "retries_due": list(due_retries(now=now)[:limit]),
         "timed_out": list(overdue_tasks(now=now)[:limit]),
-        "requeued": sweep_lost_jobs(now=now, limit=limit, dry_run=True),
+        "queue_timeouts": list(waiting_too_long(now=now)[:limit]),
+        "requeued": sweep_lost_jobs(now=now, limit=limit, dry_run=True) + sweep_waiting(now=now, limit=limit,
+                                                                                        dry_run=True),
     }
 
 
@@ -123,7 +171,9 @@ def scheduler_tick(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> 
     sweeps = (
         ("retries_due", lambda: sweep_due_retries(now=now, limit=limit)),
         ("timed_out", lambda: sweep_timeouts(now=now, limit=limit)),
-        ("requeued", lambda: len(sweep_lost_jobs(now=now, limit=limit))),
+        ("queue_timeouts", lambda: sweep_queue_timeouts(now=now, limit=limit)),
+        ("requeued", lambda: len(sweep_lost_jobs(now=now, limit=limit)) + len(sweep_waiting(now=now, limit=limit))
+         + sweep_stuck_probes(limit=limit)),
     )
     for name, sweep in sweeps:
         try:

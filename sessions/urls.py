@@ -1,6 +1,6 @@
 from django.urls import path
 
-from sessions import views
+from sessions import attention_views, views
 
 app_name = "sessions"
 
@@ -13,5 +13,8 @@ urlpatterns = [
     path("tasks/<uuid:task_id>/retry/", views.task_retry, name="task-retry"),
     path("failures/", views.failure_list, name="failure-list"),
     path("failures/retry/", views.failure_retry, name="failure-retry"),
+    path("failures/groups/<slug:fingerprint>/<slug:action>/", attention_views.failure_group_action,
+         name="failure-group-action"),
+    path("attention/", attention_views.attention_list, name="attention"),
     path("workflows/<opsid:workflow_id>/start/", views.session_start, name="session-start"),
 ]

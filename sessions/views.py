@@ -26,6 +26,7 @@ from opscore_site.filters import page_filter
 from sessions.filters import FailureFilter, SessionFilter
 from sessions.forms import SessionStartForm
 from sessions.models import Session, Task, TaskEvent
+from sessions.attention import failure_groups
 from sessions.overview import fleet_counts
 from ui.forms import ReasonForm, RequiredReasonForm, reason_problem
 from ui.permissions import actor_required, viewer_required
@@ -93,6 +94,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "throughput_window": minutes_text(minutes),
         "tasks_per_minute": completed / minutes,
         **charts.dashboard_charts(now=now, window=charts.window_of(request.GET.get("window"))),
+        "agents_quarantined": counts["agents_quarantined"],
+        "tasks_waiting": counts["tasks_waiting"],
     }
     return render_page(request, "sessions/dashboard.html", "sessions/_dashboard.html", context)
 
@@ -127,7 +130,7 @@ def agent_list(request: HttpRequest) -> HttpResponse:
 
 @viewer_required
 def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
-    agent = get_object_or_404(Agent.objects.select_related("drained_by"), pk=agent_id)
+    agent = get_object_or_404(Agent.objects.select_related("drained_by", "quarantined_by"), pk=agent_id)
     context = {
         "agent": agent,
         "is_stale": agent.is_stale(),
@@ -135,6 +138,7 @@ def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
         "in_flight": Task.objects.filter(agent=agent, status__in=Task.IN_FLIGHT).select_related("session").first(),
         "queued_count": Task.objects.filter(agent=agent, status=Task.Status.QUEUED).count(),
         "sessions": Session.objects.filter(agent=agent).order_by("-created_at")[:RECENT_SESSIONS],
+        "quarantine_events": agent.quarantine_events.select_related("actor_user")[:10],
     }
     return render_page(request, "agents/agent_detail.html", "agents/_agent_detail.html", context)
 
@@ -242,6 +246,8 @@ def task_retry(request: HttpRequest, task_id: uuid.UUID) -> HttpResponse:
 
 # --------------------------------------------------------------------------- failures queue
 
+GROUPS_SHOWN = 20
+
 
 def _failures(params) -> tuple[FailureFilter, object]:
     filters = page_filter(FailureFilter, params, Task.objects.all())
@@ -257,7 +263,7 @@ def failure_list(request: HttpRequest) -> HttpResponse:
     ).order_by("-updated_at", "id")
     page = paginate(request, tasks)
     context = {"form": filters.form, "page": page, "query": query_without_page(request),
-               "filters": _filter_params(filters)}
+               "filters": _filter_params(filters), "groups": failure_groups(tasks)[:GROUPS_SHOWN]}
     return render_page(request, "sessions/failure_list.html", "sessions/_failure_rows.html", context)
 
 

@@ -64,6 +64,26 @@ class StepSpec(BaseModel):
     timeoutSeconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
     retryBackoffSeconds: float = Field(default=5.0, ge=0, le=24 * 3600)
     fallbackTaskId: str | None = None
+    # Routing (DESIGN.md "Where a step goes"): how long the step may wait for an agent that can
+    # take it (None: OPSCORE_QUEUE_TIMEOUT_SECONDS), and whether it must stay on the session's agent.
+    queueTimeoutSeconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    pinToSessionAgent: bool = False
+
+    @field_validator("pinToSessionAgent", mode="before")
+    @classmethod
+    def _pin_is_a_boolean(cls, value: Any) -> Any:
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise ValueError("pinToSessionAgent must be true or false")
+        return value
+
+    @field_validator("queueTimeoutSeconds", mode="before")
+    @classmethod
+    def _queue_timeout_is_whole_seconds(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (value is not None and not isinstance(value, int)):
+            raise ValueError("queueTimeoutSeconds must be a whole number of seconds (1 to 604800), or null")
+        return value
 
     @field_validator("parameters", mode="before")
     @classmethod

@@ -78,12 +78,19 @@ class AgentOut(serializers.ModelSerializer):
     deregisteredAt = serializers.DateTimeField(source="deregistered_at")
     drainedAt = serializers.DateTimeField(source="drained_at")
     stale = serializers.SerializerMethodField()
+    quarantineState = serializers.CharField(source="quarantine_state",
+                                            help_text="empty (not quarantined), quarantined or probing")
+    quarantinedAt = serializers.DateTimeField(source="quarantined_at")
+    quarantineReason = serializers.CharField(source="quarantine_reason")
+    quarantineProbeAt = serializers.DateTimeField(source="quarantine_probe_at",
+                                                  help_text="when the next probe may go (null: released by hand)")
 
     class Meta:
         model = Agent
         fields = ["agentId", "name", "version", "capabilities", "contactEndpoint", "metadata", "state",
                   "stateTimestamp", "stateReceivedAt", "stateDetails", "lastSeenAt", "registeredAt",
-                  "createdAt", "deregisteredAt", "drainedAt", "stale"]
+                  "createdAt", "deregisteredAt", "drainedAt", "stale", "quarantineState", "quarantinedAt",
+                  "quarantineReason", "quarantineProbeAt"]
 
     def get_stale(self, agent: Agent) -> bool:
         return agent.is_stale()

@@ -1,17 +1,12 @@
 """The agents' API routes (mounted under /v1/opscore/ by opscore_site/api_urls.py)."""
 
 from django.urls import path
-from rest_framework.routers import SimpleRouter
 
 from agents.api.state_views import AgentStateView
-from agents.api.views import AgentNotifyView, AgentViewSet
-
-router = SimpleRouter(trailing_slash="")
-router.register("agents", AgentViewSet, basename="agent")
+from agents.api.views import AgentNotifyView
 
 urlpatterns = [
     # Upstream-compatible (AgentKit SDK and AgentKit itself).
     path("agent/<opsid:agent_id>/state", AgentStateView.as_view(), name="agent-state"),
     path("internal/agent/notify", AgentNotifyView.as_view(), name="agentkit-notify"),
-    *router.urls,
 ]

@@ -50,6 +50,11 @@ class ActionIn(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
 
 
+class QuarantineIn(serializers.Serializer):
+    reason = serializers.CharField(max_length=1000, error_messages={
+        "required": "a quarantine needs a reason", "blank": "a quarantine needs a reason"})
+
+
 class TaskAttemptOut(serializers.ModelSerializer):
     httpStatus = serializers.IntegerField(source="http_status")
     referenceAt = serializers.DateTimeField(source="reference_at")

@@ -3,9 +3,12 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from sessions.api.views import SessionViewSet, TaskViewSet, WorkflowTriggerView
+from sessions.api.views import AgentFleetViewSet, SessionViewSet, TaskViewSet, WorkflowTriggerView
 
 router = SimpleRouter(trailing_slash="")
+# The agents resource with the engine's actions on an agent (quarantine, release): agents know
+# nothing of sessions, so its viewset is here, and agents/api/urls.py serves only the agent endpoints.
+router.register("agents", AgentFleetViewSet, basename="agent")
 router.register("sessions", SessionViewSet, basename="session")
 router.register("tasks", TaskViewSet, basename="task")
 

@@ -11,9 +11,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.api.auth import AgentEndpoint, ApiKeyUser, OperatorOrServiceKey, key_label
+from agents.api.views import AgentViewSet
 from opscore_site.filters import api_filter, openapi_parameters
 from sessions.api.serializers import (
     ActionIn,
+    QuarantineIn,
     SessionDetailOut,
     SessionOut,
     TaskDetailOut,
@@ -21,7 +23,7 @@ from sessions.api.serializers import (
     WorkflowTriggerIn,
     WorkflowTriggerOut,
 )
-from sessions.engine import By, session_cancel, session_retry, task_retry
+from sessions.engine import By, agent_quarantine, agent_release, session_cancel, session_retry, task_retry
 from sessions.filters import SessionFilter, TaskFilter
 from sessions.models import Session, Task, TaskAttempt
 from sessions.services import request_fingerprint, session_trigger
@@ -137,3 +139,31 @@ class TaskViewSet(_ActionMixin, viewsets.ReadOnlyModelViewSet):
         by, reason = self._action_args(request)
         task_retry(task=self.get_object(), by=by, reason=reason)
         return Response(TaskDetailOut(self.get_object()).data)
+
+
+class AgentFleetViewSet(_ActionMixin, AgentViewSet):
+    """The agents resource plus the engine's actions on an agent (agents know nothing of sessions,
+    so the actions live here and this class is what the router serves at `agents`)."""
+
+    @extend_schema(request=QuarantineIn, responses={200: AgentViewSet.serializer_class}, parameters=[],
+                   summary="Quarantine an agent by hand")
+    @action(detail=True, methods=["post"])
+    def quarantine(self, request, agent_id=None) -> Response:
+        """No new dispatch to the agent until it is released by hand (no automatic probe); its queued
+        tasks move to other agents where their steps allow. 400 without a reason, 409 when it is
+        already quarantined."""
+        body = QuarantineIn(data=request.data if isinstance(request.data, dict) else {})
+        body.is_valid(raise_exception=True)
+        by, note = _by(request)
+        agent = agent_quarantine(agent=self.get_object(), by=by,
+                                 reason=" ".join(p for p in (body.validated_data["reason"], note) if p))
+        return Response(self.get_serializer(agent).data)
+
+    @extend_schema(request=ActionIn, responses={200: AgentViewSet.serializer_class}, parameters=[],
+                   summary="Release an agent from quarantine")
+    @action(detail=True, methods=["post"])
+    def release(self, request, agent_id=None) -> Response:
+        """The agent takes work again and its run of failures is forgotten (409 unless quarantined)."""
+        by, reason = self._action_args(request)
+        agent = agent_release(agent=self.get_object(), by=by, reason=reason)
+        return Response(self.get_serializer(agent).data)

@@ -308,16 +308,16 @@ def test_a_completing_idle_is_pinned(api, agentkit_stub, monkeypatch, django_ass
 
 
 def test_an_error_report_in_flight_is_pinned(api, agentkit_stub, monkeypatch, django_assert_num_queries):
-    """A task in flight reports error, 12 statements: the CTE (writes nothing), our savepoint,
+    """A task in flight reports error, 13 statements: the CTE (writes nothing), our savepoint,
     the CTE forced; the engine's savepoint, the task FOR UPDATE (passed on to the attempt's
-    failure, not selected again), the attempt's outcome, -> failed, -> retry_scheduled, both
-    events in one INSERT, the agent's next queued task (none: nothing to kick); the engine's
-    release, ours."""
+    failure, not selected again), the attempt's outcome, -> failed, -> retry_scheduled, the
+    agent's next queued task and then a task waiting for a capability (none: nothing to kick),
+    both events in one INSERT; the engine's release, ours."""
     from sessions.models import Task
 
     agent_id = _in_flight(agentkit_stub, monkeypatch)
     api.get(url(agent_id))
-    with django_assert_num_queries(12):
+    with django_assert_num_queries(13):
         response = api.post(url(agent_id), report(agent_id, "error", details={"error_code": "E", "message": "m"}),
                             format="json")
     assert response.status_code == 202

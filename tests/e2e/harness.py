@@ -57,6 +57,7 @@ class Stack:
     web_port: int = field(default_factory=free_port)
     agentkit_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)  # extra environment for every process
 
     @property
     def web_url(self) -> str:
@@ -85,6 +86,7 @@ class Stack:
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(self.settings)
         env.update(extra)
         return env
 

@@ -98,6 +98,14 @@ def test_the_quickstart_completes_sessions_and_stops_cleanly(tmp_path, stop_sign
                 return response.status_code == 200 and response.json()["count"] >= 1 and response.json()
 
             body = wait_until(completed, timeout=120, interval=2, what="a completed session")
+
+            def flaky_agent_quarantined():
+                agents = api.get("/v1/opscore/agents", params={"limit": 50}).json()["results"]
+                return [a for a in agents if a["quarantineState"] and a["name"].startswith("forgotten-agent")]
+
+            # The simulated fleet's flaky agent (AgentKit forgot it: every dispatch is a 404).
+            quarantined = wait_until(flaky_agent_quarantined, timeout=60, interval=2, what="the flaky agent quarantined")
+            assert "failures in a row" in quarantined[0]["quarantineReason"]
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nlast API answer: {last.get('answer')}\n--- scripts/run output:\n{logs()}") from None
         assert {s["status"] for s in body["results"]} == {"completed"}

@@ -1,7 +1,7 @@
-"""Only sessions/engine.py writes Task.status, Session.status and TaskAttempt.outcome.
+"""Only sessions/engine.py writes Task.status, Session.status, TaskAttempt.outcome and Agent.quarantine_state.
 
 The scan reads the source of every app package (and opscore_site) with `ast` and lists each
-write of a `status` or `outcome` field outside the engine: `.update(status=...)`, a
+write of a `status`, `outcome` or `quarantine_state` field outside the engine: `.update(status=...)`, a
 `create`-like call or a model constructor given one, `.save(update_fields=[..."status"...])`,
 `bulk_update(..., ["status"])`, `setattr(x, "status", ...)` and `x.status = ...`. Migrations
 are left out (they define the fields); tests and factories live outside the packages.
@@ -17,7 +17,7 @@ from django.apps import apps
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ROOT / "sessions" / "engine.py"
-FIELDS = {"status", "outcome"}
+FIELDS = {"status", "outcome", "quarantine_state"}
 MODELS = {"Task", "Session", "TaskAttempt"}
 KWARG_WRITES = {"update", "create", "get_or_create", "update_or_create"}
 FIELD_LIST_WRITES = {"save", "bulk_update"}
@@ -93,7 +93,7 @@ def test_nothing_but_the_engine_writes_a_status_or_an_outcome():
     offenders = [f"{path.relative_to(ROOT)}:{line}: {field}"
                  for path in app_sources() if path != ENGINE
                  for line, field in writes_in(path.read_text())]
-    assert offenders == [], "status/outcome written outside sessions/engine.py:\n" + "\n".join(offenders)
+    assert offenders == [], "status/outcome/quarantine_state written outside sessions/engine.py:\n" + "\n".join(offenders)
 
 
 @pytest.mark.parametrize("line", [
@@ -109,6 +109,8 @@ def test_nothing_but_the_engine_writes_a_status_or_an_outcome():
     "task.status = 'dead'",
     "attempt.outcome: str = 'failed'",
     "task.status, task.updated_at = to, now",
+    "Agent.objects.filter(pk=1).update(quarantine_state='quarantined')",
+    "agent.quarantine_state = ''",
 ])
 def test_the_scan_finds_each_kind_of_write(line):
     assert writes_in(f"def f():\n    {line}\n") != []

@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.urls import reverse
 
 from agents.models import ApiKey
-from sessions.models import TaskAttempt, TaskEvent, Actor
+from sessions.models import QuarantineEvent, TaskAttempt, TaskEvent, Actor
 from workflows.models import WorkflowDefinition
 from workflows.schema import validate_definition
 from workflows.services import workflow_save
@@ -26,7 +26,9 @@ OUR_APPS = {"agents", "workflows", "opscore_sessions"}
 def populated(operator):
     task = TaskFactory()
     AgentStateFactory(agent=task.agent)
-    TaskAttempt.objects.create(task=task, number=1, reference_at=timezone.now())
+    TaskAttempt.objects.create(task=task, number=1, reference_at=timezone.now(), agent=task.agent)
+    QuarantineEvent.objects.create(agent=task.agent, old_state="", new_state="quarantined", actor=Actor.SYSTEM,
+                                   reason="3 failures in a row", failures=[{"task": str(task.pk), "attempt": 1}])
     TaskEvent.objects.create(session=task.session, task=task, old_status="queued", new_status="dispatched",
                              actor=Actor.SYSTEM)
     api_key_create(name="fleet")
@@ -41,7 +43,7 @@ def our_models():
 def test_every_model_of_ours_is_in_the_admin():
     names = {m.__name__ for m in our_models()}
     assert names == {"Agent", "AgentState", "ApiKey", "WorkflowDefinition", "WorkflowDefinitionRevision",
-                     "Session", "Task", "TaskAttempt", "TaskEvent"}
+                     "Session", "Task", "TaskAttempt", "TaskEvent", "QuarantineEvent"}
 
 
 def test_each_changelist_and_change_form_renders(client, operator, populated):

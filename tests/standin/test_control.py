@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -173,6 +174,26 @@ def _command(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
+@contextlib.contextmanager
+def _serving(*args: str, recorder):
+    """The command started with `args` against `recorder`, until it listens: yields (process, url, lines);
+    stopped (SIGTERM, then killed) at the end, and killed anyway after 30 s."""
+    process = _command("--port", "0", *args, "--opscore-url", recorder.url,
+                       env={"OPSCORE_API_KEY": API_KEY, "OPSCORE_WEBHOOK_SECRET": WEBHOOK_SECRET})
+    watchdog = threading.Timer(30, process.kill)
+    watchdog.start()
+    try:
+        lines: list[str] = []
+        url = _read_until(process, "listening on", lines).split("listening on ")[1].split()[0]
+        yield process, url, lines
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=20)
+    finally:
+        watchdog.cancel()
+        process.kill()
+
+
 def _read_until(process: subprocess.Popen, marker: str, lines: list[str]) -> str:
     for line in process.stdout:
         lines.append(line)
@@ -182,13 +203,7 @@ def _read_until(process: subprocess.Popen, marker: str, lines: list[str]) -> str
 
 
 def test_the_command_registers_agents_serves_and_stops_cleanly_on_sigterm(recorder):
-    process = _command("--port", "0", "--agents", "2", "--opscore-url", recorder.url,
-                       env={"OPSCORE_API_KEY": API_KEY, "OPSCORE_WEBHOOK_SECRET": WEBHOOK_SECRET})
-    watchdog = threading.Timer(30, process.kill)
-    watchdog.start()
-    try:
-        lines: list[str] = []
-        url = _read_until(process, "listening on", lines).split("listening on ")[1].split()[0]
+    with _serving("--agents", "2", recorder=recorder) as (process, url, lines):
         requests = recorder.wait_for(4)
         assert sorted(r.path.rsplit("/", 1)[-1] for r in requests) == ["notify", "notify", "state", "state"]
         assert all(r.headers.get("Authorization") == f"Bearer {API_KEY}" for r in recorder.reports())
@@ -201,9 +216,6 @@ def test_the_command_registers_agents_serves_and_stops_cleanly_on_sigterm(record
         assert process.returncode == 0
         assert "stopped" in output
         assert ("".join(lines) + output).count("register agent=") == 2
-    finally:
-        watchdog.cancel()
-        process.kill()
 
 
 def test_the_command_refuses_bad_options_with_the_reason():
@@ -220,22 +232,11 @@ def test_known_agents_are_registered_before_the_first_request_is_served(recorder
     known = tmp_path / "known.json"
     known.write_text(json.dumps({"agents": [{"agentId": "kept-1", "capabilities": ["fetch"]},
                                             {"agentId": "kept-2", "agentName": "Kept"}], "initial_idle": True}))
-    process = _command("--port", "0", "--known-agents", str(known), "--opscore-url", recorder.url,
-                       env={"OPSCORE_API_KEY": API_KEY, "OPSCORE_WEBHOOK_SECRET": WEBHOOK_SECRET})
-    watchdog = threading.Timer(30, process.kill)
-    watchdog.start()
-    try:
-        lines: list[str] = []
-        url = _read_until(process, "listening on", lines).split("listening on ")[1].split()[0]
+    with _serving("--known-agents", str(known), recorder=recorder) as (_, url, lines):
         assert "".join(lines).count("register agent=") == 2  # both before the server took a request
         agents = {a["agentId"]: a for a in httpx.get(f"{url}/_standin/agents").json()["agents"]}
         assert set(agents) == {"kept-1", "kept-2"} and agents["kept-1"]["capabilities"] == ["fetch"]
         assert httpx.post(f"{url}/v1/agents/kept-2/run", json=run_message()).status_code == 202
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=20)
-    finally:
-        watchdog.cancel()
-        process.kill()
 
 
 @pytest.mark.parametrize("content, reason", [
@@ -253,3 +254,45 @@ def test_a_bad_known_agents_file_is_refused_with_the_reason(tmp_path, content, r
 
     assert process.returncode == 2
     assert reason in output
+
+
+def test_an_agent_with_a_fixed_outcome_loses_every_run_until_told_otherwise(standin, recorder):
+    created = httpx.post(f"{standin.url}/_standin/agents", json={
+        "agents": [{"agentId": "loser", "outcome": "lose"}], "webhook": False, "initial_idle": False})
+    assert created.status_code == 201 and created.json()["agents"][0]["outcome"] == "lose"
+    for attempt in (1, 2):
+        assert httpx.post(f"{standin.url}/v1/agents/loser/run",
+                          json=run_message(attempt=attempt)).status_code == 202
+    assert standin.wait_quiet()
+    assert recorder.reports() == [] and standin.stats()["lost_forwards"] == 2
+    changed = httpx.patch(f"{standin.url}/_standin/agents/loser", json={"outcome": None})
+    assert changed.status_code == 200 and changed.json()["outcome"] is None
+    assert httpx.post(f"{standin.url}/v1/agents/loser/run", json=run_message(attempt=3)).status_code == 202
+    assert recorder.wait_for(2) and recorder.states("loser") == ["active", "idle"]
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"outcome": "explode"}, 400, "outcome: expected one of complete, fail, lose or null"),
+    ({"outcome": "lose", "extra": 1}, 400, 'expected {"outcome"'),
+    ([], 400, 'expected {"outcome"'),
+])
+def test_setting_an_agents_outcome_refuses_bad_bodies(standin, body, status, message):
+    standin.register(agent_id="a1", webhook=False, initial_idle=False)
+    response = httpx.patch(f"{standin.url}/_standin/agents/a1", json=body)
+    assert response.status_code == status and message in response.json()["detail"]
+    assert httpx.patch(f"{standin.url}/_standin/agents/nobody", json={"outcome": "lose"}).status_code == 404
+    bad = httpx.post(f"{standin.url}/_standin/agents", json={"agents": [{"outcome": "explode"}]})
+    assert bad.status_code == 400 and "agents[0].outcome: expected one of complete, fail, lose" in bad.text
+
+
+def test_the_command_gives_capability_sets_in_turn_and_forgets_agents(recorder):
+    with _serving("--agents", "3", "--capability-sets", "fetch,summarise;publish", "--forgotten-agents", "1",
+                  recorder=recorder) as (process, url, lines):
+        _read_until(process, "deregister agent=", lines)
+        agents = httpx.get(f"{url}/_standin/agents").json()["agents"]
+        assert [a["capabilities"] for a in agents] == [["fetch", "summarise"], ["publish"], ["fetch", "summarise"]]
+        reported = {r.path.split("/")[4] for r in recorder.wait_for(8) if "/state" in r.path}
+        forgotten = reported - {a["agentId"] for a in agents}
+        assert len(forgotten) == 1  # it reported and announced itself, and AgentKit no longer knows it
+        assert httpx.post(f"{url}/v1/agents/{forgotten.pop()}/run", json=run_message()).status_code == 404
+        assert not [r for r in recorder.webhooks() if r.json()["event_type"] == "DEREGISTER"]

@@ -244,6 +244,7 @@ def many_sessions():
 
 # Every list page refreshes itself, so each is bounded both whole and as its polled partial.
 POLLED_LIST_PAGES = ["sessions:dashboard", "agents:agent-list", "sessions:session-list", "sessions:failure-list",
+                     "sessions:attention",
                      "workflows:workflow-list", "agents:apikey-list"]
 
 

@@ -235,3 +235,25 @@ def test_the_main_path_is_walked_by_one_function_for_specs_and_snapshots():
     assert main_path({"tasks": [{"taskId": "a", "nextTaskId": "b"}, {"taskId": "b", "nextTaskId": "a"}]}) == ["a", "b"]
     assert main_path({"tasks": [{"taskId": "a", "nextTaskId": "gone"}]}) == ["a"]
     assert main_path({}) == []
+
+
+def test_routing_fields_default_to_failover_and_the_setting():
+    step = validate_definition(two_step_spec()).first_step
+    assert step.queueTimeoutSeconds is None and step.pinToSessionAgent is False
+    step = validate_definition(two_step_spec(queueTimeoutSeconds=90, pinToSessionAgent=True)).first_step
+    assert step.queueTimeoutSeconds == 90 and step.pinToSessionAgent is True
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("queueTimeoutSeconds", 0, "greater than or equal to 1"),
+    ("queueTimeoutSeconds", 10**9, "less than or equal to 604800"),
+    ("queueTimeoutSeconds", 1.5, "a whole number of seconds"),
+    ("queueTimeoutSeconds", "60", "a whole number of seconds"),
+    ("pinToSessionAgent", "yes", "pinToSessionAgent must be true or false"),
+    ("pinToSessionAgent", 1, "pinToSessionAgent must be true or false"),
+])
+def test_it_names_bad_routing_fields(field, value, message):
+    with pytest.raises(SpecError) as caught:
+        validate_definition(two_step_spec(**{field: value}))
+    assert list(caught.value.errors) == [f"tasks.0.{field}"]
+    assert message in " ".join(caught.value.errors[f"tasks.0.{field}"])

@@ -31,13 +31,17 @@ class Command(OpsCommand):
         found = sweeps.scheduler_preview(now=now, limit=limit)
         self.stdout.write(f"{len(found['retries_due'])} due retry(s), {len(found['timed_out'])} overdue attempt(s), "
                           f"{len(found['requeued'])} queued task(s) with a lost job "
-                          f"(no job for {settings.OPSCORE_LOST_JOB_SECONDS}s)")
+                          f"(no job for {settings.OPSCORE_LOST_JOB_SECONDS}s)"
+                          + (f", {len(found['queue_timeouts'])} waited past their queue deadline"
+                             if found["queue_timeouts"] else ""))
         for task in found["retries_due"]:
             self.stdout.write(f"  retry    {task.pk}  {task.step_id}  agent {task.agent_id}  "
                               f"attempt {task.attempt}  due {task.next_attempt_at:%Y-%m-%d %H:%M:%S}")
         for task in found["timed_out"]:
             self.stdout.write(f"  overdue  {task.pk}  {task.step_id}  agent {task.agent_id}  "
                               f"attempt {task.attempt}  due {task.timeout_at:%Y-%m-%d %H:%M:%S}")
+        for task in found["queue_timeouts"]:
+            self.stdout.write(f"  waited   {task.pk}  {task.step_id}  {task.routing_note}")
         for task in found["requeued"]:
             enqueued = f"{task.enqueued_at:%Y-%m-%d %H:%M:%S}" if task.enqueued_at else "never"
             self.stdout.write(f"  lost     {task.pk}  {task.step_id}  agent {task.agent_id}  enqueued {enqueued}")
