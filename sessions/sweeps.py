@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from agents.models import Agent
 from opscore_site import metrics
@@ -124,6 +125,7 @@ def scheduler_tick(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> 
         ("retries_due", lambda: sweep_due_retries(now=now, limit=limit)),
         ("timed_out", lambda: sweep_timeouts(now=now, limit=limit)),
         ("requeued", lambda: len(sweep_lost_jobs(now=now, limit=limit))),
+        ("alerts_fired", lambda: import_string("alerts.evaluate.run")(now=now)),  # alerts/evaluate.py
     )
     for name, sweep in sweeps:
         try:
