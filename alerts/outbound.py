@@ -7,7 +7,6 @@ permanent; timeouts, connection errors, 5xx, 429 and a mail server that does not
 
 from __future__ import annotations
 
-import os
 import smtplib
 import socket
 import time
@@ -17,6 +16,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 
 from agents.webhook import sign
+from opscore_site.httpclient import pooled_client
 
 TIMEOUT_SECONDS = 10.0
 TIMESTAMP_HEADER = "X-Opscore-Timestamp"
@@ -34,18 +34,8 @@ class AlertSendError(Exception):
         self.http_status = http_status
 
 
-_clients: dict[int, httpx.Client] = {}
-
-
 def _client() -> httpx.Client:
-    # One pooled client per process; qcluster workers are forked and must not share sockets.
-    pid = os.getpid()
-    client = _clients.get(pid)
-    if client is None:
-        _clients.clear()
-        client = httpx.Client(follow_redirects=False)
-        _clients[pid] = client
-    return client
+    return pooled_client("alerts")
 
 
 def signature_headers(*, secret: str, body: bytes, now: float | None = None) -> dict[str, str]:
