@@ -24,13 +24,13 @@ class AlertRuleAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
 
 @admin.register(AlertDelivery)
 class AlertDeliveryAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "rule", "channel", "attempt", "outcome", "http_status", "created_at", "sent_at", "is_test")
-    list_filter = ("outcome", "channel", "is_test")
+    list_display = ("id", "rule", "channel", "attempt", "result", "http_status", "created_at", "sent_at", "is_test")
+    list_filter = ("result", "channel", "is_test")
     list_select_related = ("rule",)
     raw_id_fields = ("rule",)
     search_fields = ("error",)
     show_full_result_count = False
-    readonly_fields = ("rule", "channel", "is_test", "attempt", "outcome", "payload", "http_status", "error",
+    readonly_fields = ("rule", "channel", "is_test", "attempt", "result", "payload", "http_status", "error",
                        "created_at", "next_attempt_at", "sent_at")
 
     def has_add_permission(self, request) -> bool:

@@ -65,7 +65,7 @@ class AlertRule(models.Model):
 class AlertDelivery(models.Model):
     """One attempt to send one alert through its rule's channel, with its outcome."""
 
-    class Outcome(models.TextChoices):
+    class Result(models.TextChoices):
         PENDING = "pending"  # enqueued, not yet sent
         SENDING = "sending"  # claimed by a job; the request is under way (or its worker died)
         RETRY_SCHEDULED = "retry_scheduled"  # due at next_attempt_at (the scheduler enqueues it)
@@ -76,7 +76,7 @@ class AlertDelivery(models.Model):
     channel = models.CharField(max_length=16, choices=AlertRule.Channel.choices)
     is_test = models.BooleanField(default=False)
     attempt = models.PositiveIntegerField(default=1)
-    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING)
+    result = models.CharField(max_length=16, choices=Result.choices, default=Result.PENDING)
     payload = models.JSONField(help_text="What the alert says (the webhook's body).")
     http_status = models.PositiveIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
@@ -88,8 +88,8 @@ class AlertDelivery(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["rule", "-created_at"], name="alertdelivery_rule_created_idx"),
-            models.Index(fields=["outcome", "next_attempt_at"], name="alertdelivery_due_idx"),
+            models.Index(fields=["result", "next_attempt_at"], name="alertdelivery_due_idx"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.rule} attempt {self.attempt}: {self.outcome}"
+        return f"{self.rule} attempt {self.attempt}: {self.result}"

@@ -102,17 +102,17 @@ def delivery_send(*, delivery_id: int) -> str:
 
     Safe to run twice (django-q2 delivers at least once): only a `pending` row is claimed.
     """
-    if not AlertDelivery.objects.filter(pk=delivery_id, outcome=AlertDelivery.Outcome.PENDING).update(
-            outcome=AlertDelivery.Outcome.SENDING):
+    if not AlertDelivery.objects.filter(pk=delivery_id, result=AlertDelivery.Result.PENDING).update(
+            result=AlertDelivery.Result.SENDING):
         return "skipped"
     delivery = AlertDelivery.objects.select_related("rule").get(pk=delivery_id)
     try:
         status = _send(delivery.rule, delivery.channel, delivery.payload)
     except outbound.AlertSendError as exc:
         return _delivery_failed(delivery, exc)
-    AlertDelivery.objects.filter(pk=delivery.pk).update(outcome=AlertDelivery.Outcome.SENT, http_status=status,
+    AlertDelivery.objects.filter(pk=delivery.pk).update(result=AlertDelivery.Result.SENT, http_status=status,
                                                         sent_at=timezone.now())
-    return AlertDelivery.Outcome.SENT
+    return AlertDelivery.Result.SENT
 
 
 def _delivery_failed(delivery: AlertDelivery, exc: outbound.AlertSendError) -> str:
@@ -120,29 +120,29 @@ def _delivery_failed(delivery: AlertDelivery, exc: outbound.AlertSendError) -> s
     last = exc.permanent or delivery.attempt >= MAX_ATTEMPTS
     with transaction.atomic():
         AlertDelivery.objects.filter(pk=delivery.pk).update(
-            outcome=AlertDelivery.Outcome.FAILED, http_status=exc.http_status, error=exc.message[:2000],
+            result=AlertDelivery.Result.FAILED, http_status=exc.http_status, error=exc.message[:2000],
             sent_at=now)
         if not last:
             AlertDelivery.objects.create(
                 rule=delivery.rule, channel=delivery.channel, is_test=delivery.is_test,
-                attempt=delivery.attempt + 1, outcome=AlertDelivery.Outcome.RETRY_SCHEDULED,
+                attempt=delivery.attempt + 1, result=AlertDelivery.Result.RETRY_SCHEDULED,
                 payload=delivery.payload, created_at=now,
                 next_attempt_at=now + timedelta(seconds=RETRY_BASE_SECONDS * 2 ** (delivery.attempt - 1)))
     logger.warning("alert delivery %s (rule %s, attempt %s) failed%s: %s", delivery.pk, delivery.rule_id,
                    delivery.attempt, "" if last else "; retry scheduled", exc.message)
-    return AlertDelivery.Outcome.FAILED
+    return AlertDelivery.Result.FAILED
 
 
 def deliveries_enqueue_due(*, now: datetime, limit: int = 100) -> int:
     """Enqueue the retries that are due (called by the scheduler's pass); the count enqueued."""
-    due = list(AlertDelivery.objects.filter(outcome=AlertDelivery.Outcome.RETRY_SCHEDULED,
+    due = list(AlertDelivery.objects.filter(result=AlertDelivery.Result.RETRY_SCHEDULED,
                                             next_attempt_at__lte=now).values_list("pk", flat=True)[:limit])
     enqueued = 0
     for pk in due:
         with transaction.atomic():
             # Compare-and-set: several schedulers may see the same due row.
-            if AlertDelivery.objects.filter(pk=pk, outcome=AlertDelivery.Outcome.RETRY_SCHEDULED).update(
-                    outcome=AlertDelivery.Outcome.PENDING):
+            if AlertDelivery.objects.filter(pk=pk, result=AlertDelivery.Result.RETRY_SCHEDULED).update(
+                    result=AlertDelivery.Result.PENDING):
                 _enqueue(AlertDelivery(pk=pk))
                 enqueued += 1
     return enqueued

@@ -22,7 +22,7 @@ from tests.sessions.factories import SessionFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the job is enqueued on commit
 
-O = AlertDelivery.Outcome
+O = AlertDelivery.Result
 
 
 def _failed_session(**kwargs) -> Session:
@@ -57,7 +57,7 @@ def test_it_fires_once_per_interval_and_the_signature_verifies(q_sync, receiver)
     rule.refresh_from_db()
     assert rule.last_fired_at == now
     sent = AlertDelivery.objects.get()
-    assert (sent.outcome, sent.http_status, sent.attempt, sent.channel) == (O.SENT, 200, 1, "webhook")
+    assert (sent.result, sent.http_status, sent.attempt, sent.channel) == (O.SENT, 200, 1, "webhook")
 
     # After the interval: one alert for what happened while it was quiet.
     assert evaluate.run(now=now + timedelta(minutes=5, seconds=1)) == 1
@@ -95,21 +95,21 @@ def test_it_retries_a_failing_receiver_with_backoff_and_records_each_attempt(q_s
 
     evaluate.run(now=timezone.now())
     first = AlertDelivery.objects.get(attempt=1)
-    assert (first.outcome, first.http_status, first.attempt) == (O.FAILED, 500, 1)
+    assert (first.result, first.http_status, first.attempt) == (O.FAILED, 500, 1)
     assert "500" in first.error
-    retry = AlertDelivery.objects.get(outcome=O.RETRY_SCHEDULED)
+    retry = AlertDelivery.objects.get(result=O.RETRY_SCHEDULED)
     assert retry.attempt == 2 and retry.next_attempt_at > timezone.now()
 
     evaluate.run(now=timezone.now())  # not due yet
     assert len(receiver.received) == 1
     evaluate.run(now=retry.next_attempt_at + timedelta(seconds=1))
-    third = AlertDelivery.objects.get(outcome=O.RETRY_SCHEDULED)
+    third = AlertDelivery.objects.get(result=O.RETRY_SCHEDULED)
     assert third.attempt == 3
     assert third.next_attempt_at - third.created_at > retry.next_attempt_at - retry.created_at  # backoff grows
     evaluate.run(now=third.next_attempt_at + timedelta(seconds=1))
 
     assert len(receiver.received) == 3
-    rows = list(rule.deliveries.order_by("attempt").values_list("attempt", "outcome", "http_status"))
+    rows = list(rule.deliveries.order_by("attempt").values_list("attempt", "result", "http_status"))
     assert rows == [(1, O.FAILED, 500), (2, O.FAILED, 503), (3, O.SENT, 200)]
     assert receiver.received[0].body == receiver.received[2].body  # the same alert each time
 
@@ -123,7 +123,7 @@ def test_it_stops_after_the_last_attempt(q_sync, receiver, monkeypatch):
     evaluate.run(now=timezone.now() + timedelta(minutes=1))
     evaluate.run(now=timezone.now() + timedelta(minutes=2))
     assert len(receiver.received) == 2
-    assert list(AlertDelivery.objects.values_list("outcome", flat=True)) == [O.FAILED, O.FAILED]
+    assert list(AlertDelivery.objects.values_list("result", flat=True)) == [O.FAILED, O.FAILED]
     assert MAX_ATTEMPTS > 2
 
 
@@ -133,7 +133,7 @@ def test_a_permanent_refusal_is_not_retried(q_sync, receiver):
     _failed_session()
     evaluate.run(now=timezone.now())
     delivery = AlertDelivery.objects.get()
-    assert (delivery.outcome, delivery.http_status) == (O.FAILED, 404)
+    assert (delivery.result, delivery.http_status) == (O.FAILED, 404)
     assert "receiver says no" in delivery.error
 
 
@@ -143,9 +143,9 @@ def test_an_unreachable_receiver_is_a_transient_failure(q_sync, receiver):
     receiver.server.server_close()
     _failed_session()
     evaluate.run(now=timezone.now())
-    failed = AlertDelivery.objects.get(outcome=O.FAILED)
+    failed = AlertDelivery.objects.get(result=O.FAILED)
     assert failed.http_status is None and "unreachable" in failed.error
-    assert rule.deliveries.filter(outcome=O.RETRY_SCHEDULED).exists()
+    assert rule.deliveries.filter(result=O.RETRY_SCHEDULED).exists()
 
 
 def test_it_emails_through_django_mail(q_sync, settings):
@@ -162,7 +162,7 @@ def test_it_emails_through_django_mail(q_sync, settings):
     assert message.subject == f"[Ops-Core] {rule.name}: 1 session(s) failed"
     assert str(session.pk) in message.body
     delivery = AlertDelivery.objects.get()
-    assert (delivery.outcome, delivery.http_status) == (O.SENT, None)
+    assert (delivery.result, delivery.http_status) == (O.SENT, None)
 
 
 def test_a_disabled_rule_never_fires(q_sync, receiver):
