@@ -203,6 +203,7 @@ class Handler(BaseHTTPRequestHandler):
             ("/_standin/stats/reset", {"POST": self.reset_stats}),
             ("/_standin/config", {get: self.get_config, "POST": self.set_config, "PATCH": self.set_config}),
             ("/_standin/agents", {get: self.list_agents, "POST": self.register_agents}),
+            ("/_standin/alerts", {get: self.list_alerts, "POST": self.receive_alert}),
             (CONTROL_REPORT, {"POST": self.send_report}),
             (CONTROL_AGENT, {get: self.get_agent, "DELETE": self.deregister, "PATCH": self.set_agent}),
         ]
@@ -253,6 +254,15 @@ class Handler(BaseHTTPRequestHandler):
         self._body()
         self.standin.reset_stats()
         return 200, self.standin.stats()
+
+    def receive_alert(self, query: dict) -> tuple[int, Any]:
+        """The demo's alert receiver: Ops-Core's webhook or Slack-format alerts, logged and kept."""
+        self.standin.receive_alert(self._json_body(), dict(self.headers.items()))
+        return 200, {"received": True}
+
+    def list_alerts(self, query: dict) -> tuple[int, Any]:
+        self._body()
+        return 200, {"alerts": self.standin.alerts()}
 
     def get_config(self, query: dict) -> tuple[int, Any]:
         self._body()

@@ -141,6 +141,7 @@ class StandIn:
         self._agents: dict[str, Agent] = {}
         self._registered = 0  # numbers agent names; never reused
         self._stats = Stats()
+        self._alerts: list[dict[str, Any]] = []  # the demo's alert receiver (POST /_standin/alerts), newest last
         self._rng = random.Random(self.config.seed)
         self._stopping = threading.Event()
         self._jobs: set[threading.Thread] = set()
@@ -296,6 +297,17 @@ class StandIn:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return self._stats.snapshot(self._agents)
+
+    def receive_alert(self, body: Any, headers: dict[str, str]) -> None:
+        """Keep (the last 100) and log an alert Ops-Core sent: the demo's example rule points here."""
+        title = body.get("title") if isinstance(body, dict) else None
+        with self._lock:
+            self._alerts = [*self._alerts[-99:], {"body": body, "signature": headers.get("X-Opscore-Signature")}]
+        logger.info("ALERT received: %s", title or body)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._alerts)
 
     def reset_stats(self) -> None:
         with self._lock:

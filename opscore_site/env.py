@@ -86,6 +86,14 @@ class OpscoreEnv(BaseSettings):
     # Read by prometheus-client itself at import; declared here so start-up can check the directory.
     PROMETHEUS_MULTIPROC_DIR: str = ""
 
+    # Outgoing mail: alert rules with the email channel
+    EMAIL_HOST: str = "localhost"
+    EMAIL_PORT: int = Field(default=25, ge=1, le=65535)
+    EMAIL_HOST_USER: str = ""
+    EMAIL_HOST_PASSWORD: str = ""
+    EMAIL_USE_TLS: bool = False
+    DEFAULT_FROM_EMAIL: str = "opscore@localhost"
+
     # django-q2
     Q_WORKERS: int = Field(default=4, ge=1)
     Q_TIMEOUT: int = Field(default=60, ge=1)

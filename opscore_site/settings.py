@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "agents",
     "workflows",
     "sessions.apps.SessionsConfig",
+    "alerts",
     "ui",
 ]
 
@@ -292,6 +293,16 @@ AGENTKIT_API_KEY = ENV.AGENTKIT_API_KEY
 AGENTKIT_TIMEOUT_SECONDS = ENV.AGENTKIT_TIMEOUT_SECONDS
 OPSCORE_METRICS_TOKEN = ENV.OPSCORE_METRICS_TOKEN
 OPSCORE_METRICS_ALLOWED_IPS = ENV.OPSCORE_METRICS_ALLOWED_IPS
+
+# Outgoing mail (alert rules with the email channel): Django's SMTP backend (tests swap in locmem).
+MAILERS = {
+    "default": {
+        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "OPTIONS": {"host": ENV.EMAIL_HOST, "port": ENV.EMAIL_PORT, "username": ENV.EMAIL_HOST_USER,
+                    "password": ENV.EMAIL_HOST_PASSWORD, "use_tls": ENV.EMAIL_USE_TLS, "timeout": 10},
+    },
+}
+DEFAULT_FROM_EMAIL = ENV.DEFAULT_FROM_EMAIL
 
 # django-q2 on the ORM broker of the default database (on PostgreSQL its LISTEN/NOTIFY
 # subclass, sessions/broker.py: an idle cluster wakes at a job's commit instead of

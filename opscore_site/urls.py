@@ -25,6 +25,7 @@ urlpatterns = [
     path("", include("sessions.urls")),
     path("", include("sessions.agent_urls")),
     path("", include("workflows.urls")),
+    path("", include("alerts.urls")),
 ]
 
 # JSON errors under /v1/ (opscore_site/api.py); Django's own pages elsewhere.

@@ -27,3 +27,8 @@ class SessionsConfig(AppConfig):
         from sessions.gauges import FleetGauges
 
         metrics.register_collector(FleetGauges())
+        # The workflow page's step graph, with figures from the sessions (workflows does not import sessions).
+        from sessions.charts import workflow_step_graph
+        from workflows.figures import register_step_graph
+
+        register_step_graph(workflow_step_graph)

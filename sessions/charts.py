@@ -163,3 +163,78 @@ def session_timeline(*, session: Session, tasks: list[Task], now: datetime):
 
 def _seconds(start: datetime, end: datetime) -> str:
     return f"{max((end - start).total_seconds(), 0):.2f} s"
+
+
+AGENT_TIMELINE_TASKS = 200
+
+
+def agent_timeline(*, agent, history: list, now: datetime):
+    """The agent's state strip (from its reports, by server receive time) over the span the shown history
+    covers, with the tasks it ran in that span on a second row; and the time spent in each state."""
+    reports = sorted(history, key=lambda r: r.received_at)
+    if not reports:
+        return None, []
+    start = max(reports[0].received_at, now - timedelta(days=7))
+    bars, spent = [], defaultdict(float)
+    for report, following in zip(reports, [*reports[1:], None]):
+        stop = following.received_at if following else now
+        if stop <= start:
+            continue
+        begin = max(report.received_at, start)
+        spent[report.state] += (stop - begin).total_seconds()
+        bars.append(Bar(begin, stop, report.state, f"{report.state} from {begin:%H:%M:%S}, {_seconds(begin, stop)}"))
+    tasks = list(Task.objects.filter(agent=agent, dispatched_at__isnull=False, dispatched_at__lte=now)
+                 .exclude(finished_at__lt=start).order_by("-dispatched_at")
+                 .only("id", "step_id", "status", "dispatched_at", "finished_at", "session_id")[:AGENT_TIMELINE_TASKS])
+    task_bars = [Bar(t.dispatched_at, t.finished_at or now, t.status,
+                     f"{t.step_id} ({t.status}) of session {t.session_id}, {_seconds(t.dispatched_at, t.finished_at or now)}")
+                 for t in reversed(tasks)]
+    total = sum(spent.values()) or 1.0
+    shares = [(state, seconds, 100 * seconds / total) for state, seconds in sorted(spent.items(), key=lambda i: -i[1])]
+    chart = timeline(rows=[Row("state", bars), Row(f"tasks ({len(tasks)})", task_bars)], start=start,
+                     end=max(now, start + timedelta(seconds=1)), title="State timeline and the tasks it ran",
+                     testid="agent-timeline")
+    return chart, shares
+
+
+WORKFLOW_FIGURES_TASKS = 2000
+
+
+def _p(values: list[float], q: float) -> str:
+    return f"{_quantile(sorted(values), q):.2f} s" if values else "—"
+
+
+def workflow_step_graph(*, spec) -> object:
+    """The workflow's steps as a graph (next and fallback edges) with per-step figures from the latest
+    WORKFLOW_FIGURES_TASKS tasks of its sessions: runs, failure rate, retries, duration p50/p95."""
+    from ui.svg import Edge, Node, step_graph
+
+    rows = (Task.objects.filter(session__workflow_id=spec.id).order_by("-created_at")
+            .values_list("step_id", "status", "attempt", "dispatched_at", "finished_at")[:WORKFLOW_FIGURES_TASKS])
+    stats: dict[str, dict] = defaultdict(lambda: {"runs": 0, "ended": 0, "dead": 0, "retries": 0, "durations": []})
+    for step_id, status, attempt, dispatched_at, finished_at in rows:
+        s = stats[step_id]
+        s["runs"] += 1
+        s["retries"] += max(attempt - 1, 0)
+        if status in (Task.Status.COMPLETED, Task.Status.DEAD):
+            s["ended"] += 1
+            s["dead"] += status == Task.Status.DEAD
+        if status == Task.Status.COMPLETED and dispatched_at and finished_at:
+            s["durations"].append((finished_at - dispatched_at).total_seconds())
+    nodes, edges = [], []
+    for step in spec.ordered_steps():
+        s = stats.get(step.taskId)
+        if s:
+            rate = 100 * s["dead"] / s["ended"] if s["ended"] else 0.0
+            figures = (f"runs {s['runs']} · failed {rate:.0f}% · retries {s['retries']} · "
+                       f"p50 {_p(s['durations'], 0.5)} · p95 {_p(s['durations'], 0.95)}")
+            kind = "failing" if rate >= 20 else ""
+        else:
+            figures, kind = "no runs yet", ""
+        nodes.append(Node(step.taskId, f"{step.name or step.taskId} ({step.taskId})", figures, kind))
+        if step.nextTaskId:
+            edges.append(Edge(step.taskId, step.nextTaskId, "next"))
+        if step.fallbackTaskId:
+            edges.append(Edge(step.taskId, step.fallbackTaskId, "fallback"))
+    return step_graph(nodes=nodes, edges=edges, title="Steps: next and fallback, with figures from recent sessions",
+                      testid="workflow-graph")

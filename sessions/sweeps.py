@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from agents.models import Agent
 from opscore_site import metrics
@@ -174,6 +175,7 @@ def scheduler_tick(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> 
         ("queue_timeouts", lambda: sweep_queue_timeouts(now=now, limit=limit)),
         ("requeued", lambda: len(sweep_lost_jobs(now=now, limit=limit)) + len(sweep_waiting(now=now, limit=limit))
          + sweep_stuck_probes(limit=limit)),
+        ("alerts_fired", lambda: import_string("alerts.evaluate.run")(now=now)),  # alerts/evaluate.py
     )
     for name, sweep in sweeps:
         try:

@@ -131,10 +131,14 @@ def agent_list(request: HttpRequest) -> HttpResponse:
 @viewer_required
 def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
     agent = get_object_or_404(Agent.objects.select_related("drained_by", "quarantined_by"), pk=agent_id)
+    history = list(agent.state_history.all()[:HISTORY_LIMIT])
+    timeline, time_in_state = charts.agent_timeline(agent=agent, history=history, now=timezone.now())
     context = {
         "agent": agent,
         "is_stale": agent.is_stale(),
-        "history": agent.state_history.all()[:HISTORY_LIMIT],
+        "history": history,
+        "timeline": timeline,
+        "time_in_state": time_in_state,
         "in_flight": Task.objects.filter(agent=agent, status__in=Task.IN_FLIGHT).select_related("session").first(),
         "queued_count": Task.objects.filter(agent=agent, status=Task.Status.QUEUED).count(),
         "sessions": Session.objects.filter(agent=agent).order_by("-created_at")[:RECENT_SESSIONS],

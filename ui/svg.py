@@ -138,3 +138,65 @@ def _span_text(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One step of a graph: its id, a title and a line of figures under it."""
+
+    id: str
+    title: str
+    figures: str = ""
+    kind: str = ""  # an extra CSS class (e.g. "failing")
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    kind: str  # "next" or "fallback" (a CSS class)
+
+
+NODE_W, NODE_H, NODE_GAP = 360, 44, 26
+
+
+def step_graph(*, nodes: Sequence[Node], edges: Sequence[Edge], title: str, testid: str = "") -> SafeString:
+    """Steps as boxes in one column (in `nodes` order), `next` edges on the left, `fallback` edges (dashed)
+    curving on the right; an edge to the box just below is a straight arrow."""
+    left = (WIDTH - NODE_W) // 2
+    position = {node.id: index for index, node in enumerate(nodes)}
+    height = TOP * 2 + len(nodes) * NODE_H + max(len(nodes) - 1, 0) * NODE_GAP
+
+    def top(index: int) -> int:
+        return TOP + index * (NODE_H + NODE_GAP)
+
+    parts = [mark_safe(
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path class="arrowhead" d="M 0 0 L 10 5 L 0 10 z"/></marker></defs>')]
+    for edge in edges:
+        if edge.source not in position or edge.target not in position:
+            continue
+        a, b = position[edge.source], position[edge.target]
+        if b == a + 1 and edge.kind == "next":
+            x = left + NODE_W / 2
+            d = f"M {x} {top(a) + NODE_H} L {x} {top(b) - 2}"
+        else:
+            side = left + NODE_W if edge.kind == "fallback" else left
+            bulge = (60 + 12 * abs(b - a)) * (1 if edge.kind == "fallback" else -1)
+            y1, y2 = top(a) + NODE_H / 2, top(b) + NODE_H / 2
+            d = f"M {side} {y1} C {side + bulge} {y1}, {side + bulge} {y2}, {side + (2 if bulge > 0 else -2)} {y2}"
+        parts.append(format_html('<path class="edge {}" d="{}" marker-end="url(#arrow)"><title>{} → {} ({})</title>'
+                                 '</path>', edge.kind, d, edge.source, edge.target, edge.kind))
+    for index, node in enumerate(nodes):
+        y = top(index)
+        parts.append(format_html(
+            '<g class="node {}" data-step="{}"><rect x="{}" y="{}" width="{}" height="{}" rx="5"/>'
+            '<text class="node-title" x="{}" y="{}">{}</text><text class="node-figures" x="{}" y="{}">{}</text></g>',
+            node.kind, node.id, left, y, NODE_W, NODE_H, left + 8, y + 17, node.title[:40], left + 8, y + 35,
+            node.figures))
+    return format_html(
+        '<figure class="chart"{}><figcaption>{} <span class="legend next">next</span>'
+        '<span class="legend fallback">fallback</span></figcaption>'
+        '<svg viewBox="0 0 {} {}" width="100%" role="img" aria-label="{}">{}</svg></figure>',
+        mark_safe(f' data-testid="{testid}"') if testid else "", title, WIDTH, height, title,
+        mark_safe("".join(parts)))

@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from ui.permissions import actor_required, viewer_required
 from ui.rendering import paginate, query_without_page, render_page
 from opscore_site.filters import page_filter
+from workflows import figures
 from workflows.filters import WorkflowFilter
 from workflows.forms import SpecForm
 from workflows.models import WorkflowDefinition
@@ -43,6 +44,7 @@ def workflow_detail(request: HttpRequest, workflow_id: str) -> HttpResponse:
         "definition": definition,
         "spec": spec,
         "steps": spec.ordered_steps(),
+        "graph": figures.step_graph(spec=spec),
         "revisions": definition.revisions.select_related("created_by")[:10],
     }
     return render(request, "workflows/workflowdefinition_detail.html", context)

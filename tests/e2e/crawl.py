@@ -17,6 +17,7 @@ import httpx
 SESSION_LINK = re.compile(r'href="(/sessions/[0-9a-f-]{36}/)"')
 AGENT_LINK = re.compile(r'href="(/agents/(?!\?)[^"/]+/)"')
 WORKFLOW_LINK = re.compile(r'href="(/workflows/(?!new/|import/|\?)[^"/]+/)"')
+ALERT_LINK = re.compile(r'href="(/alerts/\d+/)"')
 ADMIN_CHANGELIST = re.compile(r'href="(/admin/\w+/\w+/)"')
 ADMIN_ADD = re.compile(r'href="(/admin/\w+/\w+/add/)"')
 ADMIN_CHANGE = re.compile(r'href="(/admin/\w+/\w+/[^"/]+/change/)"')
@@ -36,6 +37,7 @@ LIST_PAGES = [
     "/failures/", "/failures/?status=failed", "/failures/?status=dead", "/failures/?q=error", "/failures/?step=x",
     "/workflows/", "/workflows/?q=sample", "/workflows/new/", "/workflows/import/",
     "/api-keys/",
+    "/alerts/", "/alerts/new/",
     "/admin/",
     "/v1/opscore/docs", "/v1/opscore/redoc", "/v1/opscore/schema",
 ]
@@ -96,9 +98,13 @@ class Crawl:
         found["failed task's session"] = self.first("/failures/", SESSION_LINK)
         found["workflow"] = self.first("/workflows/", WORKFLOW_LINK)
         found["agent"] = self.first("/agents/?deregistered=all", AGENT_LINK)
+        found["alert rule"] = self.first("/alerts/", ALERT_LINK)
+        if found["alert rule"]:
+            self.get(found["alert rule"] + "edit/")
         if found["agent in flight"]:
             self.get(f"/agents/{found['agent in flight']}/")
-        for key in ("running session", "completed session", "failed task's session", "workflow", "agent"):
+        for key in ("running session", "completed session", "failed task's session", "workflow", "agent",
+                    "alert rule"):
             if found[key]:
                 self.get(found[key])
         if found["workflow"]:

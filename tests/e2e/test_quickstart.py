@@ -46,12 +46,27 @@ def crawl_every_operator_page(base: str, password: str, logs) -> None:
     assert not failed, "operator pages that did not answer 200:\n" + "\n".join(failed) + f"\n--- log:\n{logs()}"
     # The crawl reached what it must have: an agent with a task in flight, sessions running and done,
     # a workflow, and a change form of every admin changelist that has rows.
-    missing = [what for what in ("agent in flight", "running session", "completed session", "workflow", "agent")
+    missing = [what for what in ("agent in flight", "running session", "completed session", "workflow", "agent",
+                                 "alert rule")
                if not found[what]]
     assert not missing, f"the demo never showed: {missing}"
     admin_forms = [page for page in crawl.seen if page.endswith("/change/")]
     assert len(admin_forms) >= 6, f"admin change forms crawled: {admin_forms}"
     assert len(crawl.seen) >= 60, f"only {len(crawl.seen)} pages crawled: {sorted(crawl.seen)}"
+
+
+def alert_arrives(standin: str, logs) -> None:
+    """The demo's example alert rule (a step failed; the stand-in fails 10% of tasks) reaches the
+    receiver the demo runs, signed, within a minute or so of the first failure."""
+    def received():
+        return httpx.get(f"{standin}/_standin/alerts", timeout=5).json()["alerts"]
+
+    try:
+        alerts = wait_until(received, timeout=90, interval=2, what="an alert at the stand-in's receiver")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- log:\n{logs()}") from None
+    assert alerts[0]["body"]["title"].startswith("[Ops-Core] Demo: failing steps: step ")
+    assert alerts[0]["signature"]
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -113,6 +128,7 @@ def test_the_quickstart_completes_sessions_and_stops_cleanly(tmp_path, stop_sign
         password = demo_env(tmp_path / "demo.env")["OPSCORE_DEMO_PASSWORD"]
         if stop_signal == signal.SIGINT:  # once is enough: the demo is the same for both signals
             crawl_every_operator_page(base, password, logs)
+            alert_arrives(f"http://127.0.0.1:{agentkit_port}", logs)
         assert f"log in as:             operator / {password}" in printed
         assert f"http://127.0.0.1:{port}/" in printed
         running = watch.pids()

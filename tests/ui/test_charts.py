@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -92,3 +93,49 @@ def test_the_session_timeline_draws_the_wait_and_each_attempt(staff_client):
     assert '<rect class="bar failed"' in chart and "fetch attempt 1: failed, 10.00 s" in chart
     assert "fetch attempt 2: completed, 25.00 s" in chart
     assert "style=" not in chart
+
+
+def test_the_agent_page_draws_its_state_strip_with_the_tasks_it_ran(staff_client):
+    from agents.models import AgentState
+    from tests.agents.factories import AgentFactory
+    from tests.sessions.factories import SessionFactory, TaskFactory
+
+    now = timezone.now()
+    agent = AgentFactory()
+    for minutes, state in ((30, "idle"), (20, "active"), (10, "error"), (5, "idle")):
+        AgentState.objects.create(agent=agent, state=state, timestamp=now - timedelta(minutes=minutes),
+                                  received_at=now - timedelta(minutes=minutes))
+    task = TaskFactory(session=SessionFactory(agent=agent), agent=agent, step_id="crunch", status="completed",
+                       dispatched_at=now - timedelta(minutes=20), finished_at=now - timedelta(minutes=10))
+    html = staff_client.get(f"/agents/{agent.pk}/").content.decode()
+    chart = html[html.index('data-testid="agent-timeline"'):]
+    chart = chart[:chart.index("</figure>")]
+    assert chart.count('class="bar idle"') == 2 and chart.count('class="bar active"') == 1
+    assert chart.count('class="bar error"') == 1 and chart.count('class="bar completed"') == 1
+    assert f"crunch (completed) of session {task.session_id}" in chart
+    # 30 minutes shown: idle 10 + 5, active 10, error 5.
+    assert "idle 50% (900 s)" in html and "active 33% (600 s)" in html and "error 17% (300 s)" in html
+
+
+def test_the_workflow_page_draws_its_steps_with_next_and_fallback_edges_and_figures(staff_client):
+    from tests.sessions.factories import SessionFactory, TaskFactory
+    from tests.workflows.factories import WorkflowDefinitionFactory
+    from workflows.schema import validate_definition
+
+    spec = validate_definition({"id": "graphy", "name": "Graphy", "version": "1", "tasks": [
+        {"taskId": "a", "name": "Fetch", "nextTaskId": "b", "fallbackTaskId": "rescue"},
+        {"taskId": "b", "name": "Store", "nextTaskId": None},
+        {"taskId": "rescue", "name": "Rescue", "nextTaskId": None}]}, new_input=True)
+    definition = WorkflowDefinitionFactory(id="graphy", spec=spec.to_document())
+    now = timezone.now()
+    for seconds, status, attempt in ((1, "completed", 1), (3, "completed", 2), (0, "dead", 4)):
+        TaskFactory(session=SessionFactory(definition=definition), step_id="a", status=status, attempt=attempt,
+                    dispatched_at=now - timedelta(seconds=seconds), finished_at=now)
+    html = staff_client.get("/workflows/graphy/").content.decode()
+    graph = html[html.index('data-testid="workflow-graph"'):]
+    graph = graph[:graph.index("</figure>")]
+    assert [m for m in re.findall(r'data-step="([^"]+)"', graph)] == ["a", "b", "rescue"]
+    assert graph.count('class="edge next"') == 1 and graph.count('class="edge fallback"') == 1
+    assert "a → rescue (fallback)" in graph and "a → b (next)" in graph
+    assert "runs 3 · failed 33% · retries 4 · p50 2.00 s · p95 2.90 s" in graph
+    assert 'class="node failing"' in graph and "no runs yet" in graph

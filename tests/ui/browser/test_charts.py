@@ -51,3 +51,47 @@ def test_the_dashboard_and_a_session_draw_what_happened(logged_in, live_server, 
     expect(timeline.locator("rect.bar.failed")).to_have_count(1)
     expect(timeline.locator("title", has_text="s3 attempt 1: failed, 10.00 s")).to_have_count(1)
     timeline.screenshot(path=str(artifacts / "charts-session-timeline.png"))
+
+
+def test_an_agent_timeline_and_a_workflow_graph_draw_what_happened(logged_in, live_server, artifacts):
+    from agents.models import AgentState
+    from tests.agents.factories import AgentFactory
+    from tests.workflows.factories import WorkflowDefinitionFactory
+    from workflows.schema import validate_definition
+
+    now = timezone.now()
+    agent = AgentFactory(id="timeline-agent")
+    for minutes, state in ((40, "idle"), (35, "active"), (28, "idle"), (20, "active"), (15, "error"), (12, "idle"),
+                           (6, "active"), (2, "idle")):
+        AgentState.objects.create(agent=agent, state=state, timestamp=now - timedelta(minutes=minutes),
+                                  received_at=now - timedelta(minutes=minutes))
+    spec = validate_definition({"id": "pictured", "name": "Pictured", "version": "1", "tasks": [
+        {"taskId": "fetch", "name": "Fetch", "nextTaskId": "parse", "fallbackTaskId": "alert_human"},
+        {"taskId": "parse", "name": "Parse", "nextTaskId": "store"},
+        {"taskId": "store", "name": "Store", "nextTaskId": None, "fallbackTaskId": "alert_human"},
+        {"taskId": "alert_human", "name": "Tell a human", "nextTaskId": None}]}, new_input=True)
+    definition = WorkflowDefinitionFactory(id="pictured", spec=spec.to_document())
+    for start, end, step, status in ((35, 28, "fetch", "completed"), (20, 15, "parse", "dead"),
+                                     (6, 2, "store", "completed")):
+        TaskFactory(session=SessionFactory(definition=definition, agent=agent), agent=agent, step_id=step,
+                    status=status, attempt=1 if status == "completed" else 3,
+                    dispatched_at=now - timedelta(minutes=start), finished_at=now - timedelta(minutes=end))
+
+    page = logged_in
+    page.set_viewport_size({"width": 1400, "height": 1100})
+    page.goto(f"{live_server.url}/agents/{agent.pk}/")
+    strip = page.get_by_test_id("agent-timeline")
+    expect(strip.locator("rect.bar.active")).to_have_count(3)
+    expect(strip.locator("rect.bar.error")).to_have_count(1)
+    expect(strip.locator("rect.bar.dead")).to_have_count(1)
+    expect(strip.locator("rect.bar.completed")).to_have_count(2)
+    expect(page.locator(".legend-line")).to_contain_text("active")
+    strip.screenshot(path=str(artifacts / "charts-agent-timeline.png"))
+
+    page.goto(f"{live_server.url}/workflows/pictured/")
+    graph = page.get_by_test_id("workflow-graph")
+    expect(graph.locator("g.node")).to_have_count(4)
+    expect(graph.locator("path.edge.next")).to_have_count(2)
+    expect(graph.locator("path.edge.fallback")).to_have_count(2)
+    expect(graph.locator("g.node[data-step=parse]")).to_contain_text("runs 1 · failed 100%")
+    graph.screenshot(path=str(artifacts / "charts-workflow-graph.png"))
