@@ -47,7 +47,9 @@ def open_page(page, url: str, ready: str) -> None:
     response = page.goto(url)
     assert response is not None and response.status == 200, (url, response and response.status)
     assert "Content-Security-Policy" in response.headers or "content-security-policy" in response.headers, url
-    expect(page.locator(ready).first).to_be_visible()
+    # Redoc parses the whole schema in the browser before it draws its heading: slow on a busy
+    # 2-core machine, so the wait is generous (a wait, not a speed check).
+    expect(page.locator(ready).first).to_be_visible(timeout=30_000)
     page.wait_for_load_state("networkidle")
 
 
