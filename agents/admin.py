@@ -67,24 +67,25 @@ class AgentStateAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
-    list_display = ("name", "kind", "agent_id", "prefix", "created_at", "last_used_at", "revoked_at", "revoked_by")
+    list_display = ("name", "kind", "agent_id", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at",
+                    "revoked_by")
     list_filter = ("kind", ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("name", "prefix", "agent_id")
-    fields = ("name", "agent_id", "kind", "prefix", "created_at", "created_by", "last_used_at", "revoked_at",
-              "revoked_by")
+    fields = ("name", "agent_id", "kind", "prefix", "created_at", "created_by", "last_used_at", "expires_at",
+              "revoked_at", "revoked_by")
     readonly_fields = ("kind", "prefix", "created_at", "created_by", "last_used_at", "revoked_at", "revoked_by")
     list_select_related = ("revoked_by",)
     actions = ["revoke_selected"]
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None:
-            return self.readonly_fields + ("name", "agent_id")
+            return self.readonly_fields + ("name", "agent_id", "expires_at")
         return self.readonly_fields
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:
         if change:
             return  # keys are immutable; revoke and create a new one instead
-        key, raw = api_key_create(name=obj.name, agent_id=obj.agent_id, by=request.user)
+        key, raw = api_key_create(name=obj.name, agent_id=obj.agent_id, by=request.user, expires_at=obj.expires_at)
         obj.pk = key.pk
         obj.__dict__.update(key.__dict__)
         messages.warning(request, f"The new key is shown this once; copy it now: {raw}")

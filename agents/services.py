@@ -17,6 +17,7 @@ from django.utils import timezone
 from agents import signals
 from agents.models import Agent, AgentState, ApiKey, WebhookReceipt
 from opscore_site import metrics
+from opscore_site.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
 
@@ -25,17 +26,30 @@ BOOTSTRAP_KEY_NAME = "bootstrap (OPSCORE_API_KEY)"
 MIN_KEY_LENGTH = 16
 
 
-def api_key_create(*, name: str, agent_id: str = "", by=None) -> tuple[ApiKey, str]:
+class ApiKeyExpired(ApplicationError):
+    """The key is right but past its `expires_at`: 401, saying so (a new key is needed)."""
+
+    code = "key_expired"
+    http_status = 401
+
+    def __init__(self, key: ApiKey) -> None:
+        super().__init__(f"API key '{key.name}' ({key.prefix}…) expired at {key.expires_at.isoformat()}; "
+                         "create a new key")
+        self.key = key
+
+
+def api_key_create(*, name: str, agent_id: str = "", by=None, expires_at: datetime | None = None) -> tuple[ApiKey, str]:
     """Create a key and return it with its raw value, which is shown once and never stored.
 
-    Raises ValidationError (by field: `name`, `agent_id`) for input the model's fields refuse;
-    an empty `agent_id` makes a service key.
+    Raises ValidationError (by field: `name`, `agent_id`, `expires_at`) for input the model's
+    fields refuse, or an expiry that is not in the future; an empty `agent_id` makes a service key.
     """
     name, agent_id = name.strip(), agent_id.strip()
     if not name:
         raise ValidationError({"name": "an API key needs a name"})
-    ApiKey(name=name, agent_id=agent_id).clean_fields(
-        exclude=[f.name for f in ApiKey._meta.fields if f.name not in ("name", "agent_id")])
+    candidate = ApiKey(name=name, agent_id=agent_id, expires_at=expires_at)
+    candidate.clean_fields(exclude=[f.name for f in ApiKey._meta.fields if f.name not in ("name", "agent_id")])
+    candidate.clean()
     kind = ApiKey.Kind.AGENT if agent_id else ApiKey.Kind.SERVICE
     for _ in range(5):
         raw = KEY_SCHEME + secrets.token_urlsafe(32)
@@ -48,6 +62,7 @@ def api_key_create(*, name: str, agent_id: str = "", by=None) -> tuple[ApiKey, s
                     prefix=raw[: ApiKey.PREFIX_LENGTH],
                     key_hash=ApiKey.hash_secret(raw),
                     created_by=by,
+                    expires_at=expires_at,
                 )
         except IntegrityError:  # prefix collision: draw again
             continue
@@ -170,7 +185,8 @@ def api_key_authenticate(*, raw: str, now: datetime) -> ApiKey | None:
 
     A verified key is remembered for OPSCORE_API_KEY_CACHE_SECONDS, so the hot path makes
     no query: a key revoked in this process is refused at once, one revoked elsewhere
-    within that many seconds. `last_used_at` is written at most once a minute.
+    within that many seconds. `last_used_at` is written at most once a minute. A key past
+    its `expires_at` raises ApiKeyExpired (checked on every request, cached or not).
     """
     digest = ApiKey.hash_secret(raw)
     cached = _key_cache.get(digest)
@@ -193,6 +209,8 @@ def api_key_authenticate(*, raw: str, now: datetime) -> ApiKey | None:
             if len(_key_cache) >= _KEY_CACHE_MAX:
                 _key_cache.clear()
             _key_cache[digest] = (key, now + timedelta(seconds=ttl))
+    if key.is_expired(now):
+        raise ApiKeyExpired(key)
     if key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION:
         # Conditional, so concurrent requests write the row once a minute at most.
         ApiKey.objects.filter(pk=key.pk).exclude(last_used_at__gte=now - LAST_USED_RESOLUTION).update(

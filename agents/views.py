@@ -7,13 +7,15 @@ The agent list and detail show tasks and sessions, so they live in sessions/view
 from __future__ import annotations
 
 from django import forms
-from django.core.exceptions import ValidationError
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 
 from agents.models import Agent, ApiKey
 from agents.services import agent_drain, agent_undrain, api_key_create, api_key_revoke
+from opscore_site.durations import parse_duration
 from ui.forms import ReasonForm, RequiredReasonForm, reason_problem
 from ui.permissions import actor_required, viewer_required
 from ui.rendering import paginate, query_without_page, render_page
@@ -47,6 +49,17 @@ class ApiKeyForm(forms.Form):
     name = forms.CharField(max_length=200, strip=True)
     agent_id = forms.CharField(max_length=255, required=False, strip=True, label="Agent id",
                                help_text="Leave empty for a service key (may act for any agent).")
+    expires = forms.CharField(max_length=20, required=False, strip=True, label="Expires after",
+                              help_text="e.g. 90d or 12h; leave empty for a key that never expires.")
+
+    def clean_expires(self):
+        text = self.cleaned_data["expires"]
+        if not text:
+            return None
+        try:
+            return timezone.now() + parse_duration(text)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
 
 
 @viewer_required
@@ -80,7 +93,7 @@ def apikey_create(request: HttpRequest) -> HttpResponse:
         return _apikey_page(request, form=form, status=400)
     try:
         key, raw = api_key_create(name=form.cleaned_data["name"], agent_id=form.cleaned_data["agent_id"],
-                                  by=request.user)
+                                  by=request.user, expires_at=form.cleaned_data["expires"])
     except ValidationError as exc:
         form.add_error(None, exc)
         return _apikey_page(request, form=form, status=400)

@@ -14,7 +14,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
 from agents.models import ApiKey
-from agents.services import api_key_authenticate
+from agents.services import ApiKeyExpired, api_key_authenticate
 from ui.permissions import may_act, may_view
 
 
@@ -55,7 +55,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raw = parts[1].decode("ascii")
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("the API key contains invalid characters") from None
-        key = api_key_authenticate(raw=raw, now=timezone.now())
+        try:
+            key = api_key_authenticate(raw=raw, now=timezone.now())
+        except ApiKeyExpired as exc:
+            raise exceptions.AuthenticationFailed(str(exc), code=exc.code) from None
         if key is None:
             raise exceptions.AuthenticationFailed("invalid or revoked API key")
         return ApiKeyUser(key), key

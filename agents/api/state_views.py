@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 
 from agents.api.serializers import AcceptedOut, AgentStateOut, StateReportIn
 from agents.models import Agent, ApiKey
-from agents.services import agent_state_record, api_key_authenticate
+from agents.services import ApiKeyExpired, agent_state_record, api_key_authenticate
 from agents.timestamps import parse_iso_timestamp
 from opscore_site.api import StateReportThrottle
 from agents.api.auth import AgentEndpoint
@@ -92,7 +92,10 @@ class AgentStateView(APIView):
         if scheme.lower() != "bearer" or not raw or " " in raw or not raw.isascii():
             return None
         now = timezone.now()
-        key = api_key_authenticate(raw=raw, now=now)
+        try:
+            key = api_key_authenticate(raw=raw, now=now)
+        except ApiKeyExpired:
+            return None  # DRF's authentication says why (401)
         if key is None or (key.kind == ApiKey.Kind.AGENT and key.agent_id != agent_id):
             return None
         try:
