@@ -850,7 +850,7 @@ def _approval_close(*, task: Task, approve: bool, comment: str, by: By) -> None:
     now = timezone.now()
     decision = "approved" if approve else "rejected"
     result = {"decision": decision, "comment": comment[:5000], "decidedBy": by.who, "decidedAt": now.isoformat()}
-    reason = " ".join(part for part in (f"{decision} by {by.who}", comment and f": {comment}") if part)
+    reason = f"{decision} by {by.who}" + (f": {comment}" if comment else "")
     if approve:
         task_transition(task=task, to=S.COMPLETED, by=by, reason=reason, result=result, finished_at=now,
                         timeout_at=None)

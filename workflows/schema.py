@@ -30,8 +30,9 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 APPROVAL = "approval"
 APPROVAL_DEFAULT_TIMEOUT = 24 * 3600  # an approval waits for a person: a day unless the step says otherwise
-# Fields an approval step may carry (beyond the common ones); agent-only fields are refused on it.
-_AGENT_ONLY_FIELDS = ("agentCapability", "maxRetries", "retryBackoffSeconds")
+# An approval step names no agent; its maxRetries and retryBackoffSeconds are ignored (they are
+# written out with their defaults, so they cannot be refused on a step read back).
+_AGENT_ONLY_FIELDS = ("agentCapability",)
 _APPROVAL_ONLY_FIELDS = ("approvers", "onTimeout")
 # New optional fields, left out of the document when unset, so an upstream spec exports unchanged.
 _OMIT_WHEN_UNSET = ("type", "approvers", "onTimeout")
