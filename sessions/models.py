@@ -192,6 +192,14 @@ class Task(models.Model):
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
 
+    @property
+    def approvers(self) -> str | None:
+        """The group that decides this approval step (from the session's snapshot), or None: any operator."""
+        for step in self.session.spec_snapshot.get("tasks") or []:
+            if isinstance(step, dict) and step.get("taskId") == self.step_id:
+                return step.get("approvers") or None
+        return None
+
     def retry_refusal(self, session: Session) -> str | None:
         """Why an operator cannot retry this task of `session` now, or None if they can.
 

@@ -3,11 +3,22 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from sessions.api.views import SessionViewSet, TaskViewSet, WorkflowTriggerView
+from sessions.api.views import (
+    ApprovalViewSet,
+    FleetViewSet,
+    SessionViewSet,
+    TaskViewSet,
+    WorkflowPauseViewSet,
+    WorkflowTriggerView,
+)
 
 router = SimpleRouter(trailing_slash="")
 router.register("sessions", SessionViewSet, basename="session")
 router.register("tasks", TaskViewSet, basename="task")
+router.register("approvals", ApprovalViewSet, basename="approval")
+router.register("fleet", FleetViewSet, basename="fleet")
+# workflows/{id}/pause and /resume (the definitions' own routes are in workflows/api/urls.py).
+router.register("workflows", WorkflowPauseViewSet, basename="workflow-pause")
 
 urlpatterns = [
     # Upstream-compatible (AgentKit SDK).
