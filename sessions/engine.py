@@ -635,7 +635,7 @@ def session_resume(*, session: Session, by: By, reason: str = "") -> Session:
             raise InvalidTransition(f"session {session.pk} is {session.status}; only a paused session can be resumed")
         now = timezone.now()
         paused_at = session.paused_at or now
-        session_transition(session=session, to=SS.RUNNING if session.started_at else SS.PENDING, by=by,
+        session_transition(session=session, to=_status_before_pause(session), by=by,
                            reason=_with_note(reason, by, "resumed"))
         definition_paused = WorkflowDefinition.objects.filter(pk=session.definition_id,
                                                               paused_at__isnull=False).exists()
@@ -652,6 +652,15 @@ def session_resume(*, session: Session, by: By, reason: str = "") -> Session:
             elif task.status == S.PENDING and not definition_paused:
                 _release_held(task=task, session=session, by=by)
     return session
+
+
+def _status_before_pause(session: Session) -> str:
+    """Where a resume goes: the status the session was paused from (its history says), running or pending."""
+    before = (TaskEvent.objects.filter(session=session, task__isnull=True, new_status=SS.PAUSED)
+              .order_by("-created_at", "-id").values_list("old_status", flat=True).first())
+    if before in (SS.RUNNING, SS.PENDING):
+        return before
+    return SS.RUNNING if session.started_at else SS.PENDING
 
 
 def dispatch_hold(*, session: Session) -> str | None:

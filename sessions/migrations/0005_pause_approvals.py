@@ -6,6 +6,10 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def create_the_switch(apps, schema_editor):
+    apps.get_model("opscore_sessions", "FleetDispatch").objects.get_or_create(pk=1)
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -77,4 +81,5 @@ class Migration(migrations.Migration):
             model_name='fleetdispatch',
             constraint=models.CheckConstraint(condition=models.Q(('id', 1)), name='fleetdispatch_singleton'),
         ),
+        migrations.RunPython(create_the_switch, migrations.RunPython.noop),
     ]
