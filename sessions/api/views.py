@@ -208,7 +208,7 @@ class WorkflowPauseViewSet(_ActionMixin, viewsets.GenericViewSet):
 
 
 class FleetViewSet(_ActionMixin, viewsets.GenericViewSet):
-    """The fleet-wide dispatch switch (maintenance). Per-agent drain is separate (agents/{id}/drain)."""
+    """The fleet-wide dispatch switch (maintenance). Per-agent drain is separate."""
 
     permission_classes = [OperatorOrServiceKey]
     serializer_class = FleetDispatchOut
