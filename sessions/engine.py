@@ -814,18 +814,18 @@ def _release_held(*, task: Task, session: Session, by: By) -> None:
 # --------------------------------------------------------------------------- approvals
 
 
-def approval_refusal(*, step: StepSpec, by: By) -> str | None:
-    """Why `by` may not decide the approval `step`, or None.
+def approval_refusal(*, approvers: str | None, by: By) -> str | None:
+    """Why `by` may not decide an approval step whose group is `approvers`, or None.
 
     Any operator decides when the step names no group; else members of `approvers` (and
     superusers). Service keys (automation) and the system's timeout may always decide.
     """
     if by.actor == Actor.AGENT:
         return "agents cannot decide approvals"
-    if by.actor == Actor.OPERATOR and step.approvers:
+    if by.actor == Actor.OPERATOR and approvers:
         user = by.user
-        if not user.is_superuser and not user.groups.filter(name=step.approvers).exists():
-            return f"only members of the group '{step.approvers}' may decide this approval"
+        if not user.is_superuser and not user.groups.filter(name=approvers).exists():
+            return f"only members of the group '{approvers}' may decide this approval"
     return None
 
 
@@ -842,7 +842,7 @@ def approval_decide(*, task: Task, approve: bool, comment: str = "", by: By) -> 
         if task.status != S.WAITING_APPROVAL:
             raise InvalidTransition(f"task {task.pk} is {task.status}: it is not an approval waiting for a decision")
         step = _spec_of(session).step(task.step_id)
-        if refusal := approval_refusal(step=step, by=by):
+        if refusal := approval_refusal(approvers=step.approvers, by=by):
             raise NotAnApprover(refusal)
         _approval_close(task=task, approve=approve, comment=comment, by=by)
     return task
