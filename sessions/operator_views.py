@@ -36,19 +36,16 @@ def operator_loop(request: HttpRequest) -> dict:
     if user is None or not user.is_authenticated:
         return {}
     # One query for both, since every page pays for it (a LEFT JOIN: the switch row may be missing = on).
-    sql = (f"SELECT (SELECT COUNT(*) FROM {Task._meta.db_table} WHERE status = %s), f.paused_at, f.paused_by_label, "
-           f"f.reason FROM (SELECT 1 AS one) o LEFT JOIN {FleetDispatch._meta.db_table} f ON f.id = 1")
+    sql = (f"SELECT (SELECT COUNT(*) FROM {Task._meta.db_table} WHERE status = %s), f.paused_at "
+           f"FROM (SELECT 1 AS one) o LEFT JOIN {FleetDispatch._meta.db_table} f ON f.id = 1")
     try:
         with connection.cursor() as cursor:
             cursor.execute(sql, [Task.Status.WAITING_APPROVAL])
-            waiting, paused_at, paused_by_label, reason = cursor.fetchone()
+            waiting, paused_at = cursor.fetchone()
     except DatabaseError:  # the database-down page must still render
         return {}
-    switch = None
-    if paused_at is not None:
-        field = FleetDispatch._meta.get_field("paused_at")  # SQLite hands back text: convert as the ORM does
-        paused_at = field.to_python(paused_at)
-        switch = FleetDispatch(pk=1, paused_at=paused_at, paused_by_label=paused_by_label, reason=reason)
+    # Off (rare): read the row through the ORM, which converts its time on every database.
+    switch = FleetDispatch.objects.filter(pk=1).first() if paused_at is not None else None
     return {"fleet_off": switch, "approvals_waiting": waiting}
 
 

@@ -99,3 +99,31 @@ def test_approve_as_an_operator_outside_the_group_is_refused(q_sync, agentkit_st
     _, review = waiting(review_spec("cmd-leads", approvers="leads"))
     with pytest.raises(CommandError, match="group 'leads'"):
         run("opscore_approve", str(review.pk), "--user", "bob")
+
+
+# --------------------------------------------------------------------------- the demo's approvals
+
+
+def test_demo_traffic_frees_an_agent_waiting_at_an_approval_and_caps_the_inbox(q_sync, agentkit_stub, settings,
+                                                                               monkeypatch):
+    import json
+    from pathlib import Path
+
+    from sessions.management.commands import opscore_demo_traffic
+    from tests.sessions.test_engine import report
+
+    settings.DEBUG = True
+    example = json.loads((Path(__file__).resolve().parents[2] / "examples" / "workflows"
+                          / "reviewed_summary.json").read_text())
+    WorkflowDefinitionFactory(id=example["id"], spec=example)
+    from tests.agents.factories import AgentFactory
+
+    agent = AgentFactory()
+    run("opscore_demo_traffic", "--once")
+    report(agent.pk, "idle", {"result": "draft"})  # the draft is done: the session waits for a person
+    assert Task.objects.filter(status=Task.Status.WAITING_APPROVAL).count() == 1
+    assert "started 1 session(s)" in run("opscore_demo_traffic", "--once")[0]  # the agent is free again
+    report(agent.pk, "idle")
+    assert Task.objects.filter(status=Task.Status.WAITING_APPROVAL).count() == 2
+    monkeypatch.setattr(opscore_demo_traffic, "APPROVALS_WAITING_MAX", 2)  # full: no approval workflow is picked
+    assert "started 0 session(s)" in run("opscore_demo_traffic", "--once")[0]
