@@ -139,26 +139,31 @@ def _session_bulk_post(request: HttpRequest, verb: str) -> HttpResponse:
 # --------------------------------------------------------------------------- a definition, the fleet
 
 
-@actor_required
-def definition_pause(request: HttpRequest, workflow_id: str) -> HttpResponse:
+def _definition_change(request: HttpRequest, workflow_id: str, *, resume: bool) -> HttpResponse:
     definition = get_object_or_404(WorkflowDefinition, pk=workflow_id)
     with_sessions = request.POST.get("sessions") == "on"
-    return _act(request, lambda by, reason: engine.definition_pause(definition=definition, by=by, reason=reason,
-                                                                   pause_sessions=with_sessions),
-                done="Workflow paused: new sessions are held pending" + (
-                    ", and its sessions are paused." if with_sessions else "; running sessions go on."),
+    if resume:
+        change = lambda by, reason: engine.definition_resume(  # noqa: E731
+            definition=definition, by=by, reason=reason, resume_sessions=with_sessions)
+        done = "Workflow resumed: its held sessions start" + (
+            " and its paused sessions resume." if with_sessions else ".")
+    else:
+        change = lambda by, reason: engine.definition_pause(  # noqa: E731
+            definition=definition, by=by, reason=reason, pause_sessions=with_sessions)
+        done = "Workflow paused: new sessions are held pending" + (
+            ", and its sessions are paused." if with_sessions else "; running sessions go on.")
+    return _act(request, change, done=done,
                 back=reverse("workflows:workflow-detail", kwargs={"workflow_id": definition.pk}))
+
+
+@actor_required
+def definition_pause(request: HttpRequest, workflow_id: str) -> HttpResponse:
+    return _definition_change(request, workflow_id, resume=False)
 
 
 @actor_required
 def definition_resume(request: HttpRequest, workflow_id: str) -> HttpResponse:
-    definition = get_object_or_404(WorkflowDefinition, pk=workflow_id)
-    with_sessions = request.POST.get("sessions") == "on"
-    return _act(request, lambda by, reason: engine.definition_resume(definition=definition, by=by, reason=reason,
-                                                                    resume_sessions=with_sessions),
-                done="Workflow resumed: its held sessions start" + (
-                    " and its paused sessions resume." if with_sessions else "."),
-                back=reverse("workflows:workflow-detail", kwargs={"workflow_id": definition.pk}))
+    return _definition_change(request, workflow_id, resume=True)
 
 
 @actor_required

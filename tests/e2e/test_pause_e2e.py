@@ -42,12 +42,17 @@ def assert_every_step_ran_once(session_ids, steps: list[str]) -> None:
         assert rows == [(step, "completed", 1) for step in steps], (session_id, rows)
 
 
-def test_twenty_sessions_paused_mid_run_finish_their_step_wait_and_complete_after_resume(stack):
+def start_with_agents(stack, count: int) -> list[str]:
+    """The whole stack, with `count` stand-in agents (work time set per step) known to Ops-Core."""
     stack.start_web()
     stack.start_cluster()
     stack.start_scheduler()
-    stack.start_agentkit(agents=20, work_time="0")
-    agents = agents_known(stack, 20)
+    stack.start_agentkit(agents=count, work_time="0")
+    return agents_known(stack, count)
+
+
+def test_twenty_sessions_paused_mid_run_finish_their_step_wait_and_complete_after_resume(stack):
+    agents = start_with_agents(stack, 20)
     spec = three_steps("pause-e2e", "3-4")
     sessions = [trigger(stack, agent, {"workflowDefinition": spec}) for agent in agents]
     wait_until(lambda: Task.objects.filter(session_id__in=sessions, step_id="one").exclude(status="queued")
@@ -83,11 +88,7 @@ def test_twenty_sessions_paused_mid_run_finish_their_step_wait_and_complete_afte
 
 
 def test_the_fleet_switch_off_and_on_under_load_loses_and_duplicates_nothing(stack):
-    stack.start_web()
-    stack.start_cluster()
-    stack.start_scheduler()
-    stack.start_agentkit(agents=8, work_time="0")
-    agents = agents_known(stack, 8)
+    agents = start_with_agents(stack, 8)
     spec = three_steps("fleet-e2e", "0.2-0.6")
     api = stack.api()
     sessions = [trigger(stack, agents[i % 8], {"workflowDefinition": spec}) for i in range(24)]
