@@ -99,6 +99,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "django.template.context_processors.csp",
                 "ui.permissions.context",
+                "sessions.operator_views.operator_loop",  # the maintenance banner, the approvals count
             ],
         },
     },

@@ -10,8 +10,10 @@ from sessions import engine
 from sessions.bulk import run_each, skipped_text
 from agents.admin import AgentAdmin
 from agents.models import Agent
-from sessions.models import QuarantineEvent, Session, Task, TaskAttempt, TaskEvent
+from sessions.models import ControlEvent, FleetDispatch, QuarantineEvent, Session, Task, TaskAttempt, TaskEvent
 from ui.permissions import ReadOnlyGroupAdminMixin
+from workflows.admin import WorkflowDefinitionAdmin
+from workflows.models import WorkflowDefinition
 
 
 def _run_each(modeladmin: admin.ModelAdmin, request: HttpRequest, objects, action, verb: str) -> None:
@@ -47,10 +49,10 @@ class SessionAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     readonly_fields = (
         "id", "status", "workflow_id", "definition", "definition_revision", "agent", "spec_snapshot",
         "initial_payload", "result", "error", "idempotency_key", "request_fingerprint", "created_by",
-        "created_at", "started_at", "updated_at", "ended_at",
+        "created_at", "started_at", "updated_at", "ended_at", "paused_at",
     )
     inlines = [TaskInline]
-    actions = ["cancel_selected", "retry_selected"]
+    actions = ["cancel_selected", "retry_selected", "pause_selected", "resume_selected"]
 
     def has_add_permission(self, request) -> bool:
         return False  # sessions are started through the engine (API, UI or command)
@@ -71,6 +73,18 @@ class SessionAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
         _run_each(self, request, queryset,
                   lambda s, by: engine.session_retry(session=s, by=by, reason="retried in the admin"),
                   "Retried session(s):")
+
+    @admin.action(description="Pause selected sessions (steps in flight finish)", permissions=["change"])
+    def pause_selected(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
+        _run_each(self, request, queryset,
+                  lambda s, by: engine.session_pause(session=s, by=by, reason="paused in the admin"),
+                  "Paused session(s):")
+
+    @admin.action(description="Resume selected paused sessions", permissions=["change"])
+    def resume_selected(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
+        _run_each(self, request, queryset,
+                  lambda s, by: engine.session_resume(session=s, by=by, reason="resumed in the admin"),
+                  "Resumed session(s):")
 
 
 class AttemptInline(admin.TabularInline):
@@ -101,7 +115,7 @@ class TaskAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
         "routing_note", "waiting_since", "queue_deadline_at", "probe",
     )
     inlines = [AttemptInline]
-    actions = ["retry_selected"]
+    actions = ["retry_selected", "approve_selected", "reject_selected"]
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -114,6 +128,18 @@ class TaskAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
         _run_each(self, request, queryset,
                   lambda t, by: engine.task_retry(task=t, by=by, reason="retried in the admin"),
                   "Retried task(s):")
+
+    @admin.action(description="Approve selected approval steps", permissions=["change"])
+    def approve_selected(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        _run_each(self, request, queryset,
+                  lambda t, by: engine.approval_decide(task=t, approve=True, comment="approved in the admin", by=by),
+                  "Approved:")
+
+    @admin.action(description="Reject selected approval steps", permissions=["change"])
+    def reject_selected(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        _run_each(self, request, queryset,
+                  lambda t, by: engine.approval_decide(task=t, approve=False, comment="rejected in the admin", by=by),
+                  "Rejected:")
 
 
 @admin.register(TaskAttempt)
@@ -161,6 +187,71 @@ class QuarantineEventAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
     raw_id_fields = ("agent", "actor_user")
     list_select_related = ("actor_user",)
     readonly_fields = ("agent", "old_state", "new_state", "actor", "actor_user", "reason", "failures", "created_at")
+
+
+# workflows/ knows nothing of sessions, so the definitions' pause actions are added from here.
+@admin.action(description="Pause selected definitions (hold new sessions; running ones go on)",
+              permissions=["change"])
+def pause_definitions(modeladmin, request: HttpRequest, queryset: QuerySet[WorkflowDefinition]) -> None:
+    _run_each(modeladmin, request, queryset,
+              lambda d, by: engine.definition_pause(definition=d, by=by, reason="paused in the admin"),
+              "Paused definition(s):")
+
+
+@admin.action(description="Pause selected definitions and their sessions", permissions=["change"])
+def pause_definitions_and_sessions(modeladmin, request: HttpRequest, queryset: QuerySet[WorkflowDefinition]) -> None:
+    _run_each(modeladmin, request, queryset,
+              lambda d, by: engine.definition_pause(definition=d, by=by, reason="paused in the admin",
+                                                    pause_sessions=True),
+              "Paused definition(s) and their sessions:")
+
+
+@admin.action(description="Resume selected definitions and their paused sessions", permissions=["change"])
+def resume_definitions(modeladmin, request: HttpRequest, queryset: QuerySet[WorkflowDefinition]) -> None:
+    _run_each(modeladmin, request, queryset,
+              lambda d, by: engine.definition_resume(definition=d, by=by, reason="resumed in the admin",
+                                                     resume_sessions=True),
+              "Resumed definition(s):")
+
+
+WorkflowDefinitionAdmin.actions = [*(WorkflowDefinitionAdmin.actions or []), pause_definitions,
+                                   pause_definitions_and_sessions, resume_definitions]
+WorkflowDefinitionAdmin.list_display = (*WorkflowDefinitionAdmin.list_display, "paused_at")
+WorkflowDefinitionAdmin.readonly_fields = (*WorkflowDefinitionAdmin.readonly_fields, "paused_at", "paused_by_label",
+                                           "pause_reason")
+
+
+@admin.register(FleetDispatch)
+class FleetDispatchAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
+    """The fleet's dispatch switch: one row, changed only by its two actions."""
+
+    list_display = ("__str__", "paused_at", "paused_by_label", "reason")
+    readonly_fields = ("paused_at", "paused_by", "paused_by_label", "reason")
+    actions = ["dispatch_off", "dispatch_on"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Turn the fleet's dispatch off (maintenance)", permissions=["change"])
+    def dispatch_off(self, request: HttpRequest, queryset: QuerySet[FleetDispatch]) -> None:
+        _run_each(self, request, queryset[:1], lambda f, by: engine.fleet_pause(by=by, reason="turned off in the admin"),
+                  "Dispatch turned off:")
+
+    @admin.action(description="Turn the fleet's dispatch back on", permissions=["change"])
+    def dispatch_on(self, request: HttpRequest, queryset: QuerySet[FleetDispatch]) -> None:
+        _run_each(self, request, queryset[:1], lambda f, by: engine.fleet_resume(by=by, reason="turned on in the admin"),
+                  "Dispatch turned on:")
+
+
+@admin.register(ControlEvent)
+class ControlEventAdmin(ReadOnlyGroupAdminMixin, admin.ModelAdmin):
+    list_display = ("created_at", "scope", "target", "action", "actor_label", "reason")
+    list_filter = ("scope", "action")
+    search_fields = ("target", "reason", "actor_label")
+    readonly_fields = ("scope", "target", "action", "actor", "actor_user", "actor_label", "reason", "created_at")
     show_full_result_count = False
 
     def has_add_permission(self, request) -> bool:

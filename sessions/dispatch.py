@@ -31,7 +31,7 @@ Outcome = TaskAttempt.Outcome
 
 @dataclass
 class DispatchResult:
-    outcome: str  # "dispatched", "skipped", "busy", "unavailable", "failed", "rerouted", "waiting"
+    outcome: str  # "dispatched", "skipped", "busy", "unavailable", "held", "failed", "rerouted", "waiting"
     detail: str = ""
 
 
@@ -73,6 +73,8 @@ def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
             engine.task_transition(task=task, to=S.CANCELLED, by=By.system(), reason=f"session is {session.status}",
                                    finished_at=timezone.now())
             return DispatchResult("skipped", f"session is {session.status}")
+        if (hold := engine.dispatch_hold(session=session)) is not None:
+            return DispatchResult("held", hold)  # paused: resuming enqueues the task again
         now = timezone.now()
         routed = engine.task_route(task=task, agent=agent, session=session, now=now)
         if routed is not None:
@@ -81,6 +83,8 @@ def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
             return DispatchResult("busy", f"agent is {agent.state or 'unknown'}")
         if Task.objects.filter(agent_id=agent.pk, status__in=Task.IN_FLIGHT).exists():
             return DispatchResult("busy", "agent has a task in flight")
+        if (off := engine.fleet_dispatch_off()) is not None:  # read after `now`: see fleet_dispatch_off
+            return DispatchResult("held", off)
         held = _held_by_cancelled_task(agent=agent, now=now)
         if held is not None:
             return DispatchResult("busy", f"agent may still be working on cancelled task {held.pk}")

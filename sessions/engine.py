@@ -41,7 +41,7 @@ from django.utils import timezone
 from agents.models import Agent
 from opscore_site import metrics
 from opscore_site.errors import ApplicationError
-from sessions.models import Actor, QuarantineEvent, Session, Task, TaskAttempt, TaskEvent
+from sessions.models import Actor, ControlEvent, FleetDispatch, QuarantineEvent, Session, Task, TaskAttempt, TaskEvent
 from workflows.models import WorkflowDefinition
 from workflows.schema import StepSpec, WorkflowSpec, validate_definition
 
@@ -64,11 +64,20 @@ TASK_ALLOWED: dict[str, set[str]] = {
     S.RETRY_SCHEDULED: {S.QUEUED, S.CANCELLED},
     S.DEAD: {S.QUEUED},  # an operator's retry
 }
+# Approval steps: held `pending` (definition paused) -> waiting for a decision -> approved
+# (completed) or rejected (by a person or the timeout); no agent, no attempt, nothing sent.
+TASK_ALLOWED[S.PENDING] |= {S.WAITING_APPROVAL}
+TASK_ALLOWED[S.WAITING_APPROVAL] = {S.COMPLETED, S.REJECTED, S.CANCELLED}
 SESSION_ALLOWED: dict[str, set[str]] = {
-    SS.PENDING: {SS.RUNNING, SS.COMPLETED, SS.FAILED, SS.CANCELLED},
-    SS.RUNNING: {SS.COMPLETED, SS.FAILED, SS.CANCELLED},
+    SS.PENDING: {SS.RUNNING, SS.COMPLETED, SS.FAILED, SS.CANCELLED, SS.PAUSED},
+    SS.RUNNING: {SS.COMPLETED, SS.FAILED, SS.CANCELLED, SS.PAUSED},
     SS.FAILED: {SS.RUNNING},  # an operator's retry from the failed step
+    # Paused: steps in flight still finish (the last one completes the session, a dead one
+    # without a fallback fails it); resume goes back to running, or pending if nothing ran yet.
+    SS.PAUSED: {SS.RUNNING, SS.PENDING, SS.COMPLETED, SS.FAILED, SS.CANCELLED},
 }
+# The pause switch of a workflow definition and of the fleet's dispatch ("on" = not paused).
+PAUSE_ALLOWED: dict[str, set[str]] = {"on": {"paused"}, "paused": {"on"}}
 # An attempt is `sending` from its fence until AgentKit answers; every other outcome but
 # `accepted` is final.
 ATTEMPT_ALLOWED: dict[str, set[str]] = {
@@ -110,6 +119,13 @@ class AgentUnavailable(EngineError):
     code = "agent_unavailable"
 
 
+class NotAnApprover(EngineError):
+    """The approval step names a group of approvers and the caller is not in it."""
+
+    code = "not_an_approver"
+    http_status = 403
+
+
 @dataclass(frozen=True)
 class By:
     """Who causes a change: the system, an operator (a user), or an agent."""
@@ -117,6 +133,7 @@ class By:
     actor: str = Actor.SYSTEM
     user: Any = None
     agent_id: str = ""
+    label: str = ""  # a service key's name ("API key ops-1"), for the record of who decided
 
     @classmethod
     def system(cls) -> By:
@@ -129,6 +146,20 @@ class By:
     @classmethod
     def agent(cls, agent_id: str) -> By:
         return cls(Actor.AGENT, agent_id=agent_id)
+
+    @classmethod
+    def service_key(cls, label: str) -> By:
+        """A service key (automation): recorded as the system, named by `label`."""
+        return cls(Actor.SYSTEM, label=label)
+
+    @property
+    def who(self) -> str:
+        """A name for the record: the operator's username, the agent, the key, or "system"."""
+        if self.actor == Actor.OPERATOR and self.user is not None:
+            return self.user.get_username()
+        if self.actor == Actor.AGENT:
+            return f"agent {self.agent_id}"
+        return self.label or "system"
 
 
 # --------------------------------------------------------------------------- transitions
@@ -217,6 +248,10 @@ def session_transition(*, session: Session, to: str, by: By, reason: str = "", *
     if to == SS.RUNNING:
         changes.setdefault("started_at", session.started_at or now)
         changes.setdefault("ended_at", None)
+    if to == SS.PAUSED:
+        changes.setdefault("paused_at", now)
+    elif old == SS.PAUSED:
+        changes.setdefault("paused_at", None)
     changed = Session.objects.filter(pk=session.pk, status=old).update(status=to, updated_at=now, **changes)
     if changed != 1:
         raise InvalidTransition(f"session {session.pk} changed underneath us (was {old})")
@@ -295,8 +330,12 @@ def _payload_for(step: StepSpec, *, base: dict[str, Any] | None, previous_result
 
 
 def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: By, after: Task | None,
-              fallback_for: Task | None = None, reason: str) -> Task:
+              fallback_for: Task | None = None, reason: str, held: bool = False) -> Task:
     """Create the step's Task already `queued` (one INSERT, its event and its job), after `after`.
+
+    An approval step waits for a decision instead (no job, its decision deadline set); a
+    `held` task (its definition is paused) stays `pending`; a paused session's next step is
+    queued without a job (resuming enqueues it).
 
     A session's tasks form one chain: a task is created only when the newest one finishes
     (completed: the next step; dead: the fallback), and an operator's retry re-queues a task
@@ -304,6 +343,7 @@ def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: 
     the (session, sequence) unique constraint guards the rule.
     """
     now = timezone.now()
+    status = S.PENDING if held else S.WAITING_APPROVAL if step.is_approval else S.QUEUED
     task = Task.objects.create(
         session=session,
         agent_id=session.agent_id,
@@ -312,8 +352,9 @@ def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: 
         sequence=after.sequence + 1 if after is not None else 1,
         fallback_for=fallback_for,
         payload=payload,
-        status=S.QUEUED,
-        enqueued_at=now,
+        status=status,
+        enqueued_at=now if status == S.QUEUED else None,
+        timeout_at=now + timedelta(seconds=step.timeoutSeconds) if status == S.WAITING_APPROVAL else None,
         created_at=now,
         updated_at=now,
         max_retries=step.maxRetries,
@@ -324,8 +365,15 @@ def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: 
         queue_timeout_seconds=step.queueTimeoutSeconds,
     )
     # The history reads as before: created (pending) and queued at once.
-    _event(session_id=session.pk, task_id=task.pk, old=S.PENDING, new=S.QUEUED, by=by, reason=reason)
-    _send_job(task=task, now=now)
+    if status != S.PENDING:
+        _event(session_id=session.pk, task_id=task.pk, old=S.PENDING, new=status, by=by, reason=reason)
+    else:
+        _event(session_id=session.pk, task_id=task.pk, old="", new=status, by=by,
+               reason=f"{reason}; held: workflow definition '{session.workflow_id}' is paused")
+    if status == S.QUEUED and session.status != SS.PAUSED:
+        _send_job(task=task, now=now)
+    elif status == S.WAITING_APPROVAL and session.status == SS.PENDING:
+        session_transition(session=session, to=SS.RUNNING, by=By.system(), reason=f"approval '{step.taskId}' waits")
     return task
 
 
@@ -381,7 +429,8 @@ def session_start(
         )
         _event(session_id=session.pk, old="", new=SS.PENDING, by=by, reason="session started")
         _new_task(session=session, step=spec.first_step, payload=_payload_for(
-            spec.first_step, base=initial_payload, previous_result=None), by=by, after=None, reason="first step")
+            spec.first_step, base=initial_payload, previous_result=None), by=by, after=None, reason="first step",
+            held=definition.paused_at is not None)
     return session
 
 
@@ -457,6 +506,11 @@ def task_give_up(*, task: Task, reason: str) -> None:
 
 def _task_dead(*, task: Task, reason: str) -> None:
     task_transition(task=task, to=S.DEAD, by=By.system(), reason=reason)
+    _fallback_or_fail(task=task, reason=reason, why="dead", previous_result=None)
+
+
+def _fallback_or_fail(*, task: Task, reason: str, why: str, previous_result: Any) -> None:
+    """`task` ended without success (`why`: dead, rejected): its step's fallback runs, or the session fails."""
     session = Session.objects.select_for_update().get(pk=task.session_id)
     if session.is_terminal:
         return
@@ -466,20 +520,29 @@ def _task_dead(*, task: Task, reason: str) -> None:
         fallback = spec.step(step.fallbackTaskId)
         _new_task(session=session, step=fallback, by=By.system(), after=task, fallback_for=task,
                   payload=_payload_for(fallback, base=session.initial_payload if fallback is spec.first_step else None,
-                                       previous_result=None),
-                  reason=f"fallback for dead step '{task.step_id}'")
+                                       previous_result=previous_result),
+                  reason=f"fallback for {why} step '{task.step_id}'")
     else:
         session_transition(session=session, to=SS.FAILED, by=By.system(),
-                           reason=f"step '{task.step_id}' is dead", error=f"step '{task.step_id}': {reason}")
+                           reason=f"step '{task.step_id}' is {why}", error=f"step '{task.step_id}': {reason}")
 
 
 def _task_completed(*, task: Task, result: Any, by: By) -> Task | None:
-    """Complete `task`; return the next step's task (queued, its job enqueued) or None."""
+    """Complete `task`; return the next step's task when its job was enqueued, else None."""
     now = timezone.now()
     attempt_transition(task_id=task.pk, number=task.attempt, to=Outcome.COMPLETED, ended_at=now)
     task_transition(task=task, to=S.COMPLETED, by=by, reason="agent reported idle", result=result,
                     finished_at=now, timeout_at=None)
     _note_agent_answered(task=task, now=now)
+    return _next_step(task=task, result=result)
+
+
+def _next_step(*, task: Task, result: Any) -> Task | None:
+    """`task` completed with `result`: start the next step, or complete the session.
+
+    Returns the next step's task when its dispatch job was enqueued (the caller need not kick the
+    agent), else None (an approval, a paused session, the end).
+    """
     session = Session.objects.select_for_update().get(pk=task.session_id)
     if session.is_terminal:
         return None
@@ -487,9 +550,10 @@ def _task_completed(*, task: Task, result: Any, by: By) -> Task | None:
     step = spec.step(task.step_id)
     if step.nextTaskId:
         nxt = spec.step(step.nextTaskId)
-        return _new_task(session=session, step=nxt, by=By.system(), after=task,
-                         payload=_payload_for(nxt, base=None, previous_result=result),
-                         reason=f"after step '{task.step_id}'")
+        created = _new_task(session=session, step=nxt, by=By.system(), after=task,
+                            payload=_payload_for(nxt, base=None, previous_result=result),
+                            reason=f"after step '{task.step_id}'")
+        return created if created.status == S.QUEUED and session.status != SS.PAUSED else None
     session_transition(session=session, to=SS.COMPLETED, by=By.system(),
                        reason=f"last step '{task.step_id}' completed", result=result, error="")
     return None
@@ -557,9 +621,9 @@ def _error_text(details: Any) -> str:
 
 def _kick_queued(*, agent_id: str) -> None:
     """The agent is idle: enqueue its oldest queued task, or else a task waiting for an agent
-    that it can take (a drained agent takes none)."""
+    that it can take (a drained agent takes none, and a paused session's task waits for its resume)."""
     task = (Task.objects.filter(agent_id=agent_id, status=S.QUEUED, agent__drained_at__isnull=True)
-            .exclude(session__status__in=Session.TERMINAL)
+            .exclude(session__status__in=Session.NOT_DISPATCHING)
             .order_by("created_at").only("pk", "enqueued_at").first())
     if task is not None:
         task_enqueue(task=task)
@@ -571,7 +635,7 @@ def _kick_waiting(*, agent_id: str) -> None:
     """Enqueue the longest-waiting task `agent_id` could take; its job routes it (to this agent,
     unless a better one has appeared). One query when nothing waits, which is the usual case."""
     waiting = list(Task.objects.filter(status=S.QUEUED, waiting_since__isnull=False)
-                   .exclude(session__status__in=Session.TERMINAL).order_by("waiting_since")
+                   .exclude(session__status__in=Session.NOT_DISPATCHING).order_by("waiting_since")
                    .only("pk", "enqueued_at", "agent_id", "capability", "pinned", "session__agent_id")
                    .select_related("session")[:100])
     if not waiting:
@@ -936,3 +1000,284 @@ def session_retry(*, session: Session, by: By, reason: str = "") -> Task:
     if session.status != SS.FAILED or failed is None:
         raise InvalidTransition(f"session {session.pk} is {session.status}; only a failed session can be retried")
     return task_retry(task=failed, by=by, reason=reason or "session retried by operator")
+
+
+# --------------------------------------------------------------------------- pause and resume
+#
+# A paused session dispatches nothing: its steps in flight finish and record their outcome, the
+# next step waits `queued` (no job), retries and approval deadlines stand still (the sweeps skip
+# them; resume gives them the time they had left). A paused definition holds new sessions'
+# first steps `pending`. The fleet switch off holds every dispatch (the job answers "held").
+# Reports and triggers are accepted throughout. Drain (an agent takes no new task) and cancel
+# (the session ends) are different things: see the README.
+
+
+def _actor_note(by: By) -> str:
+    return f"by {by.label}" if by.actor == Actor.SYSTEM and by.label else ""
+
+
+def _with_note(reason: str, by: By, default: str) -> str:
+    return " ".join(part for part in (reason or default, _actor_note(by)) if part)
+
+
+def session_pause(*, session: Session, by: By, reason: str = "") -> Session:
+    """Pause a pending or running session (InvalidTransition otherwise). Its steps in flight finish."""
+    with transaction.atomic():
+        session = Session.objects.select_for_update().get(pk=session.pk)
+        if session.status not in (SS.PENDING, SS.RUNNING):
+            raise InvalidTransition(f"session {session.pk} is {session.status}; only a pending or running "
+                                    "session can be paused")
+        session_transition(session=session, to=SS.PAUSED, by=by, reason=_with_note(reason, by, "paused"))
+    return session
+
+
+def _resumed_deadline(deadline: datetime, *, stopped_at: datetime, now: datetime) -> datetime:
+    """A deadline that stood still while paused: now plus the time it had left when its clock
+    stopped (the pause, or its own start if that came later)."""
+    return now + max(deadline - stopped_at, timedelta(0))
+
+
+def session_resume(*, session: Session, by: By, reason: str = "") -> Session:
+    """Resume a paused session where it stopped: its queued step is dispatched, its retry and
+    approval deadlines get the time they had left, a held first step is released."""
+    with transaction.atomic():
+        tasks = list(Task.objects.select_for_update().filter(
+            session=session, status__in=(S.QUEUED, S.RETRY_SCHEDULED, S.WAITING_APPROVAL, S.PENDING)))
+        session = Session.objects.select_for_update().get(pk=session.pk)
+        if session.status != SS.PAUSED:
+            raise InvalidTransition(f"session {session.pk} is {session.status}; only a paused session can be resumed")
+        now = timezone.now()
+        paused_at = session.paused_at or now
+        session_transition(session=session, to=_status_before_pause(session), by=by,
+                           reason=_with_note(reason, by, "resumed"))
+        definition_paused = WorkflowDefinition.objects.filter(pk=session.definition_id,
+                                                              paused_at__isnull=False).exists()
+        for task in tasks:
+            stopped_at = max(paused_at, task.updated_at)
+            if task.status == S.QUEUED:
+                task_enqueue(task=task)
+            elif task.status == S.RETRY_SCHEDULED and task.next_attempt_at is not None:
+                Task.objects.filter(pk=task.pk, status=task.status).update(
+                    next_attempt_at=_resumed_deadline(task.next_attempt_at, stopped_at=stopped_at, now=now))
+            elif task.status == S.WAITING_APPROVAL and task.timeout_at is not None:
+                Task.objects.filter(pk=task.pk, status=task.status).update(
+                    timeout_at=_resumed_deadline(task.timeout_at, stopped_at=stopped_at, now=now))
+            elif task.status == S.PENDING and not definition_paused:
+                _release_held(task=task, session=session, by=by)
+    return session
+
+
+def _status_before_pause(session: Session) -> str:
+    """Where a resume goes: the status the session was paused from (its history says), running or pending."""
+    before = (TaskEvent.objects.filter(session=session, task__isnull=True, new_status=SS.PAUSED)
+              .order_by("-created_at", "-id").values_list("old_status", flat=True).first())
+    if before in (SS.RUNNING, SS.PENDING):
+        return before
+    return SS.RUNNING if session.started_at else SS.PENDING
+
+
+def dispatch_hold(*, session: Session) -> str | None:
+    """Why a queued task of `session` must not be dispatched now (paused), or None.
+
+    For `dispatch._claim`, with the session row locked. A pending session of a paused
+    definition is held too (a trigger that raced the pause).
+    """
+    if session.status == SS.PAUSED:
+        return "session is paused"
+    if session.status == SS.PENDING and WorkflowDefinition.objects.filter(
+            pk=session.definition_id, paused_at__isnull=False).exists():
+        return f"workflow definition '{session.workflow_id}' is paused"
+    return None
+
+
+def fleet_dispatch_off() -> str | None:
+    """Why nothing is dispatched (the fleet switch is off), or None. One primary-key read.
+
+    `dispatch._claim` reads it after taking the attempt's reference time, so no attempt fenced
+    after `fleet_pause` commits has a reference time later than the switch.
+    """
+    paused_at = FleetDispatch.objects.filter(pk=1).values_list("paused_at", flat=True).first()
+    return f"fleet dispatch is off since {paused_at.isoformat()}" if paused_at else None
+
+
+def _control_event(*, scope: str, target: str, action: str, by: By, reason: str) -> None:
+    ControlEvent.objects.create(scope=scope, target=target, action=action, actor=by.actor,
+                                actor_user=by.user if by.actor == Actor.OPERATOR else None,
+                                actor_label=by.who, reason=reason[:5000])
+
+
+def _pause_switch(queryset, *, what: str, to: str, **changes: Any) -> None:
+    """Flip a pause switch (definition or fleet) with compare-and-set, per PAUSE_ALLOWED."""
+    old = "on" if to == "paused" else "paused"
+    if to not in PAUSE_ALLOWED[old]:
+        raise InvalidTransition(f"{what}: {old} -> {to} is not allowed")
+    changed = queryset.filter(paused_at__isnull=(old == "on")).update(**changes)
+    if changed != 1:
+        state = "paused" if old == "on" else "not paused"
+        raise InvalidTransition(f"{what} is already {state}")
+
+
+def fleet_pause(*, by: By, reason: str = "") -> FleetDispatch:
+    """Turn the fleet's dispatch off (maintenance): nothing is dispatched until `fleet_resume`.
+
+    Steps in flight finish; reports and triggers are still accepted.
+    """
+    with transaction.atomic():
+        FleetDispatch.objects.get_or_create(pk=1)
+        _pause_switch(FleetDispatch.objects.filter(pk=1), what="fleet dispatch", to="paused",
+                      paused_at=timezone.now(), paused_by=by.user if by.actor == Actor.OPERATOR else None,
+                      paused_by_label=by.who, reason=reason[:5000])
+        _control_event(scope=ControlEvent.Scope.FLEET, target="", action=ControlEvent.Action.PAUSED, by=by,
+                       reason=reason)
+    return FleetDispatch.current()
+
+
+def fleet_resume(*, by: By, reason: str = "") -> int:
+    """Turn the fleet's dispatch back on and kick the held work; returns how many agents were kicked."""
+    with transaction.atomic():
+        _pause_switch(FleetDispatch.objects.filter(pk=1), what="fleet dispatch", to="on",
+                      paused_at=None, paused_by=None, paused_by_label="", reason="")
+        _control_event(scope=ControlEvent.Scope.FLEET, target="", action=ControlEvent.Action.RESUMED, by=by,
+                       reason=reason)
+        agents = (Task.objects.filter(status=S.QUEUED).exclude(session__status__in=Session.NOT_DISPATCHING)
+                  .order_by().values_list("agent_id", flat=True).distinct())
+        kicked = 0
+        for agent_id in sorted(agents):
+            _kick_queued(agent_id=agent_id)
+            kicked += 1
+    return kicked
+
+
+def definition_pause(*, definition: WorkflowDefinition, by: By, reason: str = "",
+                     pause_sessions: bool = False) -> int:
+    """Pause a definition: new triggers are accepted and held `pending` until it is resumed.
+
+    With `pause_sessions` its pending and running sessions are paused too; returns how many.
+    """
+    with transaction.atomic():
+        _pause_switch(WorkflowDefinition.objects.filter(pk=definition.pk), what=f"workflow '{definition.pk}'",
+                      to="paused", paused_at=timezone.now(), paused_by_label=by.who,
+                      pause_reason=reason[:5000])
+        _control_event(scope=ControlEvent.Scope.DEFINITION, target=definition.pk,
+                       action=ControlEvent.Action.PAUSED, by=by, reason=reason)
+    definition.refresh_from_db(fields=["paused_at", "paused_by_label", "pause_reason"])
+    if not pause_sessions:
+        return 0
+    return _each_session(Session.objects.filter(definition=definition, status__in=(SS.PENDING, SS.RUNNING)),
+                         session_pause, by=by, reason=reason or f"workflow '{definition.pk}' paused")
+
+
+def definition_resume(*, definition: WorkflowDefinition, by: By, reason: str = "",
+                      resume_sessions: bool = False) -> int:
+    """Resume a definition: its held sessions start. With `resume_sessions` its paused sessions
+    resume too; returns how many sessions were released or resumed."""
+    with transaction.atomic():
+        _pause_switch(WorkflowDefinition.objects.filter(pk=definition.pk), what=f"workflow '{definition.pk}'",
+                      to="on", paused_at=None, paused_by_label="", pause_reason="")
+        _control_event(scope=ControlEvent.Scope.DEFINITION, target=definition.pk,
+                       action=ControlEvent.Action.RESUMED, by=by, reason=reason)
+    definition.refresh_from_db(fields=["paused_at", "paused_by_label", "pause_reason"])
+    released = 0
+    held = Task.objects.filter(session__definition=definition, session__status=SS.PENDING,
+                               status__in=(S.PENDING, S.QUEUED)).values_list("pk", flat=True)
+    for task_id in list(held):
+        with transaction.atomic():
+            task = Task.objects.select_for_update().filter(pk=task_id, status__in=(S.PENDING, S.QUEUED)).first()
+            if task is None:
+                continue
+            session = Session.objects.select_for_update().get(pk=task.session_id)
+            if session.status != SS.PENDING:
+                continue
+            if task.status == S.QUEUED:
+                task_enqueue(task=task)  # a trigger that raced the pause: its job was held
+            else:
+                _release_held(task=task, session=session, by=by)
+            released += 1
+    if resume_sessions:
+        released += _each_session(Session.objects.filter(definition=definition, status=SS.PAUSED), session_resume,
+                                  by=by, reason=reason or f"workflow '{definition.pk}' resumed")
+    return released
+
+
+def _each_session(queryset, change, *, by: By, reason: str) -> int:
+    """Apply `change` (session_pause/session_resume) to each session; one that moved on meanwhile is skipped."""
+    done = 0
+    for session in list(queryset.only("pk")):
+        try:
+            change(session=session, by=by, reason=reason)
+        except InvalidTransition:
+            continue
+        done += 1
+    return done
+
+
+def _release_held(*, task: Task, session: Session, by: By) -> None:
+    """A held (`pending`) first step starts: an agent step is queued, an approval waits for its decision."""
+    step = _spec_of(session).step(task.step_id)
+    reason = f"released: workflow definition '{session.workflow_id}' resumed"
+    if step.is_approval:
+        task_transition(task=task, to=S.WAITING_APPROVAL, by=by, reason=reason,
+                        timeout_at=timezone.now() + timedelta(seconds=step.timeoutSeconds))
+        if session.status == SS.PENDING:
+            session_transition(session=session, to=SS.RUNNING, by=By.system(), reason=f"approval '{step.taskId}' waits")
+    else:
+        task_transition(task=task, to=S.QUEUED, by=by, reason=reason)
+
+
+# --------------------------------------------------------------------------- approvals
+
+
+def approval_refusal(*, approvers: str | None, by: By) -> str | None:
+    """Why `by` may not decide an approval step whose group is `approvers`, or None.
+
+    Any operator decides when the step names no group; else members of `approvers` (and
+    superusers). Service keys (automation) and the system's timeout may always decide.
+    """
+    if by.actor == Actor.AGENT:
+        return "agents cannot decide approvals"
+    if by.actor == Actor.OPERATOR and approvers:
+        user = by.user
+        if not user.is_superuser and not user.groups.filter(name=approvers).exists():
+            return f"only members of the group '{approvers}' may decide this approval"
+    return None
+
+
+def approval_decide(*, task: Task, approve: bool, comment: str = "", by: By) -> Task:
+    """Approve or reject a waiting approval step; the decision, comment and who become its result.
+
+    Approved: the next step starts (or the session completes). Rejected: the step's fallback
+    runs, or the session fails. A second decision raises InvalidTransition (409); a caller not
+    among the step's approvers raises NotAnApprover (403).
+    """
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task.pk)
+        session = Session.objects.select_for_update().get(pk=task.session_id)
+        if task.status != S.WAITING_APPROVAL:
+            raise InvalidTransition(f"task {task.pk} is {task.status}: it is not an approval waiting for a decision")
+        step = _spec_of(session).step(task.step_id)
+        if refusal := approval_refusal(approvers=step.approvers, by=by):
+            raise NotAnApprover(refusal)
+        _approval_close(task=task, approve=approve, comment=comment, by=by)
+    return task
+
+
+def approval_time_out(*, task: Task) -> None:
+    """The approval's deadline passed (`onTimeout: reject`): it is rejected by the system.
+    The caller holds the task's lock (the scheduler's sweep)."""
+    _approval_close(task=task, approve=False, by=By.system(),
+                    comment=f"no decision within {task.timeout_seconds}s (onTimeout: reject)")
+
+
+def _approval_close(*, task: Task, approve: bool, comment: str, by: By) -> None:
+    now = timezone.now()
+    decision = "approved" if approve else "rejected"
+    result = {"decision": decision, "comment": comment[:5000], "decidedBy": by.who, "decidedAt": now.isoformat()}
+    reason = f"{decision} by {by.who}" + (f": {comment}" if comment else "")
+    if approve:
+        task_transition(task=task, to=S.COMPLETED, by=by, reason=reason, result=result, finished_at=now,
+                        timeout_at=None)
+        _next_step(task=task, result=result)
+    else:
+        task_transition(task=task, to=S.REJECTED, by=by, reason=reason, result=result, finished_at=now,
+                        timeout_at=None, last_error=reason[:5000])
+        _fallback_or_fail(task=task, reason=reason, why="rejected", previous_result=result)

@@ -1,4 +1,4 @@
-"""The HTML form that starts a session (the list filters are sessions/filters.py)."""
+"""The HTML forms that start a session and decide an approval (the list filters are sessions/filters.py)."""
 
 from __future__ import annotations
 
@@ -34,3 +34,10 @@ class SessionStartForm(forms.Form):
         if not isinstance(value, dict):
             raise forms.ValidationError(f"must be a JSON object, not {type(value).__name__}")
         return value
+
+
+class ApprovalDecisionForm(forms.Form):
+    """An approve or reject from the approvals inbox, with its comment (kept in the step's result)."""
+
+    decision = forms.ChoiceField(choices=[("approve", "approve"), ("reject", "reject")])
+    comment = forms.CharField(max_length=2000, required=False, strip=True)

@@ -32,8 +32,11 @@ class Session(models.Model):
         COMPLETED = "completed"
         FAILED = "failed"
         CANCELLED = "cancelled"
+        PAUSED = "paused"  # an operator's pause: in-flight steps finish, no new step is dispatched
 
     TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+    # Sessions whose queued tasks are not dispatched: ended, or paused by an operator.
+    NOT_DISPATCHING = TERMINAL | {Status.PAUSED}
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     definition = models.ForeignKey(
@@ -59,6 +62,7 @@ class Session(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
     ended_at = models.DateTimeField(null=True, blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True, help_text="When the session was paused (null: not paused).")
 
     class Meta:
         ordering = ["-created_at"]
@@ -109,8 +113,10 @@ class Task(models.Model):
         RETRY_SCHEDULED = "retry_scheduled"
         DEAD = "dead"
         CANCELLED = "cancelled"
+        WAITING_APPROVAL = "waiting_approval"  # an approval step: waits for a person's decision
+        REJECTED = "rejected"  # an approval step rejected (or timed out): final
 
-    TERMINAL = frozenset({Status.COMPLETED, Status.DEAD, Status.CANCELLED})
+    TERMINAL = frozenset({Status.COMPLETED, Status.DEAD, Status.CANCELLED, Status.REJECTED})
     IN_FLIGHT = frozenset({Status.DISPATCHED, Status.RUNNING})
     # Waiting for an operator's decision (the failures queue).
     NEEDS_DECISION = frozenset({Status.FAILED, Status.DEAD})
@@ -187,6 +193,9 @@ class Task(models.Model):
             models.Index(fields=["status", "-updated_at"], name="task_status_updated_idx"),
             # Throughput on the dashboard: completed tasks by finish time.
             models.Index(fields=["status", "finished_at"], name="task_status_finished_idx"),
+            # The approvals inbox and the approval timeout sweep.
+            models.Index(fields=["status", "timeout_at"], condition=Q(status="waiting_approval"),
+                         name="task_waiting_approval_idx"),
             # Tasks waiting for an agent (the idle-report kick and the attention list): few rows.
             models.Index(fields=["waiting_since"], name="task_waiting_idx", condition=Q(waiting_since__isnull=False)),
         ]
@@ -197,6 +206,14 @@ class Task(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    @property
+    def approvers(self) -> str | None:
+        """The group that decides this approval step (from the session's snapshot), or None: any operator."""
+        for step in self.session.spec_snapshot.get("tasks") or []:
+            if isinstance(step, dict) and step.get("taskId") == self.step_id:
+                return step.get("approvers") or None
+        return None
 
     def retry_refusal(self, session: Session) -> str | None:
         """Why an operator cannot retry this task of `session` now, or None if they can.
@@ -318,3 +335,66 @@ class QuarantineEvent(models.Model):
         if self.actor == Actor.OPERATOR and self.actor_user_id:
             return f"operator {self.actor_user}"
         return str(self.actor)
+
+
+class FleetDispatch(models.Model):
+    """The fleet-wide dispatch switch (maintenance): one row; `paused_at` set means nothing is dispatched.
+
+    Written only by `sessions/engine.py` (`fleet_pause` / `fleet_resume`); every change is a ControlEvent.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    paused_at = models.DateTimeField(null=True, blank=True, help_text="Dispatch off since (null: dispatch on).")
+    paused_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    paused_by_label = models.CharField(max_length=255, blank=True, help_text="Who turned dispatch off.")
+    reason = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="fleetdispatch_singleton")]
+
+    def __str__(self) -> str:
+        return "fleet dispatch off" if self.paused_at else "fleet dispatch on"
+
+    @classmethod
+    def current(cls) -> FleetDispatch:
+        """The switch (a fresh read; a row that was never written reads as "on")."""
+        return cls.objects.filter(pk=1).first() or cls(pk=1)
+
+    @property
+    def is_off(self) -> bool:
+        return self.paused_at is not None
+
+
+class ControlEvent(models.Model):
+    """An append-only record of a pause or resume of a workflow definition or of the fleet's dispatch.
+
+    A session's own pause and resume are TaskEvents (they change its status).
+    """
+
+    class Scope(models.TextChoices):
+        FLEET = "fleet"
+        DEFINITION = "definition"
+
+    class Action(models.TextChoices):
+        PAUSED = "paused"
+        RESUMED = "resumed"
+
+    scope = models.CharField(max_length=16, choices=Scope.choices)
+    target = models.CharField(max_length=100, blank=True, help_text="The definition id (blank for the fleet).")
+    action = models.CharField(max_length=16, choices=Action.choices)
+    actor = models.CharField(max_length=16, choices=Actor.choices)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=255, blank=True)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["scope", "target", "-created_at"], name="controlevent_target_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.target} {self.action} by {self.actor_label or self.actor}"

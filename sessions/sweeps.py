@@ -37,11 +37,13 @@ class SweepCounts:
     timed_out: int = 0
     queue_timeouts: int = 0
     requeued: int = 0
+    approvals_timed_out: int = 0
+    alerts_fired: int = 0  # alert rules that fired (alerts/evaluate.py); not a task count
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         return {"retries_due": self.retries_due, "timed_out": self.timed_out, "queue_timeouts": self.queue_timeouts,
-                "requeued": self.requeued}
+                "requeued": self.requeued, "approvals_timed_out": self.approvals_timed_out}
 
 
 def _sweep(queryset, action, *, limit: int) -> list[Task]:
@@ -76,8 +78,9 @@ def _time_out(task: Task) -> None:
 
 
 def due_retries(*, now: datetime):
-    """Tasks whose retry is due (what `sweep_due_retries` acts on)."""
-    return Task.objects.filter(status=S.RETRY_SCHEDULED, next_attempt_at__lte=now).order_by("next_attempt_at")
+    """Tasks whose retry is due (what `sweep_due_retries` acts on); a paused session's wait."""
+    return (Task.objects.filter(status=S.RETRY_SCHEDULED, next_attempt_at__lte=now)
+            .exclude(session__status=Session.Status.PAUSED).order_by("next_attempt_at"))
 
 
 def sweep_due_retries(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
@@ -95,8 +98,9 @@ def sweep_timeouts(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
 
 def waiting_too_long(*, now: datetime):
     """Queued tasks no agent could take before their deadline (what `sweep_queue_timeouts` acts on)."""
-    return Task.objects.filter(status=S.QUEUED, waiting_since__isnull=False,
-                               queue_deadline_at__lte=now).order_by("queue_deadline_at")
+    # A paused session's wait stands still (its resume gives the deadline the time it had left).
+    return (Task.objects.filter(status=S.QUEUED, waiting_since__isnull=False, queue_deadline_at__lte=now)
+            .exclude(session__status=Session.Status.PAUSED).order_by("queue_deadline_at"))
 
 
 def sweep_queue_timeouts(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
@@ -114,6 +118,7 @@ def sweep_waiting(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = Fa
     """
     cutoff = now - timedelta(seconds=WAITING_RECHECK_SECONDS)
     queryset = (Task.objects.filter(status=S.QUEUED, waiting_since__isnull=False)
+                .exclude(session__status__in=Session.NOT_DISPATCHING)
                 .filter(Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True)).order_by("waiting_since"))
     if dry_run:
         return list(queryset[:limit])
@@ -132,21 +137,35 @@ def sweep_stuck_probes(*, limit: int = SWEEP_BATCH) -> int:
     return done
 
 
+def overdue_approvals(*, now: datetime):
+    """Approvals past their deadline (what `sweep_approval_timeouts` acts on); a paused session's wait."""
+    return (Task.objects.filter(status=S.WAITING_APPROVAL, timeout_at__lte=now)
+            .exclude(session__status=Session.Status.PAUSED).order_by("timeout_at"))
+
+
+def sweep_approval_timeouts(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
+    return len(_sweep(overdue_approvals(now=now), lambda task: engine.approval_time_out(task=task), limit=limit))
+
+
 def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = False) -> list[Task]:
     """Queued tasks whose job has not run for a while although it would now decide something.
 
     Covers a worker killed mid-job, a job that found the agent busy and was never kicked
     again, an agent that deregistered (the job fails the task) and a session ended while
     the task was queued (the job cancels it). Re-enqueueing is safe: the job does nothing
-    unless the task is queued.
+    unless the task is queued. A paused session's tasks wait for its resume, and while the
+    fleet's dispatch is off only the jobs that would end a task are re-enqueued.
     """
     cutoff = now - timedelta(seconds=settings.OPSCORE_LOST_JOB_SECONDS)
     ready_agents = Agent.objects.filter(state=Agent.State.IDLE, deregistered_at__isnull=True,
                                         drained_at__isnull=True)
     gone_agents = Agent.objects.filter(deregistered_at__isnull=False)  # their job fails the task
     busy_agents = Task.objects.filter(status__in=Task.IN_FLIGHT).values("agent_id")
+    would_decide = Q(agent__in=gone_agents) | Q(session__status__in=Session.TERMINAL)
+    if engine.fleet_dispatch_off() is None:
+        would_decide |= Q(agent__in=ready_agents) & ~Q(session__status=Session.Status.PAUSED)
     queryset = (Task.objects.filter(status=S.QUEUED)
-                .filter(Q(agent__in=ready_agents) | Q(agent__in=gone_agents) | Q(session__status__in=Session.TERMINAL))
+                .filter(would_decide)
                 .filter(Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True))
                 .exclude(agent_id__in=busy_agents).order_by("created_at"))
     if dry_run:
@@ -162,6 +181,7 @@ def scheduler_preview(*, now: datetime, limit: int = SWEEP_BATCH) -> dict[str, l
         "queue_timeouts": list(waiting_too_long(now=now)[:limit]),
         "requeued": sweep_lost_jobs(now=now, limit=limit, dry_run=True) + sweep_waiting(now=now, limit=limit,
                                                                                         dry_run=True),
+        "approvals_timed_out": list(overdue_approvals(now=now)[:limit]),
     }
 
 
@@ -176,6 +196,7 @@ def scheduler_tick(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> 
         ("requeued", lambda: len(sweep_lost_jobs(now=now, limit=limit)) + len(sweep_waiting(now=now, limit=limit))
          + sweep_stuck_probes(limit=limit)),
         ("alerts_fired", lambda: import_string("alerts.evaluate.run")(now=now)),  # alerts/evaluate.py
+        ("approvals_timed_out", lambda: sweep_approval_timeouts(now=now, limit=limit)),
     )
     for name, sweep in sweeps:
         try:

@@ -29,6 +29,11 @@ class WorkflowDefinition(models.Model):
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Paused: new triggers are accepted and held `pending` until it is resumed. Written only by the
+    # session engine (sessions/engine.py `definition_pause` / `definition_resume`).
+    paused_at = models.DateTimeField(null=True, blank=True, editable=False)
+    paused_by_label = models.CharField(max_length=255, blank=True, editable=False)
+    pause_reason = models.TextField(blank=True, editable=False)
 
     class Meta:
         ordering = ["id"]

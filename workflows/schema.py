@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,6 +27,15 @@ from opscore_site.errors import ApplicationError
 from opscore_site.jsontext import MAX_DEPTH, reject_constant, text_problem
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+APPROVAL = "approval"
+APPROVAL_DEFAULT_TIMEOUT = 24 * 3600  # an approval waits for a person: a day unless the step says otherwise
+# An approval step names no agent; its maxRetries and retryBackoffSeconds are ignored (they are
+# written out with their defaults, so they cannot be refused on a step read back).
+_AGENT_ONLY_FIELDS = ("agentCapability", "queueTimeoutSeconds")
+_APPROVAL_ONLY_FIELDS = ("approvers", "onTimeout")
+# New optional fields, left out of the document when unset, so an upstream spec exports unchanged.
+_OMIT_WHEN_UNSET = ("type", "approvers", "onTimeout")
 
 
 class SpecError(ApplicationError, ValueError):
@@ -84,6 +93,41 @@ class StepSpec(BaseModel):
         if isinstance(value, bool) or (value is not None and not isinstance(value, int)):
             raise ValueError("queueTimeoutSeconds must be a whole number of seconds (1 to 604800), or null")
         return value
+
+    # Steps without `type` are agent tasks (the upstream shape); `approval` waits for a person.
+    type: Literal["agent", "approval"] | None = None
+    approvers: str | None = Field(default=None, min_length=1, max_length=150,
+                                  description="Group whose members may decide (approval steps; any operator when unset)")
+    onTimeout: Literal["reject"] | None = None
+
+    @property
+    def is_approval(self) -> bool:
+        return self.type == APPROVAL
+
+    @model_validator(mode="after")
+    def _approval_fields_fit_the_type(self) -> StepSpec:
+        given = self.model_fields_set
+        problems: dict[str, list[str]] = {}
+        if self.is_approval:
+            for name in _AGENT_ONLY_FIELDS:
+                if name in given and getattr(self, name) is not None:
+                    problems.setdefault(name, []).append(
+                        f"an approval step is decided by a person, not an agent: remove {name}")
+            if "timeoutSeconds" not in given:
+                self.timeoutSeconds = APPROVAL_DEFAULT_TIMEOUT
+        else:
+            for name in _APPROVAL_ONLY_FIELDS:
+                if getattr(self, name) is not None:
+                    problems.setdefault(name, []).append(
+                        f"{name} applies only to approval steps (\"type\": \"approval\")")
+        if problems:
+            raise SpecError(problems)
+        return self
+
+    @field_validator("type", "approvers", "onTimeout", mode="before")
+    @classmethod
+    def _optional_blank_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("parameters", mode="before")
     @classmethod
@@ -210,8 +254,14 @@ class WorkflowSpec(BaseModel):
         return [self.step(task_id) for task_id in seen + rest]
 
     def to_document(self) -> dict[str, Any]:
-        """The upstream JSON shape (defaults written out, so a snapshot is self-contained)."""
-        return self.model_dump(mode="json")
+        """The upstream JSON shape (defaults written out, so a snapshot is self-contained; the
+        approval fields only where they are set)."""
+        document = self.model_dump(mode="json")
+        for step in document["tasks"]:
+            for name in _OMIT_WHEN_UNSET:
+                if step.get(name) is None:
+                    step.pop(name, None)
+        return document
 
     def to_json(self) -> str:
         return json.dumps(self.to_document(), indent=2, sort_keys=False) + "\n"
@@ -232,6 +282,12 @@ def main_path(document: dict[str, Any]) -> list[str]:
         path.append(current)
         current = steps[current].get("nextTaskId")
     return path
+
+
+_LITERAL_MESSAGES = {
+    "type": "must be 'approval' (a step decided by a person) or left out (an agent task)",
+    "onTimeout": "must be 'reject' (the only action on an approval's timeout) or left out",
+}
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -311,11 +367,14 @@ def validate_definition(document: Any, *, new_input: bool = False, definition_id
         for err in exc.errors():
             ctx_error = (err.get("ctx") or {}).get("error")
             if isinstance(ctx_error, SpecError):
+                prefix = _format_loc(err["loc"])  # a step's own check names its fields without the step
                 for path, messages in ctx_error.errors.items():
-                    errors.setdefault(path, []).extend(messages)
+                    errors.setdefault(f"{prefix}.{path}" if prefix and path else path or prefix, []).extend(messages)
                 continue
             message = err["msg"]
-            if err["type"] == "string_pattern_mismatch":
+            if err["type"] == "literal_error" and err["loc"][-1] in _LITERAL_MESSAGES:
+                message = _LITERAL_MESSAGES[err["loc"][-1]]
+            elif err["type"] == "string_pattern_mismatch":
                 message = "must start with a letter or digit and use only letters, digits, '_', '-' and '.'"
             elif message.startswith("Value error, "):
                 message = message.removeprefix("Value error, ")

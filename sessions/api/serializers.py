@@ -108,11 +108,12 @@ class SessionOut(serializers.ModelSerializer):
     startedAt = serializers.DateTimeField(source="started_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
     endedAt = serializers.DateTimeField(source="ended_at")
+    pausedAt = serializers.DateTimeField(source="paused_at", help_text="When it was paused (null: not paused).")
 
     class Meta:
         model = Session
         fields = ["sessionId", "workflowId", "definitionRevision", "agentId", "status", "initialPayload",
-                  "result", "error", "createdAt", "startedAt", "updatedAt", "endedAt"]
+                  "result", "error", "createdAt", "startedAt", "updatedAt", "endedAt", "pausedAt"]
 
 
 class SessionDetailOut(SessionOut):
@@ -120,3 +121,60 @@ class SessionDetailOut(SessionOut):
 
     class Meta(SessionOut.Meta):
         fields = [*SessionOut.Meta.fields, "tasks"]
+
+
+class WorkflowPauseIn(ActionIn):
+    sessions = serializers.BooleanField(
+        required=False, default=False,
+        help_text="Also pause (on resume: resume) the definition's pending and running (paused) sessions.")
+
+
+class WorkflowPauseOut(serializers.Serializer):
+    workflowId = serializers.CharField()
+    paused = serializers.BooleanField()
+    pausedAt = serializers.DateTimeField(allow_null=True)
+    pausedBy = serializers.CharField(allow_blank=True)
+    reason = serializers.CharField(allow_blank=True)
+    sessions = serializers.IntegerField(help_text="Sessions paused, or released and resumed, by this call.")
+
+
+class FleetDispatchOut(serializers.Serializer):
+    dispatch = serializers.ChoiceField(choices=["on", "off"])
+    pausedAt = serializers.DateTimeField(allow_null=True, help_text="Off since (null: dispatch is on).")
+    pausedBy = serializers.CharField(allow_blank=True)
+    reason = serializers.CharField(allow_blank=True)
+
+    @staticmethod
+    def of(switch) -> dict:
+        return {"dispatch": "off" if switch.is_off else "on", "pausedAt": switch.paused_at,
+                "pausedBy": switch.paused_by_label, "reason": switch.reason}
+
+
+class ApprovalOut(serializers.ModelSerializer):
+    """A waiting approval step, with what the approver is asked to approve (the previous step's result)."""
+
+    taskId = serializers.UUIDField(source="id")
+    sessionId = serializers.UUIDField(source="session_id")
+    workflowId = serializers.CharField(source="session.workflow_id")
+    agentId = serializers.CharField(source="agent_id")
+    stepId = serializers.CharField(source="step_id")
+    approvers = serializers.SerializerMethodField(help_text="The group that decides (null: any operator).")
+    previousResult = serializers.SerializerMethodField()
+    createdAt = serializers.DateTimeField(source="created_at")
+    timeoutAt = serializers.DateTimeField(source="timeout_at", help_text="Rejected when still waiting then.")
+
+    class Meta:
+        model = Task
+        fields = ["taskId", "sessionId", "workflowId", "agentId", "stepId", "name", "status", "approvers",
+                  "previousResult", "createdAt", "timeoutAt"]
+
+    def get_approvers(self, task: Task) -> str | None:
+        return task.approvers
+
+    def get_previousResult(self, task: Task) -> dict | list | str | int | float | bool | None:
+        return task.payload.get("previous_result") if isinstance(task.payload, dict) else None
+
+
+class ApprovalDecisionIn(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=["approve", "reject"])
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")

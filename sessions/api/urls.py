@@ -3,7 +3,15 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from sessions.api.views import AgentFleetViewSet, SessionViewSet, TaskViewSet, WorkflowTriggerView
+from sessions.api.views import (
+    AgentFleetViewSet,
+    ApprovalViewSet,
+    FleetViewSet,
+    SessionViewSet,
+    TaskViewSet,
+    WorkflowPauseViewSet,
+    WorkflowTriggerView,
+)
 
 router = SimpleRouter(trailing_slash="")
 # The agents resource with the engine's actions on an agent (quarantine, release): agents know
@@ -11,6 +19,10 @@ router = SimpleRouter(trailing_slash="")
 router.register("agents", AgentFleetViewSet, basename="agent")
 router.register("sessions", SessionViewSet, basename="session")
 router.register("tasks", TaskViewSet, basename="task")
+router.register("approvals", ApprovalViewSet, basename="approval")
+router.register("fleet", FleetViewSet, basename="fleet")
+# workflows/{id}/pause and /resume (the definitions' own routes are in workflows/api/urls.py).
+router.register("workflows", WorkflowPauseViewSet, basename="workflow-pause")
 
 urlpatterns = [
     # Upstream-compatible (AgentKit SDK).

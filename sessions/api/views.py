@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import exceptions, status, viewsets
+from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,20 +13,28 @@ from rest_framework.views import APIView
 from agents.api.auth import AgentEndpoint, ApiKeyUser, OperatorOrServiceKey, key_label
 from agents.api.views import AgentViewSet
 from opscore_site.filters import api_filter, openapi_parameters
+from sessions import engine
 from sessions.api.serializers import (
     ActionIn,
+    ApprovalDecisionIn,
+    ApprovalOut,
+    FleetDispatchOut,
     QuarantineIn,
     SessionDetailOut,
     SessionOut,
     TaskDetailOut,
     TaskOut,
+    WorkflowPauseIn,
+    WorkflowPauseOut,
     WorkflowTriggerIn,
     WorkflowTriggerOut,
 )
 from sessions.engine import By, agent_quarantine, agent_release, session_cancel, session_retry, task_retry
 from sessions.filters import SessionFilter, TaskFilter
-from sessions.models import Session, Task, TaskAttempt
+from sessions.models import FleetDispatch, Session, Task, TaskAttempt
 from sessions.services import request_fingerprint, session_trigger
+from workflows.models import WorkflowDefinition
+from workflows.schema import ID_PATTERN
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -80,6 +88,14 @@ class _ActionMixin:
         reason = " ".join(part for part in (body.validated_data["reason"], note) if part)
         return by, reason
 
+    def _named_args(self, request, serializer=ActionIn) -> tuple[By, dict]:
+        """Who, by name (a service key by its label: the engine records it), and the validated body."""
+        body = serializer(data=request.data if isinstance(request.data, dict) else {})
+        body.is_valid(raise_exception=True)
+        if isinstance(request.user, ApiKeyUser):
+            return By.service_key(f"API key {key_label(request.user.key)}"), body.validated_data
+        return By.operator(request.user), body.validated_data
+
 
 @extend_schema(parameters=openapi_parameters(SessionFilter))
 class SessionViewSet(_ActionMixin, viewsets.ReadOnlyModelViewSet):
@@ -113,6 +129,22 @@ class SessionViewSet(_ActionMixin, viewsets.ReadOnlyModelViewSet):
         """Retry a failed session from its failed step (409 unless it is failed)."""
         by, reason = self._action_args(request)
         session_retry(session=self.get_object(), by=by, reason=reason)
+        return Response(SessionDetailOut(self.get_object()).data)
+
+    @extend_schema(request=ActionIn, responses={200: SessionDetailOut}, parameters=[])
+    @action(detail=True, methods=["post"])
+    def pause(self, request, session_id=None) -> Response:
+        """Pause a pending or running session: its step in flight finishes, the next waits (409 otherwise)."""
+        by, body = self._named_args(request)
+        engine.session_pause(session=self.get_object(), by=by, reason=body["reason"])
+        return Response(SessionDetailOut(self.get_object()).data)
+
+    @extend_schema(request=ActionIn, responses={200: SessionDetailOut}, parameters=[])
+    @action(detail=True, methods=["post"])
+    def resume(self, request, session_id=None) -> Response:
+        """Resume a paused session where it stopped (409 unless it is paused)."""
+        by, body = self._named_args(request)
+        engine.session_resume(session=self.get_object(), by=by, reason=body["reason"])
         return Response(SessionDetailOut(self.get_object()).data)
 
 
@@ -167,3 +199,93 @@ class AgentFleetViewSet(_ActionMixin, AgentViewSet):
         by, reason = self._action_args(request)
         agent = agent_release(agent=self.get_object(), by=by, reason=reason)
         return Response(self.get_serializer(agent).data)
+
+
+class WorkflowPauseViewSet(_ActionMixin, viewsets.GenericViewSet):
+    """`workflows/{id}/pause` and `/resume`: served here because workflows/ knows nothing of sessions."""
+
+    permission_classes = [OperatorOrServiceKey]
+    queryset = WorkflowDefinition.objects.order_by("id")
+    lookup_url_kwarg = "workflow_id"
+    lookup_value_regex = ID_PATTERN.strip("^$")
+
+    def _answer(self, definition: WorkflowDefinition, count: int) -> Response:
+        return Response(WorkflowPauseOut({
+            "workflowId": definition.pk, "paused": definition.paused_at is not None, "pausedAt": definition.paused_at,
+            "pausedBy": definition.paused_by_label, "reason": definition.pause_reason, "sessions": count}).data)
+
+    @extend_schema(request=WorkflowPauseIn, responses={200: WorkflowPauseOut}, operation_id="workflows_pause")
+    @action(detail=True, methods=["post"])
+    def pause(self, request, workflow_id=None) -> Response:
+        """Pause a definition: new triggers are still accepted (202) and held pending until it resumes;
+        with `sessions: true` its pending and running sessions pause too (409 when already paused)."""
+        by, body = self._named_args(request, WorkflowPauseIn)
+        definition = self.get_object()
+        count = engine.definition_pause(definition=definition, by=by, reason=body["reason"],
+                                        pause_sessions=body["sessions"])
+        return self._answer(definition, count)
+
+    @extend_schema(request=WorkflowPauseIn, responses={200: WorkflowPauseOut}, operation_id="workflows_resume")
+    @action(detail=True, methods=["post"])
+    def resume(self, request, workflow_id=None) -> Response:
+        """Resume a definition: its held sessions start; with `sessions: true` its paused sessions
+        resume too (409 when it is not paused)."""
+        by, body = self._named_args(request, WorkflowPauseIn)
+        definition = self.get_object()
+        count = engine.definition_resume(definition=definition, by=by, reason=body["reason"],
+                                         resume_sessions=body["sessions"])
+        return self._answer(definition, count)
+
+
+class FleetViewSet(_ActionMixin, viewsets.GenericViewSet):
+    """The fleet-wide dispatch switch (maintenance). Per-agent drain is separate."""
+
+    permission_classes = [OperatorOrServiceKey]
+    serializer_class = FleetDispatchOut
+    pagination_class = None
+
+    @extend_schema(responses={200: FleetDispatchOut}, operation_id="fleet_dispatch")
+    def list(self, request) -> Response:
+        """Whether the fleet's dispatch is on, and when it is off: since when, by whom, why."""
+        return Response(FleetDispatchOut(FleetDispatchOut.of(FleetDispatch.current())).data)
+
+    @extend_schema(request=ActionIn, responses={200: FleetDispatchOut}, operation_id="fleet_pause")
+    @action(detail=False, methods=["post"])
+    def pause(self, request) -> Response:
+        """Turn dispatch off for the whole fleet: steps in flight finish, reports and triggers are still
+        accepted, nothing new is sent (409 when it is off already)."""
+        by, body = self._named_args(request)
+        engine.fleet_pause(by=by, reason=body["reason"])
+        return self.list(request)
+
+    @extend_schema(request=ActionIn, responses={200: FleetDispatchOut}, operation_id="fleet_resume")
+    @action(detail=False, methods=["post"])
+    def resume(self, request) -> Response:
+        """Turn dispatch back on; the held work is dispatched (409 when it is on)."""
+        by, body = self._named_args(request)
+        engine.fleet_resume(by=by, reason=body["reason"])
+        return self.list(request)
+
+
+class ApprovalViewSet(_ActionMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The approvals inbox: approval steps waiting for a decision, oldest first, and the decision."""
+
+    permission_classes = [OperatorOrServiceKey]
+    serializer_class = ApprovalOut
+    lookup_url_kwarg = "task_id"
+
+    def get_queryset(self):
+        if self.action == "list":
+            return (Task.objects.filter(status=Task.Status.WAITING_APPROVAL).select_related("session")
+                    .order_by("created_at", "id"))
+        return Task.objects.all()  # a decided approval is found, and a second decision answers 409
+
+    @extend_schema(request=ApprovalDecisionIn, responses={200: TaskDetailOut})
+    @action(detail=True, methods=["post"])
+    def decide(self, request, task_id=None) -> Response:
+        """Approve or reject with a comment; it becomes the step's result. 409 when it is not waiting for
+        a decision (decided already, cancelled, or not an approval step), 403 outside the step's group."""
+        by, body = self._named_args(request, ApprovalDecisionIn)
+        task = engine.approval_decide(task=self.get_object(), approve=body["decision"] == "approve",
+                                      comment=body["comment"], by=by)
+        return Response(TaskDetailOut(Task.objects.prefetch_related("attempts").get(pk=task.pk)).data)

@@ -35,6 +35,7 @@ LIST_PAGES = [
     "/sessions/?after=2026-01-01T00:00&before=2099-01-01T00:00", "/sessions/?workflow=upstream-sample",
     "/sessions/?page=2",
     "/failures/", "/failures/?status=failed", "/failures/?status=dead", "/failures/?q=error", "/failures/?step=x",
+    "/approvals/", "/approvals/?page=2", "/sessions/?status=paused", "/sessions/bulk/pause/", "/sessions/bulk/resume/",
     "/workflows/", "/workflows/?q=sample", "/workflows/new/", "/workflows/import/",
     "/api-keys/",
     "/alerts/", "/alerts/new/",

@@ -358,7 +358,7 @@ def test_scheduler_dry_run_counts_one_pass_and_changes_nothing(stuck):
     retry, overdue = stuck
     jobs = OrmQ.objects.count()
     out, _ = run("opscore_scheduler", "--dry-run")
-    assert out == "dry run, nothing changed: would be retries_due=1 timed_out=1 queue_timeouts=0 requeued=0\n"
+    assert out == "dry run, nothing changed: would be retries_due=1 timed_out=1 queue_timeouts=0 requeued=0 approvals_timed_out=0\n"
     assert Task.objects.get(pk=retry.pk).status == S.RETRY_SCHEDULED
     assert Task.objects.get(pk=overdue.pk).status == S.DISPATCHED
     assert OrmQ.objects.count() == jobs and cache.get(HEARTBEAT_KEY) is None

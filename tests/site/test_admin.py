@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.urls import reverse
 
 from agents.models import ApiKey
+from sessions import engine
 from sessions.models import QuarantineEvent, TaskAttempt, TaskEvent, Actor
 from workflows.models import WorkflowDefinition
 from workflows.schema import validate_definition
@@ -33,6 +34,7 @@ def populated(operator):
                              actor=Actor.SYSTEM)
     api_key_create(name="fleet")
     workflow_save(spec=validate_definition(two_step_spec("admin-wf")))
+    engine.fleet_pause(by=engine.By.operator(operator), reason="admin pages")  # the switch row and its history
     return task
 
 
@@ -43,7 +45,7 @@ def our_models():
 def test_every_model_of_ours_is_in_the_admin():
     names = {m.__name__ for m in our_models()}
     assert names == {"Agent", "AgentState", "ApiKey", "WorkflowDefinition", "WorkflowDefinitionRevision",
-                     "Session", "Task", "TaskAttempt", "TaskEvent", "QuarantineEvent"}
+                     "Session", "Task", "TaskAttempt", "TaskEvent", "QuarantineEvent", "FleetDispatch", "ControlEvent"}
 
 
 def test_each_changelist_and_change_form_renders(client, operator, populated):

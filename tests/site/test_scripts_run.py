@@ -29,10 +29,10 @@ def password_in(path: Path) -> str:
 def test_the_printed_login_is_never_a_password_that_fails(tmp_path):
     first = setup_only(tmp_path, "one.env")
     assert f"log in as:             operator / {password_in(tmp_path / 'one.env')}\n" in first
-    assert "3 created" in first  # the example workflows
+    assert "4 created" in first  # the example workflows
     again = setup_only(tmp_path, "one.env")  # a second start: same operator, same password
     assert f"log in as:             operator / {password_in(tmp_path / 'one.env')}\n" in again
-    assert "3 unchanged" in again
+    assert "4 unchanged" in again
 
     other = setup_only(tmp_path, "two.env")  # new secrets, the same database: its operator keeps its password
     assert password_in(tmp_path / "two.env") not in other

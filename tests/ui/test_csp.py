@@ -29,7 +29,7 @@ def test_operator_pages_the_admin_and_the_login_carry_the_strict_policy(client, 
     task = failed_session()
     client.force_login(operator)  # a superuser: the admin's changelists too
     for path in ("/", "/agents/", "/sessions/", f"/sessions/{task.session_id}/", "/failures/", "/workflows/",
-                 "/api-keys/", "/admin/", "/admin/opscore_sessions/task/"):
+                 "/api-keys/", "/admin/", "/admin/opscore_sessions/task/", "/approvals/", "/sessions/bulk/pause/"):
         response = client.get(path)
         assert response.status_code == 200, path
         assert response["Content-Security-Policy"] == STRICT, path

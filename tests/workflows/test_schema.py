@@ -257,3 +257,53 @@ def test_it_names_bad_routing_fields(field, value, message):
         validate_definition(two_step_spec(**{field: value}))
     assert list(caught.value.errors) == [f"tasks.0.{field}"]
     assert message in " ".join(caught.value.errors[f"tasks.0.{field}"])
+
+
+# --------------------------------------------------------------------------- approval steps
+
+
+def approval_spec(**review) -> dict:
+    return {"id": "reviewed", "name": "Reviewed", "tasks": [
+        {"taskId": "draft", "nextTaskId": "review"},
+        {"taskId": "review", "type": "approval", "name": "Approve the summary", "nextTaskId": "publish",
+         "fallbackTaskId": "rework", **review},
+        {"taskId": "publish"}, {"taskId": "rework"}]}
+
+
+def test_it_reads_an_approval_step_and_keeps_agent_steps_as_they_were():
+    spec = validate_definition(approval_spec(approvers="leads", timeoutSeconds=86400, onTimeout="reject"))
+    review = spec.step("review")
+    assert review.is_approval and review.approvers == "leads" and review.onTimeout == "reject"
+    assert not spec.step("draft").is_approval
+    document = spec.to_document()
+    assert document["tasks"][1]["type"] == "approval" and document["tasks"][1]["approvers"] == "leads"
+    # Agent steps gain no new keys: an upstream spec exports as it was imported.
+    assert not {"type", "approvers", "onTimeout"} & set(document["tasks"][0])
+    assert validate_definition(document).to_document() == document
+
+
+def test_an_approval_waits_a_day_unless_it_says_otherwise():
+    assert validate_definition(approval_spec()).step("review").timeoutSeconds == 86400
+    assert validate_definition(approval_spec(timeoutSeconds=60)).step("review").timeoutSeconds == 60
+
+
+@pytest.mark.parametrize("review, path, message", [
+    ({"type": "robot"}, "tasks.1.type", "must be 'approval'"),
+    ({"onTimeout": "approve"}, "tasks.1.onTimeout", "must be 'reject'"),
+    ({"agentCapability": "summarise"}, "tasks.1.agentCapability", "decided by a person, not an agent"),
+    ({"approvers": ""}, None, None),  # blank is "anyone": accepted
+    ({"approvers": 5}, "tasks.1.approvers", "valid string"),
+])
+def test_it_checks_the_approval_fields_with_clear_messages(review, path, message):
+    if path is None:
+        assert validate_definition(approval_spec(**review)).step("review").approvers is None
+        return
+    errors = errors_of(approval_spec(**review))
+    assert path in errors and message in " ".join(errors[path]), errors
+
+
+@pytest.mark.parametrize("field, value", [("approvers", "leads"), ("onTimeout", "reject")])
+def test_it_refuses_approval_fields_on_an_agent_step(field, value):
+    document = approval_spec()
+    document["tasks"][0][field] = value
+    assert errors_of(document) == {f"tasks.0.{field}": [f'{field} applies only to approval steps ("type": "approval")']}

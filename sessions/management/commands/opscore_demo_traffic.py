@@ -11,24 +11,38 @@ from agents.models import Agent
 from opscore_site.commands import OpsCommand, check_count, check_seconds, run_until_stopped
 from sessions import engine
 from sessions.engine import By
-from sessions.models import Session
+from sessions.models import Session, Task
 from workflows.models import WorkflowDefinition
 
 
+# Sessions waiting at an approval keep no agent busy; at most this many wait at once, so the demo's
+# inbox fills up without the fleet ending up with nothing but approvals.
+APPROVALS_WAITING_MAX = 6
+
+
+def _has_approval(definition: WorkflowDefinition) -> bool:
+    return any(isinstance(step, dict) and step.get("type") == "approval" for step in definition.spec.get("tasks", []))
+
+
 def pick_idle_agents(*, workflow_ids: list[str], max_sessions: int) -> list[tuple[Agent, WorkflowDefinition]]:
-    """Each idle agent that has no unfinished session, with a random workflow for it."""
+    """Each idle agent that has no unfinished session (but one waiting for an approval), with a random
+    workflow for it (one with an approval step only while fewer than APPROVALS_WAITING_MAX wait)."""
     definitions = list(WorkflowDefinition.objects.filter(pk__in=workflow_ids) if workflow_ids
                        else WorkflowDefinition.objects.all())
+    if Task.objects.filter(status=Task.Status.WAITING_APPROVAL).count() >= APPROVALS_WAITING_MAX:
+        definitions = [d for d in definitions if not _has_approval(d)]
     if not definitions:
         return []
-    busy = Session.objects.exclude(status__in=Session.TERMINAL).values("agent_id")
+    waiting = Task.objects.filter(status=Task.Status.WAITING_APPROVAL).values("session_id")
+    busy = Session.objects.exclude(status__in=Session.TERMINAL).exclude(pk__in=waiting).values("agent_id")
     agents = (Agent.objects.active().filter(state=Agent.State.IDLE, drained_at__isnull=True)
               .exclude(pk__in=busy).order_by("?")[:max_sessions])
     return [(agent, random.choice(definitions)) for agent in agents]
 
 
 def start_for_idle_agents(*, workflow_ids: list[str], max_sessions: int) -> list[Session]:
-    """Start one session (random workflow) for each idle agent that has no unfinished session."""
+    """Start one session (random workflow) for each idle agent that has no unfinished session (but
+    one waiting for an approval)."""
     started = []
     for agent, definition in pick_idle_agents(workflow_ids=workflow_ids, max_sessions=max_sessions):
         try:

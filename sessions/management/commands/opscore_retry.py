@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 
 from opscore_site.commands import OpsCommand
 from opscore_site.durations import parse_moment
 from sessions import engine
 from sessions.bulk import run_each
-from sessions.engine import By
+from sessions.management.pausing import command_actor
 from sessions.models import Task
 
 REASON = "opscore_retry"
@@ -54,12 +53,7 @@ class Command(OpsCommand):
                     tasks = tasks.filter(**{lookup: parse_moment(opts[name])})
                 except ValueError as exc:
                     raise CommandError(f"--{name}: {exc}") from None
-        by = By.system()
-        if opts["user"]:
-            user = get_user_model().objects.filter(username=opts["user"]).first()
-            if user is None:
-                raise CommandError(f"--user: no user named '{opts['user']}'")
-            by = By.operator(user)
+        by = command_actor(opts["user"])
 
         tasks = list(tasks.select_related("session").order_by("updated_at"))
         self.stdout.write(f"{len(tasks)} task(s) match")

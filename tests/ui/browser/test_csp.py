@@ -73,6 +73,8 @@ def test_the_operator_pages_the_admin_and_the_api_docs_have_no_csp_violation(csp
         f"/sessions/{dead.session_id}/": "[data-testid=task-error]",
         "/failures/": "tr[data-task]",
         "/failures/retry/?scope=all": "[data-testid=confirm-count]",
+        "/approvals/": "[data-testid=no-approvals]",
+        "/sessions/bulk/pause/": "[data-testid=confirm-count]",
         "/workflows/": "text=csp-wf",
         "/workflows/csp-wf/": "text=Start a session",
         "/workflows/csp-wf/edit/": "textarea",
