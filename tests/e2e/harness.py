@@ -95,9 +95,10 @@ class Stack:
         self.processes[name] = proc
         return proc
 
-    def start_web(self) -> None:
+    def start_web(self, *, extra: list[str] | None = None) -> None:
         self.start("web", [str(BIN / "gunicorn"), "opscore_site.wsgi", "--bind", f"127.0.0.1:{self.web_port}",
-                           "--workers", "2", "--threads", "4", "--timeout", "30", "--no-control-socket"])
+                           "--workers", "2", "--threads", "4", "--timeout", "30", "--no-control-socket",
+                           *(extra or [])])
         wait_until(lambda: httpx.get(f"{self.web_url}/ready", timeout=2).status_code == 200, timeout=30,
                    what="gunicorn /ready")
 
