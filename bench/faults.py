@@ -86,7 +86,7 @@ class Fault:
     name: str
     inject: Callable[["Run"], None]
     sessions: float = 200  # times --scale
-    rate: float = 10.0  # triggers per second (0: as fast as the clients go)
+    rate: float = 5.0  # triggers per second (0: as fast as the clients go)
     clients: int = 2
     work_time: str = "0.05-0.3"
     step_timeout: int = 10
@@ -109,7 +109,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
     old_groups: list[int] = field(default_factory=list)
 
-    def wait_progress(self, fraction: float = 0.25) -> None:
+    def wait_progress(self, fraction: float = 0.2) -> None:
         """Until `fraction` of the sessions are triggered and some step has completed."""
         from sessions.models import Task
 

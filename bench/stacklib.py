@@ -69,8 +69,9 @@ def start_stack(stack, *, agents: int, work_time: str, extra_standin: list[str] 
     for name in schedulers:
         stack.start(name, [sys.executable, "manage.py", "opscore_scheduler"])
     stack.start_agentkit(agents=agents, work_time=work_time, extra=extra_standin)
-    ids = wait_until(lambda: [a["agentId"] for a in stack.standin("/_standin/agents")["agents"]],
-                     timeout=30, what="stand-in agents")
+    ids = wait_until(lambda: [a["agentId"] for a in stack.standin("/_standin/agents")["agents"]]
+                     if stack.standin("/_standin/stats")["agents_registered"] >= agents else None,
+                     timeout=60, what="stand-in agents")
     api = stack.api()
     wait_until(lambda: all(api.get(f"/v1/opscore/agent/{a}/state").status_code == 200 for a in ids),
                timeout=120, what="agents known to Ops-Core")
