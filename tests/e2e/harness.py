@@ -57,6 +57,7 @@ class Stack:
     web_port: int = field(default_factory=free_port)
     agentkit_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)  # name -> value that no log line may hold
 
     @property
     def web_url(self) -> str:
@@ -195,3 +196,13 @@ class ProcessWatch:
                 continue  # gone meanwhile, or not ours
             found.append((int(entry.name), session))
         return sorted(pid for pid, session in found if session in self.sessions)
+
+
+def secrets_in(texts: dict[str, str], secrets: dict[str, str]) -> list[str]:
+    """`where: which secret` for every line of `texts` (name -> text) that holds one of `secrets`
+    (name -> value); empty values are skipped."""
+    found = []
+    for where, text in texts.items():
+        for number, line in enumerate(text.splitlines(), 1):
+            found += [f"{where}:{number}: {name}" for name, value in secrets.items() if value and value in line]
+    return found

@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 def test_three_minutes_of_mixed_load_keep_memory_flat_with_no_error(stack):
     agents = stacklib.start_stack(stack, agents=200, work_time="0.2-1")
     assert len(agents) == 200
-    result = soak.soak(stack, seconds=180, agents=agents, operator=soak.create_operator(), rate=3,
+    operator = soak.create_operator()
+    stack.secrets["operator password"] = operator[1]  # the fixture scans the logs for it
+    result = soak.soak(stack, seconds=180, agents=agents, operator=operator, rate=3,
                        sample_seconds=30, warmup_seconds=60)
     print(result.table())
     print(result.verdict())
