@@ -9,7 +9,7 @@ prints:
   started    sessions the API accepted (each trigger has an Idempotency-Key and is sent again
              after a dropped connection, a 5xx or a 429, so it starts its session exactly once)
   completed, failed
-  lost       sessions that had not ended --drain-timeout seconds after the last trigger
+  lost       sessions still running once none has ended for --stall-timeout seconds (stuck, not slow)
   dup        attempts POSTed to AgentKit more than once (the stand-in's log of accepted runs, over
              all its lives), plus POSTs of an attempt that was never fenced in TaskAttempt
   overlap    runs AgentKit got for an agent still working on another one (a second POST for a task
@@ -41,7 +41,7 @@ slow-agentkit, a burst of 1,000), 20 agents:
   (table filled in by the run below)
 
 Usage: .venv/bin/python bench/faults.py [--only NAME ...] [--scale 1.0] [--agents 20]
-         [--drain-timeout 300] [--database opscore_bench_faults]
+         [--stall-timeout 90] [--drain-timeout 3600] [--database opscore_bench_faults]
 Needs PostgreSQL at DATABASE_URL (default 127.0.0.1:5432, user postgres); drops and creates the
 database --database on that server. Logs stay in the directory printed at the end.
 """
@@ -270,14 +270,20 @@ def read(run: Run) -> None:
         time.sleep(0.2)
 
 
-def wait_final(run: Run, timeout: float) -> None:
+def wait_final(run: Run, *, stall: float, timeout: float) -> None:
+    """Until every session has ended, or none has ended for `stall` seconds (what is left is stuck,
+    not slow), or `timeout` has passed."""
     from sessions.models import Session
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not stacklib.db_call(lambda: Session.objects.filter(pk__in=run.session_ids)
-                                .exclude(status__in=stacklib.FINAL).exists()):
+    last_change, last_open = time.monotonic(), None
+    while time.monotonic() < deadline and time.monotonic() - last_change < stall:
+        still_open = stacklib.db_call(lambda: Session.objects.filter(pk__in=run.session_ids)
+                                      .exclude(status__in=stacklib.FINAL).count())
+        if not still_open:
             return
+        if still_open != last_open:
+            last_change, last_open = time.monotonic(), still_open
         time.sleep(1)
 
 
@@ -345,7 +351,7 @@ def run_fault(fault: Fault, args, log_root: Path) -> dict:
             fault.inject(run)
         finally:
             feeder.join()
-        wait_final(run, args.drain_timeout)
+        wait_final(run, stall=args.stall_timeout, timeout=args.drain_timeout)
         run.stopping.set()
         reader.join()
         row = stacklib.db_call(lambda: figures(run, trigger))
@@ -384,8 +390,11 @@ def main() -> None:
                         help=f"run this fault (repeatable); one of {', '.join(FAULTS)}")
     parser.add_argument("--scale", type=float, default=1.0, help="times the sessions of each fault (burst: 5,000)")
     parser.add_argument("--agents", type=int, default=20, help="stand-in agents (default %(default)s)")
-    parser.add_argument("--drain-timeout", type=float, default=300,
-                        help="seconds after the last trigger before a session still running counts as lost")
+    parser.add_argument("--stall-timeout", type=float, default=90,
+                        help="seconds with no session ending after which the sessions still running count as "
+                             "lost (default %(default)s: longer than a step timeout and its retry)")
+    parser.add_argument("--drain-timeout", type=float, default=3600,
+                        help="the longest wait after the last trigger, however sessions progress (default %(default)s)")
     parser.add_argument("--database", default=DB_NAME, help="database to drop, create and use")
     args = parser.parse_args()
     if args.scale <= 0 or args.agents < 1:
