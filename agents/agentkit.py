@@ -2,7 +2,9 @@
 
 Every call has an explicit timeout. Failures raise AgentKitError with `permanent`
 telling the engine whether a retry can help: 404/422/other 4xx are permanent;
-timeouts, connection errors, 5xx and 429 are transient.
+timeouts, connection errors, 5xx and 429 are transient. `maybe_delivered` marks a
+request sent whole that got no answer (read timeout, dropped connection): AgentKit
+may have scheduled it.
 """
 
 from __future__ import annotations
@@ -28,11 +30,15 @@ MESSAGE_TYPE = "workflow_task"
 class AgentKitError(Exception):
     """A call to AgentKit failed. `permanent` errors are not worth retrying."""
 
-    def __init__(self, message: str, *, permanent: bool, http_status: int | None = None) -> None:
+    def __init__(self, message: str, *, permanent: bool, http_status: int | None = None,
+                 maybe_delivered: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.permanent = permanent
         self.http_status = http_status
+        # The whole request went out and no answer came back (a read timeout, a dropped
+        # connection): AgentKit may have taken it, so sending it again could run it twice.
+        self.maybe_delivered = maybe_delivered
 
 
 class AgentListingUnsupported(AgentKitError):
@@ -45,6 +51,10 @@ class Accepted:
 
     http_status: int
 
+
+# Failures after the request was sent whole: the answer is missing, not the request. A connect
+# error or timeout, a pool timeout or a failed write never delivered it.
+UNANSWERED = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
 
 _clients: dict[int, httpx.Client] = {}
 
@@ -85,9 +95,11 @@ def _send(method: str, url: str, **kwargs: Any) -> httpx.Response:
         return response
     except httpx.TimeoutException as exc:
         code = "timeout"
-        raise AgentKitError(f"AgentKit timed out: {exc.__class__.__name__}", permanent=False) from exc
+        raise AgentKitError(f"AgentKit timed out: {exc.__class__.__name__}", permanent=False,
+                            maybe_delivered=isinstance(exc, UNANSWERED)) from exc
     except httpx.HTTPError as exc:
-        raise AgentKitError(f"AgentKit unreachable: {exc.__class__.__name__}: {exc}", permanent=False) from exc
+        raise AgentKitError(f"AgentKit unreachable: {exc.__class__.__name__}: {exc}", permanent=False,
+                            maybe_delivered=isinstance(exc, UNANSWERED)) from exc
     except httpx.InvalidURL as exc:  # not an HTTPError: a typo in the setting must not crash the job
         raise AgentKitError(f"AGENTKIT_API_URL is not a valid URL: {exc}", permanent=False) from exc
     finally:

@@ -31,7 +31,7 @@ Outcome = TaskAttempt.Outcome
 
 @dataclass
 class DispatchResult:
-    outcome: str  # "dispatched", "skipped", "busy", "unavailable", "held", "failed", "rerouted", "waiting"
+    outcome: str  # "dispatched", "unanswered", "skipped", "busy", "unavailable", "held", "failed", "rerouted", "waiting"
     detail: str = ""
 
 
@@ -49,6 +49,9 @@ def task_dispatch(*, task_id) -> DispatchResult:
     try:
         accepted = agentkit.run_task(agent_id=task.agent_id, message=message)
     except agentkit.AgentKitError as exc:
+        if exc.maybe_delivered:
+            _record_unanswered(attempt=attempt, exc=exc)
+            return DispatchResult("unanswered", exc.message)
         _record_error(attempt=attempt, exc=exc)
         return DispatchResult("failed", exc.message)
     _record_accepted(attempt=attempt, http_status=accepted.http_status)
@@ -143,6 +146,15 @@ def _record_accepted(*, attempt: TaskAttempt, http_status: int) -> None:
     if not engine.attempt_transition(task_id=attempt.task_id, number=attempt.number, to=Outcome.ACCEPTED,
                                      http_status=http_status):
         TaskAttempt.objects.filter(pk=attempt.pk, http_status__isnull=True).update(http_status=http_status)
+
+
+def _record_unanswered(*, attempt: TaskAttempt, exc: agentkit.AgentKitError) -> None:
+    """The POST went out and no answer came back: AgentKit may have taken the task, so a second
+    POST could run it twice. The attempt stays `sending` with the error noted, the task stays
+    dispatched, and the agent's reports or the step timeout (the timeout sweep) decide it."""
+    logger.warning("AgentKit did not answer the dispatch of task %s attempt %s (%s): the agent's reports "
+                   "or the step timeout decide it", attempt.task_id, attempt.number, exc.message)
+    TaskAttempt.objects.filter(pk=attempt.pk, outcome=Outcome.SENDING, error="").update(error=exc.message[:5000])
 
 
 def _record_error(*, attempt: TaskAttempt, exc: agentkit.AgentKitError) -> None:

@@ -58,6 +58,7 @@ class Stack:
     agentkit_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)  # extra environment for every process
+    secrets: dict[str, str] = field(default_factory=dict)  # name -> value that no log line may hold
 
     @property
     def web_url(self) -> str:
@@ -97,9 +98,10 @@ class Stack:
         self.processes[name] = proc
         return proc
 
-    def start_web(self) -> None:
+    def start_web(self, *, extra: list[str] | None = None) -> None:
         self.start("web", [str(BIN / "gunicorn"), "opscore_site.wsgi", "--bind", f"127.0.0.1:{self.web_port}",
-                           "--workers", "2", "--threads", "4", "--timeout", "30", "--no-control-socket"])
+                           "--workers", "2", "--threads", "4", "--timeout", "30", "--no-control-socket",
+                           *(extra or [])])
         wait_until(lambda: httpx.get(f"{self.web_url}/ready", timeout=2).status_code == 200, timeout=30,
                    what="gunicorn /ready")
 
@@ -196,3 +198,13 @@ class ProcessWatch:
                 continue  # gone meanwhile, or not ours
             found.append((int(entry.name), session))
         return sorted(pid for pid, session in found if session in self.sessions)
+
+
+def secrets_in(texts: dict[str, str], secrets: dict[str, str]) -> list[str]:
+    """`where: which secret` for every line of `texts` (name -> text) that holds one of `secrets`
+    (name -> value); empty values are skipped."""
+    found = []
+    for where, text in texts.items():
+        for number, line in enumerate(text.splitlines(), 1):
+            found += [f"{where}:{number}: {name}" for name, value in secrets.items() if value and value in line]
+    return found

@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from sessions.models import Session, Task, TaskAttempt
 from tests.e2e.harness import Stack, dump, wait_until
@@ -20,19 +19,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 SAMPLE = json.loads((Path(__file__).resolve().parents[2] / "examples" / "workflows" / "sample_workflow.json").read_text())
 FINAL = {Session.Status.COMPLETED, Session.Status.FAILED, Session.Status.CANCELLED}
-
-
-@pytest.fixture
-def stack(tmp_path, transactional_db):
-    stack = Stack(database_name=connection.settings_dict["NAME"], log_dir=tmp_path)
-    try:
-        yield stack
-    finally:
-        stack.stop_all()
-        # Leave nothing for the flush to trip over.
-        from django_q.models import OrmQ
-
-        OrmQ.objects.all().delete()
 
 
 def fast_spec(workflow_id: str, *, retries: int = 3, timeout: int = 10) -> dict:

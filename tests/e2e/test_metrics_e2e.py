@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from django.db import connection
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agents.models import AgentState
 from sessions.models import Task, TaskAttempt
 from tests.e2e.harness import BIN, Stack, wait_until
-from tests.e2e.test_engine_e2e import agents_known, fast_spec, stack, trigger, wait_all_final  # noqa: F401
+from tests.e2e.test_engine_e2e import agents_known, fast_spec, trigger, wait_all_final
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -10,11 +10,10 @@ from django.utils import timezone
 
 from sessions.models import Session, Task, TaskAttempt
 from tests.e2e.harness import wait_until
-from tests.e2e.test_engine_e2e import (  # noqa: F401 (stack is a fixture)
+from tests.e2e.test_engine_e2e import (  # noqa: F401 (pytestmark is the module's marks)
     agents_known,
     assert_no_double_dispatch,
     pytestmark,
-    stack,
     trigger,
     wait_all_final,
 )

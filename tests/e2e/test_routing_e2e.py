@@ -15,7 +15,7 @@ from django.utils import timezone
 from agents.models import Agent
 from sessions.models import QuarantineEvent, Session, Task
 from tests.e2e.harness import Stack, wait_until
-from tests.e2e.test_engine_e2e import assert_no_double_dispatch, stack, trigger, wait_all_final  # noqa: F401
+from tests.e2e.test_engine_e2e import assert_no_double_dispatch, trigger, wait_all_final
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 Q = Agent.Quarantine

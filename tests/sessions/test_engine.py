@@ -168,7 +168,7 @@ def test_a_transient_answer_fails_the_attempt_and_schedules_a_retry(q_sync, agen
     assert attempt.outcome == TaskAttempt.Outcome.FAILED and attempt.http_status == status
 
 
-@pytest.mark.parametrize("exc", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow")])
+@pytest.mark.parametrize("exc", [httpx.ConnectError("refused"), httpx.ConnectTimeout("slow")])
 def test_connection_errors_and_timeouts_are_transient(q_sync, agentkit_stub, exc):
     agentkit_stub.raise_(exc)
     task = task_of(start())
