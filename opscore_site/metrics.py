@@ -84,6 +84,12 @@ METRIC_NAMES = frozenset({
 
 def _on_commit(action: Callable[[], None]) -> None:
     # robust: a metric must never break the transaction it describes.
+    if not transaction.get_connection().in_atomic_block:  # autocommit (a common state report): committed
+        try:
+            action()
+        except Exception:
+            logger.exception("a metric could not be recorded")
+        return
     transaction.on_commit(action, robust=True)
 
 
