@@ -32,3 +32,10 @@ class SessionsConfig(AppConfig):
         from workflows.figures import register_step_graph
 
         register_step_graph(workflow_step_graph)
+        # A dispatch job that ended with its connection intact counts like a request that did: the
+        # worker's next job skips the health check's round trip (opscore_site/postgresql/base.py).
+        from django_q.signals import post_execute_in_worker
+
+        from opscore_site.postgresql.base import mark_good
+
+        post_execute_in_worker.connect(mark_good, dispatch_uid="opscore_site.postgresql.mark_good.jobs")

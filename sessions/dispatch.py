@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, Q
 from django.utils import timezone
 
 from agents import agentkit
@@ -63,52 +63,87 @@ def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
     agent_id = Task.objects.filter(pk=task_id, status=S.QUEUED).values_list("agent_id", flat=True).first()
     if agent_id is None:
         return DispatchResult("skipped", "no such queued task")
-    with transaction.atomic():
-        # The lock order of sessions/engine.py (agent, task, session). The agent lock also
-        # serialises dispatches to one agent.
-        agent = Agent.objects.select_for_update().get(pk=agent_id)
-        task = Task.objects.select_for_update().filter(pk=task_id).first()
-        if task is None or task.status != S.QUEUED:
-            return DispatchResult("skipped", f"task is {task.status if task else 'gone'}")
-        session = Session.objects.select_for_update().get(pk=task.session_id)
-        if session.is_terminal:
-            # A step queued while its session was being cancelled: it must not wait forever.
-            engine.task_transition(task=task, to=S.CANCELLED, by=By.system(), reason=f"session is {session.status}",
-                                   finished_at=timezone.now())
-            return DispatchResult("skipped", f"session is {session.status}")
-        if (hold := engine.dispatch_hold(session=session)) is not None:
-            return DispatchResult("held", hold)  # paused: resuming enqueues the task again
-        now = timezone.now()
-        routed = engine.task_route(task=task, agent=agent, session=session, now=now)
-        if routed is not None:
-            return DispatchResult(routed.outcome, routed.detail)
-        if agent.state != Agent.State.IDLE:
-            return DispatchResult("busy", f"agent is {agent.state or 'unknown'}")
-        if Task.objects.filter(agent_id=agent.pk, status__in=Task.IN_FLIGHT).exists():
-            return DispatchResult("busy", "agent has a task in flight")
-        if (off := engine.fleet_dispatch_off()) is not None:  # read after `now`: see fleet_dispatch_off
-            return DispatchResult("held", off)
-        held = _held_by_cancelled_task(agent=agent, now=now)
-        if held is not None:
-            return DispatchResult("busy", f"agent may still be working on cancelled task {held.pk}")
-        number = task.attempt + 1
-        try:
-            with transaction.atomic():
-                probe = engine.probe_claim(agent=agent, task=task)
-                attempt = TaskAttempt.objects.create(task=task, number=number, reference_at=now, agent=agent)
-                engine.task_transition(
-                    task=task, to=S.DISPATCHED, by=By.system(),
-                    reason=f"attempt {number} sent to AgentKit" + (" (probe after quarantine)" if probe else ""),
-                    attempt=number, reference_at=now, dispatched_at=now, started_at=None,
-                    timeout_at=now + timedelta(seconds=task.timeout_seconds), next_attempt_at=None,
-                    waiting_since=None, queue_deadline_at=None, probe=probe,
-                )
-        except IntegrityError:
-            # The one-in-flight constraint or the attempt fence: another worker won.
-            return DispatchResult("busy", "another dispatch won the race")
-        if session.status == SS.PENDING:
-            engine.session_transition(session=session, to=SS.RUNNING, by=By.system(), reason="first task dispatched")
+    try:
+        with transaction.atomic(), engine.events_in_one_insert():
+            return _claim_locked(task_id, agent_id)
+    except IntegrityError:
+        # The one-in-flight constraint or the attempt fence: another worker won (the locks make it
+        # unreachable in practice; the constraints guard the rule).
+        return DispatchResult("busy", "another dispatch won the race")
+
+
+def _claim_locked(task_id, agent_id: str) -> tuple[Task, TaskAttempt] | DispatchResult:
+    """`_claim` inside its transaction: the locks in engine order, the checks, the fence."""
+    # The lock order of sessions/engine.py (agent, task, session). The agent lock also
+    # serialises dispatches to one agent.
+    agent = Agent.objects.select_for_update().get(pk=agent_id)
+    task = Task.objects.select_for_update().filter(pk=task_id).first()
+    if task is None or task.status != S.QUEUED:
+        return DispatchResult("skipped", f"task is {task.status if task else 'gone'}")
+    session = Session.objects.select_for_update().get(pk=task.session_id)
+    if session.is_terminal:
+        # A step queued while its session was being cancelled: it must not wait forever.
+        engine.task_transition(task=task, to=S.CANCELLED, by=By.system(), reason=f"session is {session.status}",
+                               finished_at=timezone.now())
+        return DispatchResult("skipped", f"session is {session.status}")
+    if (hold := engine.dispatch_hold(session=session)) is not None:
+        return _left_queued(task, "held", hold)  # paused: resuming enqueues the task again
+    now = timezone.now()
+    routed = engine.task_route(task=task, agent=agent, session=session, now=now)
+    if routed is not None:
+        return DispatchResult(routed.outcome, routed.detail)
+    if agent.state != Agent.State.IDLE:
+        return _left_queued(task, "busy", f"agent is {agent.state or 'unknown'}")
+    # One read for the rest (after `now`, as fleet_dispatch_off requires): a task in flight on
+    # the agent, the fleet switch, a cancelled task that may still hold the agent.
+    in_flight, fleet_paused_at, maybe_held = (
+        Agent.objects.filter(pk=agent.pk).annotate(
+            in_flight=Exists(Task.objects.filter(agent_id=agent.pk, status__in=Task.IN_FLIGHT)),
+            fleet_paused_at=engine.fleet_paused_at(),
+            maybe_held=Exists(_cancelled_candidates(agent=agent)),
+        ).values_list("in_flight", "fleet_paused_at", "maybe_held").get())
+    if in_flight:
+        return _left_queued(task, "busy", "agent has a task in flight")
+    if (off := engine.fleet_off_note(fleet_paused_at)) is not None:
+        return _left_queued(task, "held", off)
+    held = _held_by_cancelled_task(agent=agent, now=now) if maybe_held else None
+    if held is not None:
+        return _left_queued(task, "busy", f"agent may still be working on cancelled task {held.pk}")
+    number = task.attempt + 1
+    probe = engine.probe_claim(agent=agent, task=task)
+    attempt = TaskAttempt.objects.create(task=task, number=number, reference_at=now, agent=agent)
+    engine.task_transition(
+        task=task, to=S.DISPATCHED, by=By.system(),
+        reason=f"attempt {number} sent to AgentKit" + (" (probe after quarantine)" if probe else ""),
+        attempt=number, reference_at=now, dispatched_at=now, started_at=None,
+        timeout_at=now + timedelta(seconds=task.timeout_seconds), next_attempt_at=None,
+        waiting_since=None, queue_deadline_at=None, probe=probe,
+    )
+    if session.status == SS.PENDING:
+        engine.session_transition(session=session, to=SS.RUNNING, by=By.system(), reason="first task dispatched")
     return task, attempt
+
+
+def _left_queued(task: Task, outcome: str, detail: str) -> DispatchResult:
+    """The job ends with the task still queued: whatever frees the agent (its report, the end of its
+    task, a resume, the cancelled attempt's deadline through the lost-job sweep) enqueues it again."""
+    engine.task_job_ended(task=task)
+    return DispatchResult(outcome, detail)
+
+
+def _cancelled_candidates(*, agent: Agent):
+    """Tasks of `agent` cancelled in flight, sent after its last report, that AgentKit did not refuse."""
+    # The four `attempts__` conditions must stay in this one filter(): each filter() call on a
+    # multi-valued relation joins its own attempts row, so split up they could be met by
+    # different attempts (an earlier refused one, a later cancelled one) instead of the latest.
+    candidates = Task.objects.filter(
+        Q(attempts__http_status__isnull=True) | Q(attempts__http_status__lt=300),
+        agent_id=agent.pk, status=S.CANCELLED, attempts__number=F("attempt"),
+        attempts__outcome=Outcome.CANCELLED,
+    )
+    if agent.state_received_at is not None:
+        candidates = candidates.filter(reference_at__gte=agent.state_received_at)
+    return candidates
 
 
 def _held_by_cancelled_task(*, agent: Agent, now: datetime) -> Task | None:
@@ -120,17 +155,7 @@ def _held_by_cancelled_task(*, agent: Agent, now: datetime) -> Task | None:
     reports a state received after the attempt went out, or the attempt's deadline
     passes (a lost forward), unless AgentKit refused the POST (it never reached the agent).
     """
-    # The four `attempts__` conditions must stay in this one filter(): each filter() call on a
-    # multi-valued relation joins its own attempts row, so split up they could be met by
-    # different attempts (an earlier refused one, a later cancelled one) instead of the latest.
-    candidates = Task.objects.filter(
-        Q(attempts__http_status__isnull=True) | Q(attempts__http_status__lt=300),
-        agent_id=agent.pk, status=S.CANCELLED, attempts__number=F("attempt"),
-        attempts__outcome=Outcome.CANCELLED,
-    )
-    if agent.state_received_at is not None:
-        candidates = candidates.filter(reference_at__gte=agent.state_received_at)
-    for task in candidates.only("pk", "reference_at", "timeout_seconds"):
+    for task in _cancelled_candidates(agent=agent).only("pk", "reference_at", "timeout_seconds"):
         if task.reference_at + timedelta(seconds=task.timeout_seconds) > now:
             return task
     return None

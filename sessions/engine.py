@@ -35,7 +35,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Subquery
+from django.db.models import Q as Filter
 from django.utils import timezone
 
 from agents.models import Agent
@@ -166,12 +167,12 @@ class By:
 
 
 # The events of one step (a task completed and the next one queued; a session started and its first
-# task queued) go to the database in one INSERT at the end of the step (`_events_in_one_insert`).
+# task queued) go to the database in one INSERT at the end of the step (`events_in_one_insert`).
 _event_batch: contextvars.ContextVar[list[TaskEvent] | None] = contextvars.ContextVar("event_batch", default=None)
 
 
 @contextmanager
-def _events_in_one_insert():
+def events_in_one_insert():
     batch: list[TaskEvent] = []
     token = _event_batch.set(batch)
     try:
@@ -312,6 +313,44 @@ def task_enqueue(*, task: Task) -> None:
     _send_job(task=task, now=now)
 
 
+def task_job_ended(*, task: Task) -> None:
+    """The task's job ran and left it `queued` (its agent busy, its session paused): no job is on its way now.
+
+    Called by the claim while it holds the agent's lock, so it is ordered against the report or
+    outcome that frees the agent (which holds that lock too): either that kick sees no job
+    pending and enqueues one, or the job sees the agent free and dispatches.
+    """
+    Task.objects.filter(pk=task.pk, status=S.QUEUED).update(enqueued_at=None)
+    task.enqueued_at = None
+
+
+def jobs_on_their_way(*, now: datetime) -> Filter:
+    """`job_pending` as a filter on queued tasks."""
+    return Filter(status=S.QUEUED, waiting_since__isnull=True,
+             enqueued_at__gte=now - timedelta(seconds=settings.OPSCORE_LOST_JOB_SECONDS))
+
+
+def job_pending(task: Task, *, now: datetime) -> bool:
+    """Whether a dispatch job for the queued `task` may still be on its way: enqueued within the
+    lost-job window and not yet ended without dispatching (`task_job_ended`). A task waiting for an
+    agent has had its job (the job made it wait), and the sweep re-checks it on its own clock."""
+    return task.waiting_since is None and task.enqueued_at is not None and task.enqueued_at >= now - timedelta(
+        seconds=settings.OPSCORE_LOST_JOB_SECONDS)
+
+
+def _waits_its_turn(*, agent: Agent, step: StepSpec) -> bool:
+    """Whether a new first step for `agent` can only wait behind the agent's work: the agent takes
+    work (not drained or quarantined: their tasks are routed by their jobs), the step cannot move
+    to another agent (no capability, or pinned), and the agent has a task in flight or a
+    dispatchable queued task already. Then its job would only answer busy."""
+    if agent.drained_at is not None or agent.quarantine_state != Q.NONE:
+        return False
+    if step.agentCapability and not step.pinToSessionAgent:
+        return False
+    return (Task.objects.filter(agent_id=agent.pk, status__in=(*Task.IN_FLIGHT, S.QUEUED), waiting_since__isnull=True)
+            .exclude(session__status__in=Session.NOT_DISPATCHING).exists())
+
+
 def _send_job(*, task: Task, now: datetime) -> None:
     from django_q.tasks import async_task
 
@@ -330,8 +369,14 @@ def _payload_for(step: StepSpec, *, base: dict[str, Any] | None, previous_result
 
 
 def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: By, after: Task | None,
-              fallback_for: Task | None = None, reason: str, held: bool = False) -> Task:
+              fallback_for: Task | None = None, reason: str, held: bool = False, behind: bool = False) -> Task:
     """Create the step's Task already `queued` (one INSERT, its event and its job), after `after`.
+
+    `behind` (a new session's first step): when it can only wait for its agent's turn
+    (`_waits_its_turn`), the task is queued without a job (`enqueued_at` empty); the kick that
+    frees the agent enqueues its oldest queued task, and the lost-job sweep catches a task whose
+    kick raced its creation. A burst of triggers so leaves one job per agent in the queue, not
+    one per session.
 
     An approval step waits for a decision instead (no job, its decision deadline set); a
     `held` task (its definition is paused) stays `pending`; a paused session's next step is
@@ -344,6 +389,9 @@ def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: 
     """
     now = timezone.now()
     status = S.PENDING if held else S.WAITING_APPROVAL if step.is_approval else S.QUEUED
+    send = status == S.QUEUED and session.status != SS.PAUSED
+    if send and behind and _waits_its_turn(agent=session.agent, step=step):
+        send = False
     task = Task.objects.create(
         session=session,
         agent_id=session.agent_id,
@@ -353,7 +401,7 @@ def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: 
         fallback_for=fallback_for,
         payload=payload,
         status=status,
-        enqueued_at=now if status == S.QUEUED else None,
+        enqueued_at=now if send else None,
         timeout_at=now + timedelta(seconds=step.timeoutSeconds) if status == S.WAITING_APPROVAL else None,
         created_at=now,
         updated_at=now,
@@ -370,7 +418,7 @@ def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: 
     else:
         _event(session_id=session.pk, task_id=task.pk, old="", new=status, by=by,
                reason=f"{reason}; held: workflow definition '{session.workflow_id}' is paused")
-    if status == S.QUEUED and session.status != SS.PAUSED:
+    if send:
         _send_job(task=task, now=now)
     elif status == S.WAITING_APPROVAL and session.status == SS.PENDING:
         session_transition(session=session, to=SS.RUNNING, by=By.system(), reason=f"approval '{step.taskId}' waits")
@@ -414,7 +462,7 @@ def session_start(
         raise AgentUnavailable(f"agent '{agent.pk}' is deregistered")
     spec = validate_definition(definition.spec)
     # No savepoint inside a caller's transaction (the trigger's): an error here ends it anyway.
-    with transaction.atomic(savepoint=False), _events_in_one_insert():
+    with transaction.atomic(savepoint=False), events_in_one_insert():
         session = Session.objects.create(
             definition=definition,
             workflow_id=definition.pk,
@@ -430,7 +478,7 @@ def session_start(
         _event(session_id=session.pk, old="", new=SS.PENDING, by=by, reason="session started")
         _new_task(session=session, step=spec.first_step, payload=_payload_for(
             spec.first_step, base=initial_payload, previous_result=None), by=by, after=None, reason="first step",
-            held=definition.paused_at is not None)
+            held=definition.paused_at is not None, behind=True)
     return session
 
 
@@ -459,7 +507,7 @@ def attempt_failed(*, task_id=None, task: Task | None = None, number: int, error
         task = Task.objects.select_for_update().filter(pk=task_id).first()
     if task is None or task.attempt != number or task.status not in Task.IN_FLIGHT:
         return None
-    with _events_in_one_insert():
+    with events_in_one_insert():
         _attempt_failed(task=task, number=number, error=error, permanent=permanent, by=by, http_status=http_status,
                         agent_fault=agent_fault)
     return task
@@ -577,7 +625,7 @@ def on_agent_state(*, agent_id: str, state: str, details: Any, received_at: date
     scheduler's timeout and lost-job sweeps recover the task.
     """
     try:
-        with transaction.atomic(), _events_in_one_insert():
+        with transaction.atomic(), events_in_one_insert():
             _apply_report(agent_id=agent_id, state=state, details=details, received_at=received_at)
     except Exception:
         logger.exception("engine could not apply a %s report of agent %s; the sweeps will recover",
@@ -621,12 +669,17 @@ def _error_text(details: Any) -> str:
 
 def _kick_queued(*, agent_id: str) -> None:
     """The agent is idle: enqueue its oldest queued task, or else a task waiting for an agent
-    that it can take (a drained agent takes none, and a paused session's task waits for its resume)."""
+    that it can take (a drained agent takes none, and a paused session's task waits for its resume).
+
+    Not when that task's job is still on its way (`job_pending`): it finds the agent free and
+    dispatches, and a second job would only find the task gone.
+    """
     task = (Task.objects.filter(agent_id=agent_id, status=S.QUEUED, agent__drained_at__isnull=True)
             .exclude(session__status__in=Session.NOT_DISPATCHING)
-            .order_by("created_at").only("pk", "enqueued_at").first())
+            .order_by("created_at").only("pk", "enqueued_at", "waiting_since").first())
     if task is not None:
-        task_enqueue(task=task)
+        if not job_pending(task, now=timezone.now()):
+            task_enqueue(task=task)
     else:
         _kick_waiting(agent_id=agent_id)
 
@@ -1096,7 +1149,16 @@ def fleet_dispatch_off() -> str | None:
     `dispatch._claim` reads it after taking the attempt's reference time, so no attempt fenced
     after `fleet_pause` commits has a reference time later than the switch.
     """
-    paused_at = FleetDispatch.objects.filter(pk=1).values_list("paused_at", flat=True).first()
+    return fleet_off_note(FleetDispatch.objects.filter(pk=1).values_list("paused_at", flat=True).first())
+
+
+def fleet_paused_at() -> Subquery:
+    """The fleet switch's `paused_at`, for a claim that reads it in one statement with its other checks."""
+    return Subquery(FleetDispatch.objects.filter(pk=1).values("paused_at")[:1])
+
+
+def fleet_off_note(paused_at: datetime | None) -> str | None:
+    """`fleet_dispatch_off` from the switch's `paused_at` as read."""
     return f"fleet dispatch is off since {paused_at.isoformat()}" if paused_at else None
 
 

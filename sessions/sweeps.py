@@ -161,13 +161,15 @@ def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = 
                                         drained_at__isnull=True)
     gone_agents = Agent.objects.filter(deregistered_at__isnull=False)  # their job fails the task
     busy_agents = Task.objects.filter(status__in=Task.IN_FLIGHT).values("agent_id")
+    # An agent with a job on its way (engine.job_pending) is not stuck: that job dispatches.
+    expecting_agents = Task.objects.filter(engine.jobs_on_their_way(now=now)).values("agent_id")
     would_decide = Q(agent__in=gone_agents) | Q(session__status__in=Session.TERMINAL)
     if engine.fleet_dispatch_off() is None:
         would_decide |= Q(agent__in=ready_agents) & ~Q(session__status=Session.Status.PAUSED)
     queryset = (Task.objects.filter(status=S.QUEUED)
                 .filter(would_decide)
                 .filter(Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True))
-                .exclude(agent_id__in=busy_agents).order_by("created_at"))
+                .exclude(agent_id__in=busy_agents).exclude(agent_id__in=expecting_agents).order_by("created_at"))
     if dry_run:
         return list(queryset[:limit])
     return _sweep(queryset, lambda task: engine.task_enqueue(task=task), limit=limit)

@@ -3,7 +3,8 @@
 With CONN_HEALTH_CHECKS, Django tests a persistent connection with a `SELECT 1` round trip
 before the first query of every request: one of the two round trips of a state report. A
 connection that ended its previous request without a database error less than
-FRESH_SECONDS ago is trusted without it (under load: every request). An idle connection is
+FRESH_SECONDS ago is trusted without it (under load: every request; in a qcluster worker, every
+job after a job that ended well, the same way). An idle connection is
 still checked. If the server went away within that second anyway, that one request fails
 (500) and Django closes the connection at its end (`errors_occurred`), as it would for a
 server lost in the middle of a request.
@@ -67,7 +68,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         super().close()
 
 
-def _mark_good(**_) -> None:
+def mark_good(**_) -> None:
+    """Receiver of request_finished (here) and of django-q2's post_execute_in_worker (connected by
+    the sessions app): a request or job that ended with its connection intact."""
     # Connected after Django's own close_old_connections: a connection it closed is None here.
     now = time.monotonic()
     for conn in connections.all(initialized_only=True):
@@ -75,4 +78,4 @@ def _mark_good(**_) -> None:
             conn.good_at = now
 
 
-request_finished.connect(_mark_good, dispatch_uid="opscore_site.postgresql.mark_good")
+request_finished.connect(mark_good, dispatch_uid="opscore_site.postgresql.mark_good")

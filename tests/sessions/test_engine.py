@@ -494,14 +494,31 @@ def test_the_lost_job_sweep_re_enqueues_queued_work_for_an_idle_agent(agentkit_s
     agent = AgentFactory(state=Agent.State.ACTIVE)
     session = start(agent=agent)
     task = task_of(session)
-    # The agent went idle without the engine hearing of it (a report lost, a worker killed).
+    # Its job ran and found the agent busy: no job is on its way any more.
+    assert task.status == S.QUEUED and task.enqueued_at is None
+    assert sweeps.sweep_lost_jobs(now=timezone.now(), dry_run=True) == []  # the agent is still busy
+    # The agent went idle without the engine hearing of it (a report lost, a worker killed):
+    # the next pass re-enqueues, without waiting for the lost-job window.
     Agent.objects.filter(pk=agent.pk).update(state=Agent.State.IDLE)
-    assert sweeps.sweep_lost_jobs(now=timezone.now(), dry_run=True) == []
-    later = timezone.now() + timedelta(seconds=11)
-    assert sweeps.sweep_lost_jobs(now=later, dry_run=True) == [task]
-    assert [t.pk for t in sweeps.sweep_lost_jobs(now=later)] == [task.pk]
+    assert [t.pk for t in sweeps.sweep_lost_jobs(now=timezone.now())] == [task.pk]
     task.refresh_from_db()
     assert task.status == S.DISPATCHED
+
+
+def test_the_lost_job_sweep_leaves_a_job_on_its_way_alone_for_the_window(agentkit_stub, settings):
+    settings.OPSCORE_LOST_JOB_SECONDS = 10
+    agent = AgentFactory(state=Agent.State.IDLE)
+    session = start(agent=agent)  # no q_sync: the job waits in the queue, not run
+    task = task_of(session)
+    assert task.enqueued_at is not None
+    assert sweeps.sweep_lost_jobs(now=timezone.now(), dry_run=True) == []
+    # A second session's first step queued behind it gets no job, and the sweep does not add one
+    # while the first task's job is on its way.
+    second = task_of(start(agent=agent))
+    assert second.enqueued_at is None
+    assert sweeps.sweep_lost_jobs(now=timezone.now(), dry_run=True) == []
+    later = timezone.now() + timedelta(seconds=11)
+    assert sweeps.sweep_lost_jobs(now=later, dry_run=True) == [task, second]
 
 
 def test_a_scheduler_tick_reports_what_it_did(q_sync, agentkit_stub):
@@ -756,13 +773,15 @@ def one_step_spec(**step) -> dict:
 
 
 def busy_agent_with_a_waiting_task(q_sync, *, spec=None):
-    """Agent A runs session 1's task; session 2's task waits queued for A, its first job spent."""
+    """Agent A runs session 1's task; session 2's task waits queued for A, with no job of its own
+    (it was queued behind work: the kick that frees A enqueues it)."""
     agent = AgentFactory()
     first = start(agent=agent, spec=spec or one_step_spec(maxRetries=0))
     second = start(agent=agent, spec=one_step_spec())
     assert task_of(first).status == S.DISPATCHED and task_of(second).status == S.QUEUED
+    assert task_of(second).enqueued_at is None
     from django_q.models import OrmQ
-    OrmQ.objects.all().delete()  # the waiting task's first job ran (and answered busy)
+    assert not OrmQ.objects.exists()
     q_sync.SYNC = False  # from here on, jobs stay in the broker, where they can be counted
     return agent, first, task_of(second)
 
@@ -773,12 +792,12 @@ def kicked_within(action, waiting: Task) -> None:
     class Rollback(Exception):
         pass
 
-    before = Task.objects.get(pk=waiting.pk).enqueued_at
+    assert Task.objects.get(pk=waiting.pk).enqueued_at is None
     try:
         with transaction.atomic():
             action()
             assert queued_jobs_for(waiting) == 1, "the freed agent's next task has no job"
-            assert Task.objects.get(pk=waiting.pk).enqueued_at > before
+            assert Task.objects.get(pk=waiting.pk).enqueued_at is not None
             raise Rollback
     except Rollback:
         pass

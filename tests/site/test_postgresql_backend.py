@@ -25,7 +25,17 @@ def test_the_test_database_runs_on_this_backend():
 
 
 def test_a_connection_that_ended_a_request_within_the_second_is_not_checked_again(checks):
-    base._mark_good()
+    base.mark_good()
+    connection.health_check_done = False
+    connection.close_if_health_check_failed()
+    assert checks == [] and connection.health_check_done
+
+
+def test_a_qcluster_job_that_ended_well_vouches_for_its_connection_like_a_request(checks):
+    from django_q.signals import post_execute_in_worker
+
+    connection.good_at = float("-inf")
+    post_execute_in_worker.send(sender="django_q", func=None, task={})
     connection.health_check_done = False
     connection.close_if_health_check_failed()
     assert checks == [] and connection.health_check_done
@@ -41,7 +51,7 @@ def test_an_idle_connection_is_checked(checks):
 def test_a_request_that_met_a_database_error_does_not_vouch_for_its_connection(checks, monkeypatch):
     connection.good_at = float("-inf")
     monkeypatch.setattr(connection, "errors_occurred", True)
-    base._mark_good()
+    base.mark_good()
     connection.health_check_done = False
     connection.close_if_health_check_failed()
     assert checks == [1]
