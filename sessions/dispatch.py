@@ -66,7 +66,8 @@ def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
     with transaction.atomic():
         # The lock order of sessions/engine.py (agent, task, session). The agent lock also
         # serialises dispatches to one agent.
-        agent = Agent.objects.select_for_update().get(pk=agent_id)
+        free = engine.free_column(now=timezone.now())  # whether its state lets it take a task
+        agent = Agent.objects.select_for_update().annotate(free=free).get(pk=agent_id)
         task = Task.objects.select_for_update().filter(pk=task_id).first()
         if task is None or task.status != S.QUEUED:
             return DispatchResult("skipped", f"task is {task.status if task else 'gone'}")
@@ -82,7 +83,7 @@ def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
         routed = engine.task_route(task=task, agent=agent, session=session, now=now)
         if routed is not None:
             return DispatchResult(routed.outcome, routed.detail)
-        if agent.state != Agent.State.IDLE:
+        if not agent.free:  # idle, or its idle was lost (engine.free_agents)
             return DispatchResult("busy", f"agent is {agent.state or 'unknown'}")
         if Task.objects.filter(agent_id=agent.pk, status__in=Task.IN_FLIGHT).exists():
             return DispatchResult("busy", "agent has a task in flight")

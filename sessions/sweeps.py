@@ -157,7 +157,8 @@ def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = 
     fleet's dispatch is off only the jobs that would end a task are re-enqueued.
     """
     cutoff = now - timedelta(seconds=settings.OPSCORE_LOST_JOB_SECONDS)
-    ready_agents = Agent.objects.filter(state=Agent.State.IDLE, deregistered_at__isnull=True,
+    # The claim's rule (engine.free_agents): idle, or an `idle` lost after `active`/`error`.
+    ready_agents = Agent.objects.filter(engine.free_agents(now=now), deregistered_at__isnull=True,
                                         drained_at__isnull=True)
     gone_agents = Agent.objects.filter(deregistered_at__isnull=False)  # their job fails the task
     busy_agents = Task.objects.filter(status__in=Task.IN_FLIGHT).values("agent_id")
