@@ -151,8 +151,9 @@ def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = 
     """Queued tasks whose job has not run for a while although it would now decide something.
 
     Covers a worker killed mid-job, a job that found the agent busy and was never kicked
-    again, an agent that deregistered (the job fails the task) and a session ended while
-    the task was queued (the job cancels it). Re-enqueueing is safe: the job does nothing
+    again (an agent whose `idle` after an `error` was lost: `engine.free_agents`), an agent
+    that deregistered (the job fails the task) and a session ended while the task was queued
+    (the job cancels it). Re-enqueueing is safe: the job does nothing
     unless the task is queued. A paused session's tasks wait for its resume, and while the
     fleet's dispatch is off only the jobs that would end a task are re-enqueued.
     """
