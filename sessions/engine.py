@@ -622,7 +622,8 @@ def _error_text(details: Any) -> str:
 
 def _kick_queued(*, agent_id: str) -> None:
     """The agent is free (idle, or its task left it): enqueue its oldest queued task, or else a task
-    waiting for an agent that it can take (a drained agent takes none, and a paused session's task waits for its resume)."""
+    waiting for an agent that it can take (a drained agent takes none, and a paused session's task
+    waits for its resume)."""
     task = (Task.objects.filter(agent_id=agent_id, status=S.QUEUED, agent__drained_at__isnull=True)
             .exclude(session__status__in=Session.NOT_DISPATCHING)
             .order_by("created_at").only("pk", "enqueued_at").first())
