@@ -76,7 +76,8 @@ def _claim_locked(task_id, agent_id: str) -> tuple[Task, TaskAttempt] | Dispatch
     """`_claim` inside its transaction: the locks in engine order, the checks, the fence."""
     # The lock order of sessions/engine.py (agent, task, session). The agent lock also
     # serialises dispatches to one agent.
-    agent = Agent.objects.select_for_update().get(pk=agent_id)
+    free = engine.free_column(now=timezone.now())  # whether its state lets it take a task
+    agent = Agent.objects.select_for_update().annotate(free=free).get(pk=agent_id)
     task = Task.objects.select_for_update().filter(pk=task_id).first()
     if task is None or task.status != S.QUEUED:
         return DispatchResult("skipped", f"task is {task.status if task else 'gone'}")
@@ -92,7 +93,7 @@ def _claim_locked(task_id, agent_id: str) -> tuple[Task, TaskAttempt] | Dispatch
     routed = engine.task_route(task=task, agent=agent, session=session, now=now)
     if routed is not None:
         return DispatchResult(routed.outcome, routed.detail)
-    if agent.state != Agent.State.IDLE:
+    if not agent.free:  # idle, or its idle was lost (engine.free_agents)
         return _left_queued(task, "busy", f"agent is {agent.state or 'unknown'}")
     # One read for the rest (after `now`, as fleet_dispatch_off requires): a task in flight on
     # the agent, the fleet switch, a cancelled task that may still hold the agent.

@@ -35,8 +35,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Subquery
-from django.db.models import Q as Filter
+from django.db.models import BooleanField, Count, ExpressionWrapper, Subquery
+from django.db.models import Q as Where  # Q is the quarantine states below
 from django.utils import timezone
 
 from agents.models import Agent
@@ -324,9 +324,9 @@ def task_job_ended(*, task: Task) -> None:
     task.enqueued_at = None
 
 
-def jobs_on_their_way(*, now: datetime) -> Filter:
+def jobs_on_their_way(*, now: datetime) -> Where:
     """`job_pending` as a filter on queued tasks."""
-    return Filter(status=S.QUEUED, waiting_since__isnull=True,
+    return Where(status=S.QUEUED, waiting_since__isnull=True,
              enqueued_at__gte=now - timedelta(seconds=settings.OPSCORE_LOST_JOB_SECONDS))
 
 
@@ -668,8 +668,9 @@ def _error_text(details: Any) -> str:
 
 
 def _kick_queued(*, agent_id: str) -> None:
-    """The agent is idle: enqueue its oldest queued task, or else a task waiting for an agent
-    that it can take (a drained agent takes none, and a paused session's task waits for its resume).
+    """The agent is free (idle, or its task left it): enqueue its oldest queued task, or else a task
+    waiting for an agent that it can take (a drained agent takes none, and a paused session's task
+    waits for its resume).
 
     Not when that task's job is still on its way (`job_pending`): it finds the agent free and
     dispatches, and a second job would only find the task gone.
@@ -704,6 +705,33 @@ def _kick_waiting(*, agent_id: str) -> None:
         if _refusal(agent=agent, task=task, now=now, home=home) is None:
             task_enqueue(task=task)
             return
+
+
+# --------------------------------------------------------------------------- which agents may take a task
+
+# An agent reports `active` and `error` after its work, each followed within milliseconds by an
+# `idle` (AGENTKIT.md section 4), and the SDK never sends a report twice. So an agent that still
+# shows `active` or `error` LOST_IDLE_SECONDS after that report lost its `idle` (a report cut short
+# by a killed web worker, refused during a database outage): it is idle in truth and would never
+# report again, since an SDK agent reports only after work. The margin is for an `idle` still on
+# its way (queued in front of a busy web tier): arriving after a new dispatch, it would be taken
+# for that task's outcome. Whether the agent has a task in flight, or a cancelled one that may
+# still hold it, is checked beside this rule (dispatch._claim, the lost-job sweep).
+LOST_IDLE_STATES = (Agent.State.ACTIVE, Agent.State.ERROR)
+LOST_IDLE_SECONDS = 5
+
+
+def free_agents(*, now: datetime) -> Where:
+    """The agents whose reported state lets them take a task at `now`: `idle`, or `active`/`error`
+    reported at least LOST_IDLE_SECONDS ago (a lost `idle`, above). The one rule for the dispatch
+    claim (`free_column`) and the lost-job sweep."""
+    return Where(state=Agent.State.IDLE) | Where(
+        state__in=LOST_IDLE_STATES, state_received_at__lte=now - timedelta(seconds=LOST_IDLE_SECONDS))
+
+
+def free_column(*, now: datetime) -> ExpressionWrapper:
+    """`free_agents` as a column, for the query that locks the agent (no query of its own)."""
+    return ExpressionWrapper(free_agents(now=now), output_field=BooleanField())
 
 
 # --------------------------------------------------------------------------- routing

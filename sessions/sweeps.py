@@ -151,13 +151,15 @@ def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = 
     """Queued tasks whose job has not run for a while although it would now decide something.
 
     Covers a worker killed mid-job, a job that found the agent busy and was never kicked
-    again, an agent that deregistered (the job fails the task) and a session ended while
-    the task was queued (the job cancels it). Re-enqueueing is safe: the job does nothing
+    again (an agent whose `idle` after an `error` was lost: `engine.free_agents`), an agent
+    that deregistered (the job fails the task) and a session ended while the task was queued
+    (the job cancels it). Re-enqueueing is safe: the job does nothing
     unless the task is queued. A paused session's tasks wait for its resume, and while the
     fleet's dispatch is off only the jobs that would end a task are re-enqueued.
     """
     cutoff = now - timedelta(seconds=settings.OPSCORE_LOST_JOB_SECONDS)
-    ready_agents = Agent.objects.filter(state=Agent.State.IDLE, deregistered_at__isnull=True,
+    # The claim's rule (engine.free_agents): idle, or an `idle` lost after `active`/`error`.
+    ready_agents = Agent.objects.filter(engine.free_agents(now=now), deregistered_at__isnull=True,
                                         drained_at__isnull=True)
     gone_agents = Agent.objects.filter(deregistered_at__isnull=False)  # their job fails the task
     busy_agents = Task.objects.filter(status__in=Task.IN_FLIGHT).values("agent_id")

@@ -772,10 +772,10 @@ def one_step_spec(**step) -> dict:
             "tasks": [{"taskId": "only", "nextTaskId": None, **step}]}
 
 
-def busy_agent_with_a_waiting_task(q_sync, *, spec=None):
+def busy_agent_with_a_waiting_task(q_sync, *, spec=None, agent=None):
     """Agent A runs session 1's task; session 2's task waits queued for A, with no job of its own
     (it was queued behind work: the kick that frees A enqueues it)."""
-    agent = AgentFactory()
+    agent = agent or AgentFactory()
     first = start(agent=agent, spec=spec or one_step_spec(maxRetries=0))
     second = start(agent=agent, spec=one_step_spec())
     assert task_of(first).status == S.DISPATCHED and task_of(second).status == S.QUEUED
@@ -847,3 +847,123 @@ def test_a_cancelled_task_frees_its_agent(q_sync, agentkit_stub, operator):
     agent, first, waiting = busy_agent_with_a_waiting_task(q_sync)
     kicked_within(lambda: engine.session_cancel(session=first, by=By.operator(operator)), waiting)
     assert task_of(first).status == S.CANCELLED
+
+
+# --------------------------------------------------------------------------- an agent whose `idle` was lost
+
+
+def idle_agent() -> Agent:
+    """An agent idle for an hour (so reports moved back in time still count as its newest)."""
+    hour_ago = timezone.now() - timedelta(hours=1)
+    return AgentFactory(state_timestamp=hour_ago, state_received_at=hour_ago)
+
+
+def lost_idle(agent_id: str, task: Task, *, state: str = "active", seconds_ago: int = 30) -> None:
+    """The agent reported `state` on `task` `seconds_ago` and its `idle` never arrived (a killed web
+    worker cut it short): the dispatch, the report and the deadline, moved back in time together."""
+    past = timezone.now() - timedelta(seconds=seconds_ago)
+    Task.objects.filter(pk=task.pk).update(reference_at=past - timedelta(seconds=1),
+                                           timeout_at=past + timedelta(seconds=task.timeout_seconds))
+    TaskAttempt.objects.filter(task=task, number=task.attempt).update(reference_at=past - timedelta(seconds=1))
+    report(agent_id, state, {"error_code": "E", "message": "boom"} if state == "error" else None, when=past)
+
+
+def test_a_lost_idle_then_the_timeout_dispatches_the_agents_next_queued_task(q_sync, agentkit_stub):
+    agent = idle_agent()
+    first = start(agent=agent, spec=one_step_spec(timeoutSeconds=10, maxRetries=1, retryBackoffSeconds=0))
+    second = start(agent=agent, spec=one_step_spec())
+    assert task_of(first).status == S.DISPATCHED and task_of(second).status == S.QUEUED
+    lost_idle(agent.id, task_of(first))
+    assert task_of(first).status == S.RUNNING and Agent.objects.get(pk=agent.pk).state == Agent.State.ACTIVE
+    # Nothing while the attempt is in flight, however long the agent has been silent.
+    assert dispatch.task_dispatch(task_id=task_of(second).pk).outcome == "busy"
+    assert sweeps.sweep_timeouts(now=timezone.now()) == 1
+    # The timeout gave the attempt up after the agent's last report: the agent takes its next task.
+    assert task_of(first).status == S.RETRY_SCHEDULED
+    assert task_of(second).status == S.DISPATCHED and len(agentkit_stub.requests) == 2
+    report(agent.id, "active")
+    report(agent.id, "idle")
+    assert task_of(second).status == S.COMPLETED
+    # ...and the retry of the timed-out task goes out when due, to the same agent.
+    sweeps.sweep_due_retries(now=timezone.now() + timedelta(seconds=1))
+    assert task_of(first).status == S.DISPATCHED and task_of(first).attempt == 2
+
+
+def test_the_timeout_kicks_the_freed_agents_next_task_in_its_own_transaction(q_sync, agentkit_stub):
+    agent, first, waiting = busy_agent_with_a_waiting_task(q_sync, spec=one_step_spec(timeoutSeconds=10, maxRetries=0),
+                                                           agent=idle_agent())
+    lost_idle(agent.id, task_of(first))
+    assert Agent.objects.get(pk=agent.pk).state == Agent.State.ACTIVE
+    kicked_within(lambda: sweeps.sweep_timeouts(now=timezone.now()), waiting)
+    assert task_of(first).status == S.DEAD
+    assert dispatch.task_dispatch(task_id=waiting.pk).outcome == "dispatched"  # the job it kicked
+
+
+def test_an_agent_still_active_within_the_margin_gets_nothing(q_sync, agentkit_stub):
+    """Its `idle` may still be on its way: a new dispatch now would take it for its own outcome."""
+    agent = idle_agent()
+    first = start(agent=agent, spec=one_step_spec(timeoutSeconds=10, maxRetries=0))
+    second = start(agent=agent, spec=one_step_spec())
+    lost_idle(agent.id, task_of(first), seconds_ago=engine.LOST_IDLE_SECONDS - 2)
+    sweeps.sweep_timeouts(now=task_of(first).timeout_at + timedelta(seconds=1))
+    assert task_of(first).status == S.DEAD
+    assert dispatch.task_dispatch(task_id=task_of(second).pk).outcome == "busy"
+    report(agent.id, "idle")  # it arrives after all
+    assert task_of(second).status == S.DISPATCHED and task_of(second).result is None
+
+
+def test_the_lost_job_sweep_takes_the_same_rule_as_the_claim(q_sync, agentkit_stub, settings):
+    """An `idle` lost after an `error`: the error failed the attempt itself (no timeout frees the agent),
+    so the retry's job answers busy and the lost-job sweep sends it once the margin has passed."""
+    settings.OPSCORE_LOST_JOB_SECONDS = 10
+    agent = idle_agent()
+    session = start(agent=agent, spec=one_step_spec(maxRetries=2, retryBackoffSeconds=0))
+    task = task_of(session)
+    report(agent.id, "error", {"error_code": "E", "message": "boom"})
+    sweeps.sweep_due_retries(now=timezone.now() + timedelta(seconds=1))
+    assert task_of(session).status == S.QUEUED and len(agentkit_stub.requests) == 1  # busy: agent is error
+    later = timezone.now() + timedelta(seconds=11)
+    assert engine.LOST_IDLE_SECONDS < 11
+    assert sweeps.sweep_lost_jobs(now=later, dry_run=True) == [task]
+    # The claim reads the clock itself: the error report, moved back, is older than the margin.
+    Agent.objects.filter(pk=agent.pk).update(state_received_at=timezone.now() - timedelta(seconds=11))
+    assert [t.pk for t in sweeps.sweep_lost_jobs(now=later)] == [task.pk]
+    assert task_of(session).status == S.DISPATCHED and task_of(session).attempt == 2
+
+
+def test_the_lost_job_sweep_leaves_an_agent_within_the_margin_or_with_work_in_flight(q_sync, agentkit_stub,
+                                                                                      settings):
+    settings.OPSCORE_LOST_JOB_SECONDS = 10
+    agent = idle_agent()
+    first = start(agent=agent, spec=one_step_spec(timeoutSeconds=3600))
+    second = start(agent=agent, spec=one_step_spec())
+    later = timezone.now() + timedelta(seconds=11)
+    report(agent.id, "active")  # counted for the first task: it is running
+    assert sweeps.sweep_lost_jobs(now=later, dry_run=True) == []  # in flight
+    engine.attempt_failed(task_id=task_of(first).pk, number=1, error="given up", permanent=True, by=By.system())
+    Task.objects.filter(pk=task_of(second).pk).update(enqueued_at=timezone.now() - timedelta(seconds=20))
+    assert sweeps.sweep_lost_jobs(now=timezone.now(), dry_run=True) == []  # active 0 s ago
+    assert sweeps.sweep_lost_jobs(now=later, dry_run=True) == [task_of(second)]
+
+
+@pytest.mark.parametrize("state", ["finished", "initializing"])
+def test_an_agent_in_another_state_is_not_taken_for_idle(q_sync, agentkit_stub, state):
+    agent = AgentFactory(state=state, state_received_at=timezone.now() - timedelta(hours=1))
+    session = start(agent=agent)
+    assert task_of(session).status == S.QUEUED and not agentkit_stub.requests
+
+
+def test_a_cancelled_task_sent_to_a_freed_agent_holds_it_until_its_deadline(q_sync, agentkit_stub, operator):
+    """The agent lost its `idle`, was freed, got a task and that task was cancelled before any report:
+    the agent may be working on it, so it still takes nothing until the attempt's deadline."""
+    agent = idle_agent()
+    first = start(agent=agent, spec=one_step_spec(timeoutSeconds=10, maxRetries=0))
+    lost_idle(agent.id, task_of(first))
+    second = start(agent=agent, spec=one_step_spec(timeoutSeconds=30))
+    sweeps.sweep_timeouts(now=timezone.now())
+    assert task_of(second).status == S.DISPATCHED
+    engine.session_cancel(session=second, by=By.operator(operator))
+    third = start(agent=agent, spec=one_step_spec())
+    assert dispatch.task_dispatch(task_id=task_of(third).pk).outcome == "busy"
+    Task.objects.filter(pk=task_of(second).pk).update(reference_at=timezone.now() - timedelta(seconds=31))
+    assert dispatch.task_dispatch(task_id=task_of(third).pk).outcome == "dispatched"
