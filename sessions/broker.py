@@ -16,6 +16,11 @@ best-effort (a job whose lease ran out, one committed while the listener was dow
 the cluster started sends none), and every idle cluster reads the queue at least every
 `Q_POLL` seconds whatever it hears.
 
+While the database is unreachable, `dequeue` logs one line per failure class per
+LOG_INTERVAL_SECONDS (opscore_site/dbdown.py) and reads again every `Q_POLL` seconds, instead
+of raising into django-q2's pusher (a traceback, ten seconds' sleep and a restarted pusher each
+time).
+
 Used only on PostgreSQL (`settings.Q_CLUSTER["broker_class"]`); SQLite keeps the ORM broker.
 """
 
@@ -33,6 +38,8 @@ from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 from django_q.models import OrmQ
 
+from opscore_site.dbdown import DATABASE_ERRORS, LOG_INTERVAL_SECONDS
+
 logger = logging.getLogger(__name__)
 
 CHANNEL = "django_q_ormq"
@@ -46,10 +53,12 @@ class ListenNotifyBroker(ORM):
         self._listener: psycopg.Connection | None = None
         self._listener_pid: int | None = None
         self._idle = True
+        self._logged_at: dict[str, float] = {}
 
     def __setstate__(self, state: Any) -> None:
         super().__setstate__(state)
         self._listener, self._listener_pid, self._idle = None, None, True
+        self._logged_at = {}
 
     def info(self) -> str:
         if not self._info:
@@ -61,14 +70,33 @@ class ListenNotifyBroker(ORM):
     def dequeue(self) -> list[tuple[int, str]] | None:
         # LISTEN before the read: a job committed between the read and the wait is heard.
         listener = self.listener()
-        jobs = self.claim()
-        if jobs:
-            return jobs
-        if listener is None:
-            sleep(Conf.POLL)
-        else:
-            self.wait(listener, Conf.POLL)
-        return self.claim() or None
+        try:
+            jobs = self.claim()
+            if jobs:
+                return jobs
+            if listener is None:
+                sleep(Conf.POLL)
+            else:
+                self.wait(listener, Conf.POLL)
+            return self.claim() or None
+        except DATABASE_ERRORS as exc:
+            self.database_unavailable(exc)
+            return None
+
+    def database_unavailable(self, exc: BaseException) -> None:
+        """The database went away under the read (a restart, an outage): one log line per failure
+        class per LOG_INTERVAL_SECONDS, not django-q2's traceback (and its pusher's restart) each
+        time; the connection is dropped, and the next read, after `Q_POLL` seconds, reconnects."""
+        connections[Conf.ORM].close()
+        self._idle = True
+        now = monotonic()
+        name = type(exc).__name__
+        if now - self._logged_at.get(name, float("-inf")) >= LOG_INTERVAL_SECONDS:
+            self._logged_at[name] = now
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            logger.warning("job queue: the database is unavailable (%s: %s); reading again every %ss",
+                           name, first_line, Conf.POLL)
+        sleep(Conf.POLL)
 
     def claim(self) -> list[tuple[int, str]]:
         """Lease up to `bulk` visible jobs of this queue, oldest first; [(id, payload)]."""

@@ -15,8 +15,10 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.db import connection, connections, transaction
+from django.db import OperationalError
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
@@ -215,6 +217,25 @@ def test_a_killed_listener_connection_is_reopened_and_wakes_dequeue_again(make_b
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [waits[-1]["pid"]])
         assert cursor.fetchone() == (1,)
+
+
+def test_a_database_gone_under_the_read_is_one_log_line_then_the_queue_is_read_again(make_broker, caplog):
+    broker = make_broker(poll=0.01)
+    job_id = broker.enqueue("after the outage")
+    with connection.cursor() as cursor:  # the broker's read runs on this thread's connection
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+    broker._idle = False  # between jobs (a busy cluster): its connection is trusted without a check
+    with caplog.at_level("WARNING", logger="sessions.broker"):
+        assert broker.dequeue() is None  # the read failed: no exception out of the pusher's call
+        broker.database_unavailable(OperationalError("still down"))  # a second failure within the interval
+    lines = [r.getMessage() for r in caplog.records if "database is unavailable" in r.getMessage()]
+    assert len(lines) == 1 and "reading again every" in lines[0]
+    assert not any(r.exc_info for r in caplog.records)
+    jobs = broker.dequeue() or broker.dequeue()  # reconnected
+    assert jobs == [(job_id, "after the outage")]
 
 
 def test_postgresql_uses_this_broker_and_sqlite_keeps_the_orm_broker(tmp_path):
