@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, Q
+from django.db.models import Exists, F, Q, Subquery
 from django.utils import timezone
 
 from agents import agentkit
@@ -60,27 +60,29 @@ def task_dispatch(*, task_id) -> DispatchResult:
 
 def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
     """Lock the task and its agent, check the agent, and fence a new attempt. Commits."""
-    agent_id = Task.objects.filter(pk=task_id, status=S.QUEUED).values_list("agent_id", flat=True).first()
-    if agent_id is None:
-        return DispatchResult("skipped", "no such queued task")
     try:
         with transaction.atomic(), engine.events_in_one_insert():
-            return _claim_locked(task_id, agent_id)
+            return _claim_locked(task_id)
     except IntegrityError:
         # The one-in-flight constraint or the attempt fence: another worker won (the locks make it
         # unreachable in practice; the constraints guard the rule).
         return DispatchResult("busy", "another dispatch won the race")
 
 
-def _claim_locked(task_id, agent_id: str) -> tuple[Task, TaskAttempt] | DispatchResult:
+def _claim_locked(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
     """`_claim` inside its transaction: the locks in engine order, the checks, the fence."""
-    # The lock order of sessions/engine.py (agent, task, session). The agent lock also
-    # serialises dispatches to one agent.
+    # The lock order of sessions/engine.py (agent, task, session); the agent is the queued task's,
+    # found in the locking statement itself. The agent lock also serialises dispatches to one agent.
     free = engine.free_column(now=timezone.now())  # whether its state lets it take a task
-    agent = Agent.objects.select_for_update().annotate(free=free).get(pk=agent_id)
+    agent = (Agent.objects.select_for_update().annotate(free=free)
+             .filter(pk=Subquery(Task.objects.filter(pk=task_id, status=S.QUEUED).values("agent_id")[:1])).first())
+    if agent is None:
+        return DispatchResult("skipped", "no such queued task")
     task = Task.objects.select_for_update().filter(pk=task_id).first()
     if task is None or task.status != S.QUEUED:
         return DispatchResult("skipped", f"task is {task.status if task else 'gone'}")
+    if task.agent_id != agent.pk:  # routed to another agent meanwhile: the reroute enqueued its job
+        return DispatchResult("skipped", f"task moved to agent {task.agent_id}")
     session = Session.objects.select_for_update().get(pk=task.session_id)
     if session.is_terminal:
         # A step queued while its session was being cancelled: it must not wait forever.

@@ -155,6 +155,21 @@ def test_the_attempt_is_fenced_and_committed_before_the_post(agentkit_stub):
     assert seen["in_atomic"] is False
 
 
+def test_a_dispatch_is_pinned_to_its_statements(agentkit_stub, django_assert_num_queries):
+    """Begin; the agent's lock (found from the queued task), the task's, the session's; the paused
+    definition (a pending session only); one read for in-flight work, the fleet switch and a
+    cancelled task; the attempt, the task, the session, their events in one insert; commit; after
+    the POST, AgentKit's answer on the attempt."""
+    session = start()
+    task = task_of(session)
+    with django_assert_num_queries(12):  # in the test's transaction, begin and commit are a savepoint pair
+        assert dispatch.task_dispatch(task_id=task.pk).outcome == "dispatched"
+    report(session.agent_id, "idle")  # completes step 1, queues step 2 (its job waits in the queue)
+    second = task_of(session, 2)
+    with django_assert_num_queries(10):  # a running session: no definition read, no session update
+        assert dispatch.task_dispatch(task_id=second.pk).outcome == "dispatched"
+
+
 # --------------------------------------------------------------------------- AgentKit's answers
 
 
