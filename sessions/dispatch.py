@@ -74,16 +74,16 @@ def _claim_locked(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
     # The lock order of sessions/engine.py (agent, task, session); the agent is the queued task's,
     # found in the locking statement itself. The agent lock also serialises dispatches to one agent.
     free = engine.free_column(now=timezone.now())  # whether its state lets it take a task
-    agent = (Agent.objects.select_for_update().annotate(free=free)
+    agent = (Agent.objects.select_for_update(no_key=True).annotate(free=free)
              .filter(pk=Subquery(Task.objects.filter(pk=task_id, status=S.QUEUED).values("agent_id")[:1])).first())
     if agent is None:
         return DispatchResult("skipped", "no such queued task")
-    task = Task.objects.select_for_update().filter(pk=task_id).first()
+    task = Task.objects.select_for_update(no_key=True).filter(pk=task_id).first()
     if task is None or task.status != S.QUEUED:
         return DispatchResult("skipped", f"task is {task.status if task else 'gone'}")
     if task.agent_id != agent.pk:  # routed to another agent meanwhile: the reroute enqueued its job
         return DispatchResult("skipped", f"task moved to agent {task.agent_id}")
-    session = Session.objects.select_for_update().get(pk=task.session_id)
+    session = Session.objects.select_for_update(no_key=True).get(pk=task.session_id)
     if session.is_terminal:
         # A step queued while its session was being cancelled: it must not wait forever.
         engine.task_transition(task=task, to=S.CANCELLED, by=By.system(), reason=f"session is {session.status}",
@@ -193,7 +193,7 @@ def _record_error(*, attempt: TaskAttempt, exc: agentkit.AgentKitError) -> None:
     """
     with transaction.atomic():
         # The lock order of sessions/engine.py: the agent first (its quarantine check), then the task.
-        Agent.objects.select_for_update().filter(pk=attempt.agent_id).first()
+        Agent.objects.select_for_update(no_key=True).filter(pk=attempt.agent_id).first()
         failed = engine.attempt_failed(task_id=attempt.task_id, number=attempt.number, error=exc.message,
                                        permanent=exc.permanent, http_status=exc.http_status, by=By.system(),
                                        agent_fault=engine.is_agent_fault_answer(exc.http_status))

@@ -21,6 +21,12 @@ attempt again. The agent's own reports then drive the task: `active` -> running,
 and jitter; when attempts are exhausted the task is dead and the step's fallback
 runs, or the session fails. The scheduler loop (`opscore_scheduler`) dispatches
 due retries, times out overdue attempts and re-enqueues work whose job was lost.
+
+Row locks are taken in one order (agent, task, session) and are all `FOR NO KEY UPDATE`
+(`select_for_update(no_key=True)`): nothing here changes a primary key, and the weaker lock
+does not block the foreign-key checks of inserts that reference the row (a trigger's new
+task referencing its agent, an attempt or event referencing its task), which `FOR UPDATE`
+would make wait for the whole claim or report.
 """
 
 from __future__ import annotations
@@ -504,7 +510,7 @@ def attempt_failed(*, task_id=None, task: Task | None = None, number: int, error
     another agent (a 404 says nothing about the task). An `error` report is the task's fault.
     """
     if task is None:
-        task = Task.objects.select_for_update().filter(pk=task_id).first()
+        task = Task.objects.select_for_update(no_key=True).filter(pk=task_id).first()
     if task is None or task.attempt != number or task.status not in Task.IN_FLIGHT:
         return None
     with events_in_one_insert():
@@ -559,7 +565,7 @@ def _task_dead(*, task: Task, reason: str) -> None:
 
 def _fallback_or_fail(*, task: Task, reason: str, why: str, previous_result: Any) -> None:
     """`task` ended without success (`why`: dead, rejected): its step's fallback runs, or the session fails."""
-    session = Session.objects.select_for_update().get(pk=task.session_id)
+    session = Session.objects.select_for_update(no_key=True).get(pk=task.session_id)
     if session.is_terminal:
         return
     spec = _spec_of(session)
@@ -591,7 +597,7 @@ def _next_step(*, task: Task, result: Any) -> Task | None:
     Returns the next step's task when its dispatch job was enqueued (the caller need not kick the
     agent), else None (an approval, a paused session, the end).
     """
-    session = Session.objects.select_for_update().get(pk=task.session_id)
+    session = Session.objects.select_for_update(no_key=True).get(pk=task.session_id)
     if session.is_terminal:
         return None
     spec = _spec_of(session)
@@ -635,7 +641,7 @@ def on_agent_state(*, agent_id: str, state: str, details: Any, received_at: date
 def _apply_report(*, agent_id: str, state: str, details: Any, received_at: datetime) -> None:
     """A report counts for the task in flight only when it was received after that
     attempt's reference time and, if it names a task id, names this task."""
-    task = (Task.objects.select_for_update()
+    task = (Task.objects.select_for_update(no_key=True)
             .filter(agent_id=agent_id, status__in=Task.IN_FLIGHT).first())
     by = By.agent(agent_id)
     if task is not None and task.reference_at is not None and received_at > task.reference_at:
@@ -902,7 +908,7 @@ def _note_agent_fault(*, agent_id: str, now: datetime) -> None:
     a state report holding the agent would deadlock with it; a skipped check is made again at
     the agent's next failure (the run is history, not a counter).
     """
-    agent = Agent.objects.select_for_update(skip_locked=True).filter(pk=agent_id).first()
+    agent = Agent.objects.select_for_update(no_key=True, skip_locked=True).filter(pk=agent_id).first()
     if agent is None:
         logger.info("agent %s busy (locked): its quarantine check waits for its next failure", agent_id)
         return
@@ -970,7 +976,7 @@ def _probe_inconclusive(*, agent_id: str, reason: str) -> None:
 
     SKIP LOCKED (callers may hold task locks; see `_note_agent_fault`): a skipped agent is put back
     by the scheduler (`sweeps.sweep_stuck_probes`)."""
-    agent = Agent.objects.select_for_update(skip_locked=True).filter(pk=agent_id).first()
+    agent = Agent.objects.select_for_update(no_key=True, skip_locked=True).filter(pk=agent_id).first()
     if agent is not None and agent.quarantine_state == Q.PROBING:
         quarantine_transition(agent=agent, to=Q.QUARANTINED, by=By.system(), reason=reason,
                               quarantine_probe_at=timezone.now())
@@ -995,7 +1001,7 @@ def agent_quarantine(*, agent: Agent, by: By, reason: str) -> Agent:
     """An operator's quarantine: no dispatch to `agent` until released by hand (no probe).
     Its queued tasks move to other agents where their steps allow, or wait."""
     with transaction.atomic():
-        agent = Agent.objects.select_for_update().get(pk=agent.pk)
+        agent = Agent.objects.select_for_update(no_key=True).get(pk=agent.pk)
         if agent.quarantine_state != Q.NONE:
             raise InvalidTransition(f"agent {agent.pk} is already {agent.quarantine_state}")
         now = timezone.now()
@@ -1010,7 +1016,7 @@ def agent_quarantine(*, agent: Agent, by: By, reason: str) -> Agent:
 def agent_release(*, agent: Agent, by: By, reason: str = "") -> Agent:
     """An operator's release: the agent takes work again, its run of failures forgotten."""
     with transaction.atomic():
-        agent = Agent.objects.select_for_update().get(pk=agent.pk)
+        agent = Agent.objects.select_for_update(no_key=True).get(pk=agent.pk)
         if agent.quarantine_state == Q.NONE:
             raise InvalidTransition(f"agent {agent.pk} is not quarantined")
         quarantine_transition(agent=agent, to=Q.NONE, by=by, reason=reason.strip() or "released by hand",
@@ -1031,8 +1037,8 @@ def session_cancel(*, session: Session, by: By, reason: str = "") -> Session:
     complete the next task sent to the agent.
     """
     with transaction.atomic():
-        tasks = list(Task.objects.select_for_update().filter(session=session).exclude(status__in=Task.TERMINAL))
-        session = Session.objects.select_for_update().get(pk=session.pk)
+        tasks = list(Task.objects.select_for_update(no_key=True).filter(session=session).exclude(status__in=Task.TERMINAL))
+        session = Session.objects.select_for_update(no_key=True).get(pk=session.pk)
         if session.is_terminal:
             raise InvalidTransition(f"session {session.pk} is already {session.status}")
         now = timezone.now()
@@ -1060,8 +1066,8 @@ def task_retry(*, task: Task, by: By, reason: str = "") -> Task:
     A failed session comes back to running when its failed task is retried.
     """
     with transaction.atomic():
-        task = Task.objects.select_for_update().get(pk=task.pk)
-        session = Session.objects.select_for_update().get(pk=task.session_id)
+        task = Task.objects.select_for_update(no_key=True).get(pk=task.pk)
+        session = Session.objects.select_for_update(no_key=True).get(pk=task.session_id)
         if refusal := task.retry_refusal(session):
             raise InvalidTransition(refusal)
         if session.status == SS.FAILED:  # first: the task's job may run at once (sync mode)
@@ -1104,7 +1110,7 @@ def _with_note(reason: str, by: By, default: str) -> str:
 def session_pause(*, session: Session, by: By, reason: str = "") -> Session:
     """Pause a pending or running session (InvalidTransition otherwise). Its steps in flight finish."""
     with transaction.atomic():
-        session = Session.objects.select_for_update().get(pk=session.pk)
+        session = Session.objects.select_for_update(no_key=True).get(pk=session.pk)
         if session.status not in (SS.PENDING, SS.RUNNING):
             raise InvalidTransition(f"session {session.pk} is {session.status}; only a pending or running "
                                     "session can be paused")
@@ -1122,9 +1128,9 @@ def session_resume(*, session: Session, by: By, reason: str = "") -> Session:
     """Resume a paused session where it stopped: its queued step is dispatched, its retry and
     approval deadlines get the time they had left, a held first step is released."""
     with transaction.atomic():
-        tasks = list(Task.objects.select_for_update().filter(
+        tasks = list(Task.objects.select_for_update(no_key=True).filter(
             session=session, status__in=(S.QUEUED, S.RETRY_SCHEDULED, S.WAITING_APPROVAL, S.PENDING)))
-        session = Session.objects.select_for_update().get(pk=session.pk)
+        session = Session.objects.select_for_update(no_key=True).get(pk=session.pk)
         if session.status != SS.PAUSED:
             raise InvalidTransition(f"session {session.pk} is {session.status}; only a paused session can be resumed")
         now = timezone.now()
@@ -1272,10 +1278,10 @@ def definition_resume(*, definition: WorkflowDefinition, by: By, reason: str = "
                                status__in=(S.PENDING, S.QUEUED)).values_list("pk", flat=True)
     for task_id in list(held):
         with transaction.atomic():
-            task = Task.objects.select_for_update().filter(pk=task_id, status__in=(S.PENDING, S.QUEUED)).first()
+            task = Task.objects.select_for_update(no_key=True).filter(pk=task_id, status__in=(S.PENDING, S.QUEUED)).first()
             if task is None:
                 continue
-            session = Session.objects.select_for_update().get(pk=task.session_id)
+            session = Session.objects.select_for_update(no_key=True).get(pk=task.session_id)
             if session.status != SS.PENDING:
                 continue
             if task.status == S.QUEUED:
@@ -1340,8 +1346,8 @@ def approval_decide(*, task: Task, approve: bool, comment: str = "", by: By) -> 
     among the step's approvers raises NotAnApprover (403).
     """
     with transaction.atomic():
-        task = Task.objects.select_for_update().get(pk=task.pk)
-        session = Session.objects.select_for_update().get(pk=task.session_id)
+        task = Task.objects.select_for_update(no_key=True).get(pk=task.pk)
+        session = Session.objects.select_for_update(no_key=True).get(pk=task.session_id)
         if task.status != S.WAITING_APPROVAL:
             raise InvalidTransition(f"task {task.pk} is {task.status}: it is not an approval waiting for a decision")
         step = _spec_of(session).step(task.step_id)

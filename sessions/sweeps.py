@@ -52,7 +52,7 @@ def _sweep(queryset, action, *, limit: int) -> list[Task]:
     skipped instead of blocking the sweep on every pass."""
     done = []
     with transaction.atomic():
-        for task in list(queryset.select_for_update(skip_locked=True, of=("self",))[:limit]):
+        for task in list(queryset.select_for_update(no_key=True, skip_locked=True, of=("self",))[:limit]):
             try:
                 with transaction.atomic():
                     action(task)
@@ -131,7 +131,7 @@ def sweep_stuck_probes(*, limit: int = SWEEP_BATCH) -> int:
     in_flight = Task.objects.filter(status__in=Task.IN_FLIGHT, probe=True).values("agent_id")
     done = 0
     with transaction.atomic():
-        for agent in (Agent.objects.select_for_update(skip_locked=True)
+        for agent in (Agent.objects.select_for_update(no_key=True, skip_locked=True)
                       .filter(quarantine_state=Agent.Quarantine.PROBING).exclude(pk__in=in_flight)[:limit]):
             done += engine.probe_abandoned(agent=agent)
     return done
