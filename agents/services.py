@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import secrets
@@ -333,6 +334,37 @@ def agent_state_record(
 
 def _notify(**report: Any) -> None:
     signals.agent_state_reported.send(sender=Agent, **report)
+
+
+STATE_READ_FIELDS = ("id", "state", "state_details", "state_timestamp")
+
+
+@functools.cache
+def _state_read_sql() -> tuple[str, list[Any]]:
+    fields = [f for f in Agent._meta.concrete_fields if f.name in STATE_READ_FIELDS]  # the order from_db wants
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    table, pk = quote(Agent._meta.db_table), quote(Agent._meta.pk.column)
+    return f"SELECT {columns} FROM {table} WHERE {pk} = %(agent_id)s::text", fields
+
+
+def agent_state_read(*, agent_id: str) -> Agent | None:
+    """The agent's current state (only STATE_READ_FIELDS loaded), or None for an unknown agent.
+
+    `GET .../state` reads it on every call: on PostgreSQL one prepared primary-key read
+    (opscore_site.postgresql), without compiling an ORM query each time.
+    """
+    prepared = getattr(connection, "prepared_cursor", None)
+    if prepared is None:
+        return Agent.objects.filter(pk=agent_id).only(*STATE_READ_FIELDS).first()
+    sql, fields = _state_read_sql()
+    with prepared() as cursor:
+        cursor.execute(sql, {"agent_id": agent_id})
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = [f.from_db_value(v, None, connection) if hasattr(f, "from_db_value") else v for f, v in zip(fields, row)]
+    return Agent.from_db(connection.alias, [f.attname for f in fields], values)
 
 
 # --------------------------------------------------------------------------- registration

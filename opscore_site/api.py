@@ -26,6 +26,7 @@ from rest_framework.throttling import SimpleRateThrottle
 from opscore_site import dbdown
 from opscore_site import openapi  # noqa: F401 (registers the pydantic schema extension)
 from opscore_site.errors import ApplicationError
+from opscore_site.throttle import throttle_hit
 
 logger = logging.getLogger(__name__)
 
@@ -132,15 +133,29 @@ class Pagination(LimitOffsetPagination):
 class ApiThrottle(SimpleRateThrottle):
     """One rate (OPSCORE_THROTTLE_RATE) per credential, and per agent on the agent endpoints.
 
-    Counters live in the default cache (the shared database cache), so every process
-    sees the same numbers. Anonymous callers are told apart by the socket address, or by
+    Counters live in the database (`opscore_site.throttle`: one statement per request), so
+    every process sees the same numbers. Anonymous callers are told apart by the socket address, or by
     X-Forwarded-For only as far as REST_FRAMEWORK["NUM_PROXIES"] (OPSCORE_NUM_PROXIES) trusts it.
     """
 
     scope = "api"
+    _wait: float | None = None
 
     def get_rate(self) -> str | None:
         return settings.OPSCORE_THROTTLE_RATE or None
+
+    def allow_request(self, request, view) -> bool:
+        if self.rate is None:
+            return True
+        self.key = self.get_cache_key(request, view)
+        if self.key is None:
+            return True
+        self._wait = throttle_hit(self.key, num_requests=self.num_requests, duration=self.duration,
+                                  now=self.timer())
+        return self._wait is None
+
+    def wait(self) -> float | None:
+        return self._wait
 
     def get_cache_key(self, request, view) -> str:
         auth = getattr(request, "auth", None)

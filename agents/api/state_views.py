@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 
 from agents.api.serializers import AcceptedOut, AgentStateOut, StateReportIn
 from agents.models import Agent, ApiKey
-from agents.services import ApiKeyExpired, agent_state_record, api_key_authenticate
+from agents.services import ApiKeyExpired, agent_state_read, agent_state_record, api_key_authenticate
 from agents.timestamps import parse_iso_timestamp
 from opscore_site.api import StateReportThrottle
 from agents.api.auth import AgentEndpoint
@@ -125,8 +125,7 @@ class AgentStateView(APIView):
     @extend_schema(responses={200: AgentStateOut}, operation_id="agent_state_read",
                    summary="An agent's current state")
     def get(self, request, agent_id: str) -> Response:
-        agent = Agent.objects.filter(pk=agent_id).only(
-            "id", "state", "state_details", "state_timestamp").first()
+        agent = agent_state_read(agent_id=agent_id)
         if agent is None:
             raise exceptions.NotFound(f"agent '{agent_id}' not found")
         return Response(AgentStateOut(agent).data)

@@ -273,6 +273,23 @@ def test_the_common_report_is_one_statement(api, django_assert_num_queries):
     assert AgentState.objects.filter(agent_id="a1").count() == 32
 
 
+def test_a_state_read_is_two_statements(api, settings, django_assert_num_queries):
+    """The API throttle's counter (one upsert: opscore_site/throttle.py) and the agent's
+    primary-key read; the key comes from the cache. Without a throttle, the read alone."""
+    settings.OPSCORE_THROTTLE_RATE = "6000/min"
+    api.post(url("a1"), report("a1", "active"), format="json")  # key verified, last_used written
+    api.get(url("a1"))
+    with django_assert_num_queries(2) as captured:
+        assert api.get(url("a1")).json()["state"] == "active"
+    assert "opscore_throttle" in captured.captured_queries[0]["sql"]
+    assert "agents_agent" in captured.captured_queries[1]["sql"]
+    settings.OPSCORE_THROTTLE_RATE = ""
+    with django_assert_num_queries(1):
+        assert api.get(url("a1")).status_code == 200
+    with django_assert_num_queries(1):  # an unknown agent: the same read, then DRF's 404
+        assert_error(api.get(url("nobody")), 404, "not_found")
+
+
 def _in_flight(agentkit_stub, monkeypatch) -> str:
     """An agent with a dispatched first step of a two-step session; later jobs stay in the queue."""
     from django_q.conf import Conf
