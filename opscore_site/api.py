@@ -147,11 +147,12 @@ class ApiThrottle(SimpleRateThrottle):
     def allow_request(self, request, view) -> bool:
         if self.rate is None:
             return True
-        self.key = self.get_cache_key(request, view)
-        if self.key is None:
-            return True
-        self._wait = throttle_hit(self.key, num_requests=self.num_requests, duration=self.duration,
-                                  now=self.timer())
+        return self.count(self.get_cache_key(request, view))
+
+    def count(self, key: str) -> bool:
+        """Count one request on the counter `key`: whether it is allowed (else `wait()` says for how long)."""
+        self.key = key
+        self._wait = throttle_hit(key, num_requests=self.num_requests, duration=self.duration, now=self.timer())
         return self._wait is None
 
     def wait(self) -> float | None:
@@ -159,14 +160,19 @@ class ApiThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request, view) -> str:
         auth = getattr(request, "auth", None)
-        if getattr(auth, "prefix", None):
-            ident = f"key:{auth.pk}"
-        elif request.user and request.user.is_authenticated and getattr(request.user, "pk", None):
-            ident = f"user:{request.user.pk}"
-        else:
-            ident = f"ip:{self.get_ident(request)}"
         agent_id = getattr(view, "kwargs", {}).get("agent_id")
-        if agent_id:  # hashed: any characters, any length, fits the cache key column
+        if getattr(auth, "prefix", None):
+            return self.api_key_counter(auth.pk, agent_id=agent_id)
+        if request.user and request.user.is_authenticated and getattr(request.user, "pk", None):
+            return self._counter(f"user:{request.user.pk}", agent_id=agent_id)
+        return self._counter(f"ip:{self.get_ident(request)}", agent_id=agent_id)
+
+    def api_key_counter(self, key_pk: int, *, agent_id: str | None) -> str:
+        """The counter of an API key (and agent): what get_cache_key gives a request authenticated by it."""
+        return self._counter(f"key:{key_pk}", agent_id=agent_id)
+
+    def _counter(self, ident: str, *, agent_id: str | None) -> str:
+        if agent_id:  # hashed: any characters, any length, fits the key column
             ident += ":agent:" + hashlib.sha256(agent_id.encode()).hexdigest()[:24]
         return f"throttle:{self.scope}:{ident}"
 

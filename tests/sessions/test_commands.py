@@ -176,7 +176,9 @@ def test_prune_deletes_the_throttle_counters_at_rest(db):
     import time
 
     from opscore_site.throttle import throttle_hit, throttle_prune
+    from tests.site.test_throttle import empty_table
 
+    empty_table()
     throttle_hit("at-rest", num_requests=10, duration=60, now=time.time() - 3600)  # full again long ago
     throttle_hit("counting", num_requests=10, duration=3600, now=time.time())
     out, _ = run("opscore_prune", "--dry-run")
