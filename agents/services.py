@@ -8,7 +8,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from agents import signals
 from agents.models import Agent, AgentState, ApiKey, WebhookReceipt
-from opscore_site import metrics
+from opscore_site import metrics, throttle
 from opscore_site.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
@@ -339,32 +339,41 @@ def _notify(**report: Any) -> None:
 STATE_READ_FIELDS = ("id", "state", "state_details", "state_timestamp")
 
 
+class StateRead(NamedTuple):
+    agent: Agent | None  # None: no such agent
+    counted: bool  # the throttle's upsert counted the request (always True without one)
+
+
 @functools.cache
-def _state_read_sql() -> tuple[str, list[Any]]:
+def _state_read_sql(*, counting: bool) -> tuple[str, list[Any]]:
     fields = [f for f in Agent._meta.concrete_fields if f.name in STATE_READ_FIELDS]  # the order from_db wants
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in fields)
+    columns = ", ".join(f"a.{quote(f.column)}" for f in fields)
     table, pk = quote(Agent._meta.db_table), quote(Agent._meta.pk.column)
-    return f"SELECT {columns} FROM {table} WHERE {pk} = %(agent_id)s::text", fields
+    head = f"WITH hit AS ({throttle.COUNT_SQL_TYPED}) SELECT EXISTS (SELECT 1 FROM hit)" if counting else "SELECT true"
+    return f"{head}, {columns} FROM (SELECT 1) AS one LEFT JOIN {table} AS a ON a.{pk} = %(agent_id)s::text", fields
 
 
-def agent_state_read(*, agent_id: str) -> Agent | None:
-    """The agent's current state (only STATE_READ_FIELDS loaded), or None for an unknown agent.
+def agent_state_read(*, agent_id: str, count: throttle.Hit | None = None) -> StateRead:
+    """The agent's current state (only STATE_READ_FIELDS loaded), and the API throttle's count of
+    the request when `count` is given (`opscore_site.throttle.Hit`).
 
-    `GET .../state` reads it on every call: on PostgreSQL one prepared primary-key read
-    (opscore_site.postgresql), without compiling an ORM query each time.
+    `GET .../state` calls it on every read: on PostgreSQL one prepared statement, the throttle's
+    upsert as its CTE and the primary-key read (opscore_site.postgresql), so no ORM query is
+    compiled and the throttle costs no round trip of its own. Elsewhere: the upsert, then the ORM.
     """
     prepared = getattr(connection, "prepared_cursor", None)
     if prepared is None:
-        return Agent.objects.filter(pk=agent_id).only(*STATE_READ_FIELDS).first()
-    sql, fields = _state_read_sql()
+        counted = count.run() if count is not None else True
+        return StateRead(Agent.objects.filter(pk=agent_id).only(*STATE_READ_FIELDS).first(), counted)
+    sql, fields = _state_read_sql(counting=count is not None)
     with prepared() as cursor:
-        cursor.execute(sql, {"agent_id": agent_id})
-        row = cursor.fetchone()
-    if row is None:
-        return None
+        cursor.execute(sql, {"agent_id": agent_id, **(count.params() if count is not None else {})})
+        counted, *row = cursor.fetchone()
+    if row[0] is None:
+        return StateRead(None, counted)
     values = [f.from_db_value(v, None, connection) if hasattr(f, "from_db_value") else v for f, v in zip(fields, row)]
-    return Agent.from_db(connection.alias, [f.attname for f in fields], values)
+    return StateRead(Agent.from_db(connection.alias, [f.attname for f in fields], values), counted)
 
 
 # --------------------------------------------------------------------------- registration

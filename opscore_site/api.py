@@ -26,7 +26,7 @@ from rest_framework.throttling import SimpleRateThrottle
 from opscore_site import dbdown
 from opscore_site import openapi  # noqa: F401 (registers the pydantic schema extension)
 from opscore_site.errors import ApplicationError
-from opscore_site.throttle import throttle_hit
+from opscore_site.throttle import Hit, throttle_hit
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,13 @@ class ApiThrottle(SimpleRateThrottle):
         self.key = key
         self._wait = throttle_hit(key, num_requests=self.num_requests, duration=self.duration, now=self.timer())
         return self._wait is None
+
+    def hit(self, key: str) -> Hit | None:
+        """One request on the counter `key`, for a statement that carries the upsert (`Hit`); None
+        when the rate allows nothing ("0/min")."""
+        if self.num_requests < 1:
+            return None
+        return Hit(key=key, num_requests=self.num_requests, duration=self.duration, now=self.timer())
 
     def wait(self) -> float | None:
         return self._wait

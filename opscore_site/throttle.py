@@ -10,14 +10,20 @@ period/N)` is exactly when the next one would be allowed (the 429's Retry-After)
 
 The upsert that counts and decides is one statement (the row lock orders concurrent
 requests of one counter, so every process sees the same numbers); only a refusal reads its
-row again, for Retry-After. On PostgreSQL the table is UNLOGGED (a counter is not worth a WAL
-flush: a crash or a failover to a standby empties it, which only lets a burst through) with
-room in each page for HOT updates; `tat` is not indexed. A row whose `tat` has passed counts
+row again, for Retry-After. Another statement may carry the upsert as a CTE (`Hit`: the
+state read does), so a request that reads one row costs one round trip, throttle included.
+
+On PostgreSQL the table is UNLOGGED (a counter is not worth a WAL flush: a crash or a
+failover to a standby empties it, which only lets a burst through) with room in each page
+for HOT updates; `tat` is not indexed. A row whose `tat` has passed counts
 nothing: `opscore_prune` deletes those (`throttle_prune`). The table is created by migration
 `agents.0010` (like the cache table in `agents.0002`); this module imports no app.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 from django.db import connection
 
@@ -33,15 +39,55 @@ POSTGRESQL_STORAGE = {
 }
 
 _COUNT = (
-    f"INSERT INTO {TABLE} AS t (key, tat) VALUES (%(key)s{{text}}, %(now)s{{num}} + %(interval)s{{num}})"
+    f"INSERT INTO {TABLE} AS t (key, tat)"
+    " VALUES (%(throttle_key)s{text}, %(throttle_now)s{num} + %(throttle_interval)s{num})"
     " ON CONFLICT (key) DO UPDATE"
-    " SET tat = CASE WHEN t.tat > %(now)s{num} THEN t.tat ELSE %(now)s{num} END + %(interval)s{num}"
-    " WHERE t.tat <= %(now)s{num} + %(tolerance)s{num}"
+    " SET tat = CASE WHEN t.tat > %(throttle_now)s{num} THEN t.tat ELSE %(throttle_now)s{num} END"
+    " + %(throttle_interval)s{num}"
+    " WHERE t.tat <= %(throttle_now)s{num} + %(throttle_tolerance)s{num}"
     " RETURNING tat"
 )
-_COUNT_SQL = _COUNT.format(text="", num="")
-# Typed parameters, for the prepared cursor of opscore_site.postgresql (it sends them untyped).
-_COUNT_TYPED = _COUNT.format(text="::text", num="::float8")
+COUNT_SQL = _COUNT.format(text="", num="")
+# Typed parameters, for the prepared cursor of opscore_site.postgresql (it sends them untyped);
+# also the CTE another prepared statement may carry (`agents.services.agent_state_read`).
+COUNT_SQL_TYPED = _COUNT.format(text="::text", num="::float8")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One request to count on counter `key` at `now` (Unix seconds), for a rate of
+    `num_requests` per `duration` seconds (at least 1): the upsert's parameters, and what a
+    statement that ran it (alone, or as a CTE) makes of its result."""
+
+    key: str
+    num_requests: int
+    duration: float
+    now: float
+
+    def params(self) -> dict[str, Any]:
+        interval = self.duration / self.num_requests
+        return {"throttle_key": self.key, "throttle_now": self.now, "throttle_interval": interval,
+                "throttle_tolerance": self.duration - interval}
+
+    def run(self) -> bool:
+        """The upsert alone: whether it counted the request (allowed)."""
+        prepared = getattr(connection, "prepared_cursor", None)  # opscore_site.postgresql
+        cursor_factory, sql = (prepared, COUNT_SQL_TYPED) if prepared else (connection.cursor, COUNT_SQL)
+        with cursor_factory() as cursor:
+            cursor.execute(sql, self.params())
+            return cursor.fetchone() is not None
+
+    def wait(self, *, counted: bool) -> float | None:
+        """None when the upsert returned a row (counted: allowed); else the seconds to wait, read again."""
+        if counted:
+            return None
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT tat FROM {TABLE} WHERE key = %s", [self.key])
+            row = cursor.fetchone()
+        params = self.params()
+        tat = row[0] if row else self.now + params["throttle_interval"]  # pruned in between: as if just refused
+        # At least a millisecond, so Retry-After (rounded up) is never 0 for a refused request.
+        return max(tat - params["throttle_tolerance"] - self.now, 0.001)
 
 
 def create_table_sql(vendor: str) -> list[str]:
@@ -60,20 +106,8 @@ def throttle_hit(key: str, *, num_requests: int, duration: float, now: float) ->
     """Count one request on `key` at `now` (Unix seconds): None when allowed, else the seconds to wait."""
     if num_requests < 1:  # "0/min": nothing is allowed
         return float(duration)
-    interval = duration / num_requests
-    params = {"key": key, "now": now, "interval": interval, "tolerance": duration - interval}
-    prepared = getattr(connection, "prepared_cursor", None)  # opscore_site.postgresql
-    cursor_factory, sql = (prepared, _COUNT_TYPED) if prepared else (connection.cursor, _COUNT_SQL)
-    with cursor_factory() as cursor:
-        cursor.execute(sql, params)
-        if cursor.fetchone() is not None:
-            return None
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT tat FROM {TABLE} WHERE key = %s", [key])
-        row = cursor.fetchone()
-    tat = row[0] if row else now + interval  # pruned in between: as if just refused
-    # At least a millisecond, so Retry-After (rounded up) is never 0 for a refused request.
-    return max(tat - params["tolerance"] - now, 0.001)
+    hit = Hit(key=key, num_requests=num_requests, duration=duration, now=now)
+    return hit.wait(counted=hit.run())
 
 
 def throttle_prune(*, now: float, dry_run: bool = False) -> int:

@@ -137,14 +137,18 @@ class AgentStateView(APIView):
         key = self._lean_key(request, agent_id)
         if key is None:
             return None
-        throttle = ApiThrottle()
-        if throttle.rate is not None and not throttle.count(throttle.api_key_counter(key.pk, agent_id=agent_id)):
+        throttle, count = ApiThrottle(), None
+        if throttle.rate is not None:
+            count = throttle.hit(throttle.api_key_counter(key.pk, agent_id=agent_id))
+            if count is None:
+                return None  # a rate that allows nothing: DRF answers the 429
+        read = agent_state_read(agent_id=agent_id, count=count)
+        if not read.counted:
             return None  # DRF counts it again (a refused request changes no counter) and answers the 429
-        agent = agent_state_read(agent_id=agent_id)
-        if agent is None:
+        if read.agent is None:
             self.lean_missing = True
             return None  # DRF answers the 404
-        return self._lean_response(AgentStateOut(agent).data, status.HTTP_200_OK)
+        return self._lean_response(AgentStateOut(read.agent).data, status.HTTP_200_OK)
 
     @extend_schema(request=StateReportIn, responses={202: AcceptedOut}, operation_id="agent_state_report",
                    summary="Report an agent's state (AgentKit SDK)")
@@ -160,7 +164,7 @@ class AgentStateView(APIView):
     @extend_schema(responses={200: AgentStateOut}, operation_id="agent_state_read",
                    summary="An agent's current state")
     def get(self, request, agent_id: str) -> Response:
-        agent = None if self.lean_missing else agent_state_read(agent_id=agent_id)
+        agent = None if self.lean_missing else agent_state_read(agent_id=agent_id).agent
         if agent is None:
             raise exceptions.NotFound(f"agent '{agent_id}' not found")
         return Response(AgentStateOut(agent).data)

@@ -274,21 +274,30 @@ def test_the_common_report_is_one_statement(api, django_assert_num_queries):
     assert AgentState.objects.filter(agent_id="a1").count() == 32
 
 
-def test_a_state_read_is_two_statements(api, settings, django_assert_num_queries):
-    """The API throttle's counter (one upsert: opscore_site/throttle.py) and the agent's
-    primary-key read; the key comes from the cache. Without a throttle, the read alone."""
+def test_a_state_read_is_one_statement(api, settings, django_assert_num_queries):
+    """One prepared statement: the API throttle's upsert (opscore_site/throttle.py) as its CTE,
+    and the agent's primary-key read; the key comes from the cache. An unknown agent: the same
+    statement, then DRF's 404 (neither counted nor read again). A refused read: the statement,
+    then DRF's own count (the upsert, which changes nothing, and the read of Retry-After)."""
     settings.OPSCORE_THROTTLE_RATE = "6000/min"
     api.post(url("a1"), report("a1", "active"), format="json")  # key verified, last_used written
     api.get(url("a1"))
-    with django_assert_num_queries(2) as captured:
+    with django_assert_num_queries(1) as captured:
         assert api.get(url("a1")).json()["state"] == "active"
     assert "opscore_throttle" in captured.captured_queries[0]["sql"]
-    assert "agents_agent" in captured.captured_queries[1]["sql"]
-    settings.OPSCORE_THROTTLE_RATE = ""
+    assert "agents_agent" in captured.captured_queries[0]["sql"]
     with django_assert_num_queries(1):
-        assert api.get(url("a1")).status_code == 200
-    with django_assert_num_queries(1):  # an unknown agent: the same read, then DRF's 404
         assert_error(api.get(url("nobody")), 404, "not_found")
+    settings.OPSCORE_THROTTLE_RATE = "1/min"
+    api.post(url("b1"), report("b1", "idle"), format="json")
+    with django_assert_num_queries(1):
+        assert api.get(url("b1")).status_code == 200  # b1's counter: a bucket of one
+    with django_assert_num_queries(3):
+        assert_error(api.get(url("b1")), 429, "throttled")
+    settings.OPSCORE_THROTTLE_RATE = ""
+    with django_assert_num_queries(1) as captured:
+        assert api.get(url("a1")).status_code == 200
+    assert "opscore_throttle" not in captured.captured_queries[0]["sql"]
 
 
 def _in_flight(agentkit_stub, monkeypatch) -> str:
