@@ -276,6 +276,13 @@ SELECT (SELECT matched FROM interest), (SELECT id FROM history)
 """)
 
 
+@functools.lru_cache(maxsize=16)
+def _report_cte(interest: str) -> str:
+    agent_table = connection.ops.quote_name(Agent._meta.db_table)
+    return _REPORT_CTE.format(interest=interest, h=connection.ops.quote_name(AgentState._meta.db_table),
+                              t=agent_table, newer=_NEWER.format(t=agent_table))
+
+
 def _prep(field_name: str, value: Any) -> Any:
     return Agent._meta.get_field(field_name).get_db_prep_save(value, connection)
 
@@ -292,8 +299,6 @@ def agent_state_record(
     transaction with `agent_state_reported`, so the engine reacts before the commit.
     SQLite (the demo) does the same in a transaction of three statements.
     """
-    agent_table = connection.ops.quote_name(Agent._meta.db_table)
-    on_conflict = {"t": agent_table, "newer": _NEWER.format(t=agent_table)}
     params = {
         "agent_id": agent_id, "capabilities": _prep("capabilities", []), "metadata": _prep("metadata", {}),
         "received_at": _prep("state_received_at", received_at), "state": state,
@@ -301,8 +306,7 @@ def agent_state_record(
     }
     interest = signals.report_interest_sql()
     if connection.vendor == "postgresql":
-        sql = _REPORT_CTE.format(interest=interest, h=connection.ops.quote_name(AgentState._meta.db_table),
-                                 **on_conflict)
+        sql = _report_cte(interest)
         # opscore_site.postgresql prepares it; Django's stock backend sends it as text.
         prepared = getattr(connection, "prepared_cursor", connection.cursor)
         with prepared() as cursor:
@@ -320,7 +324,8 @@ def agent_state_record(
         return StateRecorded(history_id=history_id, engine_notified=True)
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute(_UPSERT.format(**on_conflict), params)
+            agent_table = connection.ops.quote_name(Agent._meta.db_table)
+            cursor.execute(_UPSERT.format(t=agent_table, newer=_NEWER.format(t=agent_table)), params)
             cursor.execute(_INTEREST.format(interest=interest), params)
             (matched,) = cursor.fetchone()
         history = AgentState.objects.create(
