@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -16,7 +17,7 @@ from django.utils import timezone
 
 from agents import signals
 from agents.models import Agent, AgentState, ApiKey, WebhookReceipt
-from opscore_site import metrics
+from opscore_site import metrics, throttle
 from opscore_site.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
@@ -275,6 +276,13 @@ SELECT (SELECT matched FROM interest), (SELECT id FROM history)
 """)
 
 
+@functools.lru_cache(maxsize=16)
+def _report_cte(interest: str) -> str:
+    agent_table = connection.ops.quote_name(Agent._meta.db_table)
+    return _REPORT_CTE.format(interest=interest, h=connection.ops.quote_name(AgentState._meta.db_table),
+                              t=agent_table, newer=_NEWER.format(t=agent_table))
+
+
 def _prep(field_name: str, value: Any) -> Any:
     return Agent._meta.get_field(field_name).get_db_prep_save(value, connection)
 
@@ -291,8 +299,6 @@ def agent_state_record(
     transaction with `agent_state_reported`, so the engine reacts before the commit.
     SQLite (the demo) does the same in a transaction of three statements.
     """
-    agent_table = connection.ops.quote_name(Agent._meta.db_table)
-    on_conflict = {"t": agent_table, "newer": _NEWER.format(t=agent_table)}
     params = {
         "agent_id": agent_id, "capabilities": _prep("capabilities", []), "metadata": _prep("metadata", {}),
         "received_at": _prep("state_received_at", received_at), "state": state,
@@ -300,8 +306,7 @@ def agent_state_record(
     }
     interest = signals.report_interest_sql()
     if connection.vendor == "postgresql":
-        sql = _REPORT_CTE.format(interest=interest, h=connection.ops.quote_name(AgentState._meta.db_table),
-                                 **on_conflict)
+        sql = _report_cte(interest)
         # opscore_site.postgresql prepares it; Django's stock backend sends it as text.
         prepared = getattr(connection, "prepared_cursor", connection.cursor)
         with prepared() as cursor:
@@ -319,7 +324,8 @@ def agent_state_record(
         return StateRecorded(history_id=history_id, engine_notified=True)
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute(_UPSERT.format(**on_conflict), params)
+            agent_table = connection.ops.quote_name(Agent._meta.db_table)
+            cursor.execute(_UPSERT.format(t=agent_table, newer=_NEWER.format(t=agent_table)), params)
             cursor.execute(_INTEREST.format(interest=interest), params)
             (matched,) = cursor.fetchone()
         history = AgentState.objects.create(
@@ -333,6 +339,46 @@ def agent_state_record(
 
 def _notify(**report: Any) -> None:
     signals.agent_state_reported.send(sender=Agent, **report)
+
+
+STATE_READ_FIELDS = ("id", "state", "state_details", "state_timestamp")
+
+
+class StateRead(NamedTuple):
+    agent: Agent | None  # None: no such agent
+    counted: bool  # the throttle's upsert counted the request (always True without one)
+
+
+@functools.cache
+def _state_read_sql(*, counting: bool) -> tuple[str, list[Any]]:
+    fields = [f for f in Agent._meta.concrete_fields if f.name in STATE_READ_FIELDS]  # the order from_db wants
+    quote = connection.ops.quote_name
+    columns = ", ".join(f"a.{quote(f.column)}" for f in fields)
+    table, pk = quote(Agent._meta.db_table), quote(Agent._meta.pk.column)
+    head = f"WITH hit AS ({throttle.COUNT_SQL_TYPED}) SELECT EXISTS (SELECT 1 FROM hit)" if counting else "SELECT true"
+    return f"{head}, {columns} FROM (SELECT 1) AS one LEFT JOIN {table} AS a ON a.{pk} = %(agent_id)s::text", fields
+
+
+def agent_state_read(*, agent_id: str, count: throttle.Hit | None = None) -> StateRead:
+    """The agent's current state (only STATE_READ_FIELDS loaded), and the API throttle's count of
+    the request when `count` is given (`opscore_site.throttle.Hit`).
+
+    `GET .../state` calls it on every read: on PostgreSQL one prepared statement, the throttle's
+    upsert as its CTE and the primary-key read (opscore_site.postgresql), so no ORM query is
+    compiled and the throttle costs no round trip of its own. Elsewhere: the upsert, then the ORM.
+    """
+    prepared = getattr(connection, "prepared_cursor", None)
+    if prepared is None:
+        counted = count.run() if count is not None else True
+        return StateRead(Agent.objects.filter(pk=agent_id).only(*STATE_READ_FIELDS).first(), counted)
+    sql, fields = _state_read_sql(counting=count is not None)
+    with prepared() as cursor:
+        cursor.execute(sql, {"agent_id": agent_id, **(count.params() if count is not None else {})})
+        counted, *row = cursor.fetchone()
+    if row[0] is None:
+        return StateRead(None, counted)
+    values = [f.from_db_value(v, None, connection) if hasattr(f, "from_db_value") else v for f, v in zip(fields, row)]
+    return StateRead(Agent.from_db(connection.alias, [f.attname for f in fields], values), counted)
 
 
 # --------------------------------------------------------------------------- registration

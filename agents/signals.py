@@ -27,20 +27,26 @@ from django.dispatch import Signal
 agent_state_reported = Signal()
 
 _interests: dict[str, Callable[[], str]] = {}
+_combined: list[str] = []  # report_interest_sql's answer, until the next (un)registration
 
 
 def report_interest_register(uid: str, sql: Callable[[], str]) -> None:
     """Send `agent_state_reported` for the reports where `sql()` (an SQL boolean) is true. Idempotent per uid.
 
-    `sql` is called when the first report is recorded (the models are loaded by then).
+    `sql` is called when the first report after a registration is recorded (the models are
+    loaded by then), once: its SQL must not change while it stays registered.
     """
     _interests[uid] = sql
+    _combined.clear()
 
 
 def report_interest_unregister(uid: str) -> None:
     _interests.pop(uid, None)
+    _combined.clear()
 
 
 def report_interest_sql() -> str:
     """The registered interests as one SQL boolean ("FALSE" when there is none)."""
-    return " OR ".join(f"({build()})" for build in _interests.values()) or "FALSE"
+    if not _combined:
+        _combined.append(" OR ".join(f"({build()})" for build in _interests.values()) or "FALSE")
+    return _combined[0]

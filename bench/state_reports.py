@@ -16,13 +16,19 @@ are counted apart), and the ratio product/reference. Read the ratio: the machine
 Options: --rounds, --duration, --connections (several: --connections 32 128), --preload N
 (N history rows over --preload-agents agents, default 10,000, inserted before the run;
 compare its ratio with an empty run's), --get (also GET state under the same load, and
-sequential p50 of GET and POST from one connection), --keep (leave both servers up).
+sequential p50 of GET and POST from one connection), --sustained MINUTES (then POST at a fixed
+offered rate, --sustained-fraction of the product's median rate (0.7) or --sustained-rate,
+for MINUTES one-minute wrk runs, printing req/s and p50/p99 per minute: wrk/state_post_paced.lua
+paces wrk with its delay() hook; wrk2 is not available, and latency is timed from each send,
+so a stall shows as fewer req/s rather than as coordinated-omission latency), --keep (leave
+both servers up).
 
 Needs wrk and GNU time (`apt-get install -y wrk time`; the script installs them with apt
 when missing and it can). Not a test: nothing is asserted.
 
     .venv/bin/python bench/state_reports.py --rounds 3 --duration 10s --connections 32
     .venv/bin/python bench/state_reports.py --rounds 3 --duration 10s --preload 1000000
+    .venv/bin/python bench/state_reports.py --rounds 3 --duration 10s --no-reference --sustained 10
 
 Figures (2 vCPU shared with other work; wrk 2 threads, 100 agents, 3 rounds x 10 s, medians;
 the README section "State reports: benchmark figures" has the table): ratio product/reference
@@ -203,6 +209,34 @@ def sequential_p50(base: str, lua: str, env: dict[str, str], seconds: str = "5s"
     return line.removeprefix("RESULT ")
 
 
+def parse_result(line: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in line.removeprefix("RESULT ").split() if "=" in part)
+
+
+def sustained(base: str, *, rate: float, minutes: int, conns: int, args, env: dict[str, str]) -> None:
+    """`minutes` back-to-back one-minute wrk runs at a fixed offered rate (wrk/state_post_paced.lua)."""
+    print(f"\n== sustained: {rate:.0f} req/s offered, c{conns}, {minutes} x 1 minute")
+    print(f"{'minute':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    env = {**env, "TOKEN": TOKEN, "AGENTS": str(args.agents), "RATE": f"{rate:.1f}", "THREADS": "2",
+           "BASELINES_WRK": str(BASELINES / "wrk")}
+    p99s = []
+    for minute in range(1, minutes + 1):
+        result = subprocess.run(["wrk", "-t2", f"-c{conns}", "-d60s", "--latency", "-s",
+                                 str(ROOT / "bench" / "wrk" / "state_post_paced.lua"), base],
+                                env=env, capture_output=True, text=True)
+        line = next((x for x in result.stdout.splitlines() if x.startswith("RESULT")), None)
+        if line is None:
+            print(f"{minute:>6}  wrk failed: {result.stderr.strip()[:200]}")
+            continue
+        r = parse_result(line)
+        errors = sum(int(r.get(k, 0) or 0) for k in ("non2xx", "connect", "read", "write", "timeout"))
+        p99s.append(float(r["p99_ms"]))
+        print(f"{minute:>6}{float(r['rps']):>9.0f}{float(r['p50_ms']):>9.1f}{p99s[-1]:>9.1f}{errors:>8}", flush=True)
+    if p99s:
+        print(f"SUSTAINED p99 first minute {p99s[0]:.1f} ms, last {p99s[-1]:.1f} ms, worst {max(p99s):.1f} ms, "
+              f"median {statistics.median(p99s):.1f} ms; last/first {p99s[-1] / p99s[0]:.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds per target (default 3)")
@@ -227,6 +261,14 @@ def main() -> int:
     parser.add_argument("--other-max-pct", type=int, default=100,
                         help="bench.sh: redo a run when other processes took more than this %% (default 100: never)")
     parser.add_argument("--retries", type=int, default=0)
+    parser.add_argument("--sustained", type=int, default=0, metavar="MINUTES",
+                        help="after the rounds, POST at a fixed offered rate for MINUTES one-minute wrk runs "
+                             "and print each minute's req/s and p50/p99 (default 0: off)")
+    parser.add_argument("--sustained-fraction", type=float, default=0.7,
+                        help="the offered rate as a fraction of the product's median req/s at the first "
+                             "--connections (default 0.7)")
+    parser.add_argument("--sustained-rate", type=float, default=0,
+                        help="the offered rate in req/s instead (default 0: use --sustained-fraction)")
     parser.add_argument("--keep", action="store_true", help="leave both servers running (Ctrl-C stops them)")
     parser.add_argument("--product-root", type=Path, default=ROOT,
                         help="the checkout to serve as the product, e.g. an export of main for BEFORE figures "
@@ -292,6 +334,12 @@ def main() -> int:
                 print(f"GET/POST rate c{conns}: {get:.0f} / {rate:.0f} = {get / rate:.2f}")
             for lua in ("state_get.lua", "state_post.lua"):
                 print(f"SEQUENTIAL {lua} (1 connection, 5 s): {sequential_p50(product_base, lua, wrk_env)}")
+        if args.sustained:
+            first = str(args.connections[0])
+            rate = args.sustained_rate or args.sustained_fraction * statistics.median(
+                float(r["rps"]) for r in runs if r["name"] == "product" and r["conns"] == first)
+            sustained(product_base, rate=rate, minutes=args.sustained, conns=args.connections[0], args=args,
+                      env=wrk_env)
         if args.keep:
             print(f"servers up: {' '.join(targets)}; Ctrl-C stops them", file=sys.stderr)
             signal.pause()

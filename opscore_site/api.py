@@ -26,6 +26,7 @@ from rest_framework.throttling import SimpleRateThrottle
 from opscore_site import dbdown
 from opscore_site import openapi  # noqa: F401 (registers the pydantic schema extension)
 from opscore_site.errors import ApplicationError
+from opscore_site.throttle import Hit, throttle_hit
 
 logger = logging.getLogger(__name__)
 
@@ -132,26 +133,53 @@ class Pagination(LimitOffsetPagination):
 class ApiThrottle(SimpleRateThrottle):
     """One rate (OPSCORE_THROTTLE_RATE) per credential, and per agent on the agent endpoints.
 
-    Counters live in the default cache (the shared database cache), so every process
-    sees the same numbers. Anonymous callers are told apart by the socket address, or by
+    Counters live in the database (`opscore_site.throttle`: one statement per request), so
+    every process sees the same numbers. Anonymous callers are told apart by the socket address, or by
     X-Forwarded-For only as far as REST_FRAMEWORK["NUM_PROXIES"] (OPSCORE_NUM_PROXIES) trusts it.
     """
 
     scope = "api"
+    _wait: float | None = None
 
     def get_rate(self) -> str | None:
         return settings.OPSCORE_THROTTLE_RATE or None
 
+    def allow_request(self, request, view) -> bool:
+        if self.rate is None:
+            return True
+        return self.count(self.get_cache_key(request, view))
+
+    def count(self, key: str) -> bool:
+        """Count one request on the counter `key`: whether it is allowed (else `wait()` says for how long)."""
+        self.key = key
+        self._wait = throttle_hit(key, num_requests=self.num_requests, duration=self.duration, now=self.timer())
+        return self._wait is None
+
+    def hit(self, key: str) -> Hit | None:
+        """One request on the counter `key`, for a statement that carries the upsert (`Hit`); None
+        when the rate allows nothing ("0/min")."""
+        if self.num_requests < 1:
+            return None
+        return Hit(key=key, num_requests=self.num_requests, duration=self.duration, now=self.timer())
+
+    def wait(self) -> float | None:
+        return self._wait
+
     def get_cache_key(self, request, view) -> str:
         auth = getattr(request, "auth", None)
-        if getattr(auth, "prefix", None):
-            ident = f"key:{auth.pk}"
-        elif request.user and request.user.is_authenticated and getattr(request.user, "pk", None):
-            ident = f"user:{request.user.pk}"
-        else:
-            ident = f"ip:{self.get_ident(request)}"
         agent_id = getattr(view, "kwargs", {}).get("agent_id")
-        if agent_id:  # hashed: any characters, any length, fits the cache key column
+        if getattr(auth, "prefix", None):
+            return self.api_key_counter(auth.pk, agent_id=agent_id)
+        if request.user and request.user.is_authenticated and getattr(request.user, "pk", None):
+            return self._counter(f"user:{request.user.pk}", agent_id=agent_id)
+        return self._counter(f"ip:{self.get_ident(request)}", agent_id=agent_id)
+
+    def api_key_counter(self, key_pk: int, *, agent_id: str | None) -> str:
+        """The counter of an API key (and agent): what get_cache_key gives a request authenticated by it."""
+        return self._counter(f"key:{key_pk}", agent_id=agent_id)
+
+    def _counter(self, ident: str, *, agent_id: str | None) -> str:
+        if agent_id:  # hashed: any characters, any length, fits the key column
             ident += ":agent:" + hashlib.sha256(agent_id.encode()).hexdigest()[:24]
         return f"throttle:{self.scope}:{ident}"
 

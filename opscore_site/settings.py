@@ -130,8 +130,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# A shared cache, so qinfo, throttles and every process see the same numbers. Django's
-# default of 300 entries would cull live throttle counters and django-q2 stats.
+# A shared cache, so qinfo and every process see the same numbers (the API throttle keeps its
+# counters in a table of its own: opscore_site/throttle.py). Django's default of 300 entries
+# would cull live django-q2 stats and the scheduler's heartbeat.
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.db.DatabaseCache",

@@ -40,6 +40,25 @@ def key_label(key: ApiKey) -> str:
     return f"'{key.name}' ({key.prefix}…)"
 
 
+def request_api_key(request, raw: str) -> ApiKey | None:
+    """`api_key_authenticate` for this request's Bearer key, at most once per request: the lean
+    paths of the state endpoint and DRF's authentication after them share its answer (a bad key
+    costs one lookup, and `last_used_at` is written once). Raises ApiKeyExpired."""
+    http_request = getattr(request, "_request", request)  # DRF's Request wraps Django's
+    memo = getattr(http_request, "_opscore_api_key", None)
+    if memo is not None and memo[0] == raw:
+        result = memo[1]
+    else:
+        try:
+            result = api_key_authenticate(raw=raw, now=timezone.now())
+        except ApiKeyExpired as exc:
+            result = exc
+        http_request._opscore_api_key = (raw, result)
+    if isinstance(result, ApiKeyExpired):
+        raise result
+    return result
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     """`Authorization: Bearer <key>`; keys are looked up by prefix and compared by hash."""
 
@@ -56,7 +75,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("the API key contains invalid characters") from None
         try:
-            key = api_key_authenticate(raw=raw, now=timezone.now())
+            key = request_api_key(request, raw)
         except ApiKeyExpired as exc:
             raise exceptions.AuthenticationFailed(str(exc), code=exc.code) from None
         if key is None:

@@ -1,11 +1,13 @@
-"""`/v1/opscore/agent/{agentId}/state`: the hottest endpoint, with a lean path for the common report.
+"""`/v1/opscore/agent/{agentId}/state`: the hottest endpoint, with lean paths for the common calls.
 
 A report that is plainly fine (a Bearer key this process has verified, or verifies now, that
 may act for the agent; `Content-Type: application/json`; a body the serializer would accept;
 no state-report throttle configured) is checked and recorded here without DRF's per-request
-machinery. Anything else goes through DRF unchanged (`super().dispatch`), which answers
-every error exactly as before: the lean path only ever accepts what DRF would accept, and
-never answers an error itself. The response bytes and headers are DRF's (compact JSON, Allow).
+machinery; so is a key's read of a known agent's state (the same key check, then the API
+throttle's counter, then the read). Anything else goes through DRF unchanged
+(`super().dispatch`), which answers every error exactly as before: the lean paths only ever
+accept what DRF would accept, and never answer an error themselves. The response bytes and
+headers are DRF's (compact JSON, Allow).
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agents.api.auth import AgentEndpoint, request_api_key
 from agents.api.serializers import AcceptedOut, AgentStateOut, StateReportIn
 from agents.models import Agent, ApiKey
-from agents.services import ApiKeyExpired, agent_state_record, api_key_authenticate
+from agents.services import ApiKeyExpired, agent_state_read, agent_state_record
 from agents.timestamps import parse_iso_timestamp
-from opscore_site.api import StateReportThrottle
-from agents.api.auth import AgentEndpoint
+from opscore_site.api import ApiThrottle, StateReportThrottle
 from opscore_site.jsontext import text_problem
 from opscore_site.parsers import parse_json_bytes
 
@@ -73,31 +75,53 @@ class AgentStateView(APIView):
     def operators_allowed(self) -> bool:
         return self.request.method == "GET"
 
+    # The lean GET counted this request and found no such agent: DRF answers the 404 without
+    # counting or reading again.
+    lean_missing = False
+
     def get_throttles(self):
+        if self.lean_missing:
+            return []
         # Each report is sent once, never retried (AGENTKIT.md section 2): not the API-wide rate.
         return [StateReportThrottle()] if self.request.method == "POST" else super().get_throttles()
 
     def dispatch(self, request: HttpRequest, *args, **kwargs):
         if request.method == "POST":
             response = self._lean_post(request, kwargs["agent_id"])
-            if response is not None:
-                return response
-        return super().dispatch(request, *args, **kwargs)
+        elif request.method == "GET":
+            response = self._lean_get(request, kwargs["agent_id"])
+        else:
+            response = None
+        return response if response is not None else super().dispatch(request, *args, **kwargs)
+
+    @staticmethod
+    def _lean_key(request: HttpRequest, agent_id: str) -> ApiKey | None:
+        """The Bearer key, when it is plainly valid and may act for `agent_id`; else None (DRF decides)."""
+        scheme, _, raw = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() != "bearer" or not raw or " " in raw or not raw.isascii():
+            return None
+        try:
+            key = request_api_key(request, raw)
+        except ApiKeyExpired:
+            return None  # DRF's authentication says why (401)
+        if key is None or (key.kind == ApiKey.Kind.AGENT and key.agent_id != agent_id):
+            return None
+        return key
+
+    def _lean_response(self, data: dict[str, Any], status_code: int) -> HttpResponse:
+        """What DRF's JSONRenderer and finalize_response would send for `data` (compact JSON, Allow)."""
+        body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        response = HttpResponse(body.encode(), status=status_code, content_type="application/json")
+        response["Allow"] = ", ".join(self.allowed_methods)
+        return response
 
     def _lean_post(self, request: HttpRequest, agent_id: str) -> HttpResponse | None:
         """The common report recorded without DRF, or None for DRF to handle it (errors included)."""
         if settings.OPSCORE_STATE_THROTTLE_RATE or request.content_type != "application/json":
             return None
-        scheme, _, raw = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
-        if scheme.lower() != "bearer" or not raw or " " in raw or not raw.isascii():
+        if self._lean_key(request, agent_id) is None:
             return None
         now = timezone.now()
-        try:
-            key = api_key_authenticate(raw=raw, now=now)
-        except ApiKeyExpired:
-            return None  # DRF's authentication says why (401)
-        if key is None or (key.kind == ApiKey.Kind.AGENT and key.agent_id != agent_id):
-            return None
         try:
             data = lean_report(parse_json_bytes(request.body), agent_id=agent_id, now=now)
         except (exceptions.APIException, RequestDataTooBig, OSError):  # DRF reads it again and says why
@@ -105,11 +129,26 @@ class AgentStateView(APIView):
         if data is None:
             return None
         agent_state_record(agent_id=agent_id, received_at=now, **data)
-        body = json.dumps(accepted_body(state=data["state"], agent_id=agent_id), ensure_ascii=False,
-                          separators=(",", ":"))
-        response = HttpResponse(body.encode(), status=status.HTTP_202_ACCEPTED, content_type="application/json")
-        response["Allow"] = ", ".join(self.allowed_methods)
-        return response
+        return self._lean_response(accepted_body(state=data["state"], agent_id=agent_id), status.HTTP_202_ACCEPTED)
+
+    def _lean_get(self, request: HttpRequest, agent_id: str) -> HttpResponse | None:
+        """A key's read of a known agent answered without DRF, or None for DRF to answer (operators,
+        errors, a 429 or a 404 included). The same checks in DRF's order: key, permission, throttle."""
+        key = self._lean_key(request, agent_id)
+        if key is None:
+            return None
+        throttle, count = ApiThrottle(), None
+        if throttle.rate is not None:
+            count = throttle.hit(throttle.api_key_counter(key.pk, agent_id=agent_id))
+            if count is None:
+                return None  # a rate that allows nothing: DRF answers the 429
+        read = agent_state_read(agent_id=agent_id, count=count)
+        if not read.counted:
+            return None  # DRF counts it again (a refused request changes no counter) and answers the 429
+        if read.agent is None:
+            self.lean_missing = True
+            return None  # DRF answers the 404
+        return self._lean_response(AgentStateOut(read.agent).data, status.HTTP_200_OK)
 
     @extend_schema(request=StateReportIn, responses={202: AcceptedOut}, operation_id="agent_state_report",
                    summary="Report an agent's state (AgentKit SDK)")
@@ -125,8 +164,7 @@ class AgentStateView(APIView):
     @extend_schema(responses={200: AgentStateOut}, operation_id="agent_state_read",
                    summary="An agent's current state")
     def get(self, request, agent_id: str) -> Response:
-        agent = Agent.objects.filter(pk=agent_id).only(
-            "id", "state", "state_details", "state_timestamp").first()
+        agent = None if self.lean_missing else agent_state_read(agent_id=agent_id).agent
         if agent is None:
             raise exceptions.NotFound(f"agent '{agent_id}' not found")
         return Response(AgentStateOut(agent).data)

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from rest_framework.test import APIClient
 
 from agents.models import Agent, AgentState
 from tests.agents.factories import AgentFactory
@@ -273,6 +274,32 @@ def test_the_common_report_is_one_statement(api, django_assert_num_queries):
     assert AgentState.objects.filter(agent_id="a1").count() == 32
 
 
+def test_a_state_read_is_one_statement(api, settings, django_assert_num_queries):
+    """One prepared statement: the API throttle's upsert (opscore_site/throttle.py) as its CTE,
+    and the agent's primary-key read; the key comes from the cache. An unknown agent: the same
+    statement, then DRF's 404 (neither counted nor read again). A refused read: the statement,
+    then DRF's own count (the upsert, which changes nothing, and the read of Retry-After)."""
+    settings.OPSCORE_THROTTLE_RATE = "6000/min"
+    api.post(url("a1"), report("a1", "active"), format="json")  # key verified, last_used written
+    api.get(url("a1"))
+    with django_assert_num_queries(1) as captured:
+        assert api.get(url("a1")).json()["state"] == "active"
+    assert "opscore_throttle" in captured.captured_queries[0]["sql"]
+    assert "agents_agent" in captured.captured_queries[0]["sql"]
+    with django_assert_num_queries(1):
+        assert_error(api.get(url("nobody")), 404, "not_found")
+    settings.OPSCORE_THROTTLE_RATE = "1/min"
+    api.post(url("b1"), report("b1", "idle"), format="json")
+    with django_assert_num_queries(1):
+        assert api.get(url("b1")).status_code == 200  # b1's counter: a bucket of one
+    with django_assert_num_queries(3):
+        assert_error(api.get(url("b1")), 429, "throttled")
+    settings.OPSCORE_THROTTLE_RATE = ""
+    with django_assert_num_queries(1) as captured:
+        assert api.get(url("a1")).status_code == 200
+    assert "opscore_throttle" not in captured.captured_queries[0]["sql"]
+
+
 def _in_flight(agentkit_stub, monkeypatch) -> str:
     """An agent with a dispatched first step of a two-step session; later jobs stay in the queue."""
     from django_q.conf import Conf
@@ -384,6 +411,55 @@ def test_the_lean_path_records_without_drf(api, monkeypatch):
     assert api.post(url("a1"), report("a1", "active", details={"n": 1}), format="json").status_code == 202
     agent = Agent.objects.get(pk="a1")
     assert (agent.state, agent.state_details) == ("active", {"n": 1})
+
+
+def _read_through_drf(monkeypatch) -> None:
+    from agents.api.state_views import AgentStateView
+
+    monkeypatch.setattr(AgentStateView, "_lean_get", lambda self, request, agent_id: None)
+
+
+def test_the_lean_read_answers_byte_for_byte_like_drf(api, monkeypatch):
+    at = datetime(2026, 11, 23, 22, 9, 39, 929454, tzinfo=UTC)
+    api.post(url("a1"), report("a1", "error", at=at, details={"error_code": "E1", "message": "bööm"}),
+             format="json")
+    lean = api.get(url("a1"))
+    _read_through_drf(monkeypatch)
+    full = api.get(url("a1"))
+    assert _comparable(lean) == _comparable(full)
+    assert lean.content == ('{"agentId":"a1","state":"error","details":{"message":"bööm","error_code":"E1"},'
+                            '"timestamp":"2026-11-23T22:09:39.929454Z"}').encode()  # details in jsonb's key order
+
+
+def test_the_lean_read_skips_drf_and_refuses_nothing_itself(api, bound_api, operator_api, monkeypatch):
+    from agents.api.state_views import AgentStateView
+
+    api.post(url("a1"), report("a1", "idle"), format="json")
+    drf_get = AgentStateView.get
+
+    def no_drf(*args, **kwargs):
+        raise AssertionError("a key's read of a known agent went through DRF")
+
+    monkeypatch.setattr(AgentStateView, "get", no_drf)
+    assert api.get(url("a1")).json()["state"] == "idle"
+    monkeypatch.setattr(AgentStateView, "get", drf_get)
+    assert_error(api.get(url("nobody")), 404, "not_found")  # DRF's answers, as before
+    assert_error(bound_api.get(url("a1")), 403, "permission_denied")
+    assert_error(APIClient().get(url("a1"), HTTP_AUTHORIZATION="Bearer opk_nope"), 401)
+    assert operator_api.get(url("a1")).json()["state"] == "idle"
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_read_is_throttled_the_same_lean_or_not_and_counted_once(api, settings, monkeypatch, lean):
+    settings.OPSCORE_THROTTLE_RATE = "3/min"
+    if not lean:
+        _read_through_drf(monkeypatch)
+    api.post(url("a1"), report("a1", "idle"), format="json")
+    assert [api.get(url("a1")).status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert [api.get(url("nobody")).status_code for _ in range(4)] == [404, 404, 404, 429]  # a 404 counts once
+    refused = api.get(url("a1"))
+    assert_error(refused, 429, "throttled")
+    assert 0 < int(refused["Retry-After"]) <= 20  # 3/min: one more every 20 s
 
 
 EDGE_BODIES = [

@@ -172,6 +172,22 @@ def test_prune_dry_run_counts_only(history):
     assert Success.objects.filter(id__startswith="job").count() == 3
 
 
+def test_prune_deletes_the_throttle_counters_at_rest(db):
+    import time
+
+    from opscore_site.throttle import throttle_hit, throttle_prune
+    from tests.site.test_throttle import empty_table
+
+    empty_table()
+    throttle_hit("at-rest", num_requests=10, duration=60, now=time.time() - 3600)  # full again long ago
+    throttle_hit("counting", num_requests=10, duration=3600, now=time.time())
+    out, _ = run("opscore_prune", "--dry-run")
+    assert "throttle counters at rest: 1 would be deleted" in out
+    out, _ = run("opscore_prune")
+    assert "throttle counters at rest: 1 deleted" in out
+    assert throttle_prune(now=time.time() + 3600, dry_run=True) == 1  # "counting" is still there
+
+
 def test_prune_defaults_to_the_retention_setting(history, settings):
     settings.OPSCORE_RETENTION_DAYS = 50
     out, _ = run("opscore_prune", "--dry-run")

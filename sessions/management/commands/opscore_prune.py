@@ -1,6 +1,9 @@
-"""Delete history past retention in batches: agent state reports, finished sessions, django-q2 successes."""
+"""Delete history past retention in batches: agent state reports, finished sessions, django-q2 successes;
+and the API throttle's counters that count nothing any more."""
 
 from __future__ import annotations
+
+import time
 
 from django.conf import settings
 from django.core.management.base import CommandError
@@ -11,6 +14,7 @@ from django_q.models import Success
 from agents.models import AgentState
 from opscore_site.commands import OpsCommand, check_count
 from opscore_site.durations import parse_duration
+from opscore_site.throttle import throttle_prune
 from sessions.models import Session
 
 BAR_WIDTH = 30
@@ -22,7 +26,8 @@ class Command(OpsCommand):
         "Delete, in batches, agent state reports received, sessions that ended (completed, failed or "
         "cancelled, with their tasks, attempts and events) and django-q2 success rows stopped longer "
         "ago than --older-than (default OPSCORE_RETENTION_DAYS days). Pending and running sessions are "
-        "never touched. --dry-run prints the counts only."
+        "never touched. API throttle counters at rest (they count nothing any more) go too. "
+        "--dry-run prints the counts only."
     )
 
     def add_arguments(self, parser) -> None:
@@ -53,6 +58,8 @@ class Command(OpsCommand):
                 continue
             deleted = self._delete_in_batches(queryset, total=total, batch_size=batch_size, label=label)
             self.stdout.write(f"{label}: {deleted} deleted")
+        at_rest = throttle_prune(now=time.time(), dry_run=dry_run)
+        self.stdout.write(f"throttle counters at rest: {at_rest} {'would be deleted' if dry_run else 'deleted'}")
         if dry_run:
             self.stdout.write("dry run: nothing deleted")
 
