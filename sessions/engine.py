@@ -47,6 +47,7 @@ from django.utils import timezone
 
 from agents.models import Agent
 from opscore_site import metrics
+from opscore_site.dbdown import DATABASE_ERRORS
 from opscore_site.errors import ApplicationError
 from sessions.models import Actor, ControlEvent, FleetDispatch, QuarantineEvent, Session, Task, TaskAttempt, TaskEvent
 from workflows.models import WorkflowDefinition
@@ -628,11 +629,15 @@ def on_agent_state(*, agent_id: str, state: str, details: Any, received_at: date
 
     Runs inside the report's transaction, in a savepoint: if the engine fails here the
     report is still recorded (an agent's report is sent once and never retried), and the
-    scheduler's timeout and lost-job sweeps recover the task.
+    scheduler's timeout and lost-job sweeps recover the task. A database gone away is not the
+    engine failing: the report's transaction is lost with it, so the error goes on up (the
+    request answers 503, opscore_site/dbdown.py) instead of a traceback saying it was kept.
     """
     try:
         with transaction.atomic(), events_in_one_insert():
             _apply_report(agent_id=agent_id, state=state, details=details, received_at=received_at)
+    except DATABASE_ERRORS:
+        raise
     except Exception:
         logger.exception("engine could not apply a %s report of agent %s; the sweeps will recover",
                          state, agent_id)

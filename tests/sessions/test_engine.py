@@ -621,6 +621,28 @@ def test_an_engine_failure_does_not_lose_the_report(q_sync, agentkit_stub, caplo
     assert "engine could not apply a idle report" in caplog.text
 
 
+def test_a_database_lost_under_the_engine_fails_the_report_instead_of_claiming_it_kept(q_sync, agentkit_stub,
+                                                                                          caplog):
+    from django.db import OperationalError, connection
+
+    session = start()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+
+    def cut_connection(execute, sql, params, many, context):
+        if "FOR NO KEY UPDATE" in sql:  # the engine's first lock: the server ends the connection here
+            import psycopg
+            with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", [pid])
+        return execute(sql, params, many, context)
+
+    with pytest.raises(OperationalError), connection.execute_wrapper(cut_connection):
+        report(session.agent_id, "idle")
+    assert "engine could not apply" not in caplog.text
+    connection.close()  # the test's own connection died with it
+
+
 def test_one_bad_row_does_not_block_a_sweep(caplog):
     from tests.sessions.factories import SessionFactory, TaskFactory
 
