@@ -334,7 +334,7 @@ def task_job_ended(*, task: Task) -> None:
 def jobs_on_their_way(*, now: datetime) -> Where:
     """`job_pending` as a filter on queued tasks."""
     return Where(status=S.QUEUED, waiting_since__isnull=True,
-             enqueued_at__gte=now - timedelta(seconds=settings.OPSCORE_LOST_JOB_SECONDS))
+                 enqueued_at__gte=now - timedelta(seconds=settings.OPSCORE_LOST_JOB_SECONDS))
 
 
 def job_pending(task: Task, *, now: datetime) -> bool:
@@ -1042,7 +1042,8 @@ def session_cancel(*, session: Session, by: By, reason: str = "") -> Session:
     complete the next task sent to the agent.
     """
     with transaction.atomic():
-        tasks = list(Task.objects.select_for_update(no_key=True).filter(session=session).exclude(status__in=Task.TERMINAL))
+        tasks = list(Task.objects.select_for_update(no_key=True).filter(session=session)
+                     .exclude(status__in=Task.TERMINAL))
         session = Session.objects.select_for_update(no_key=True).get(pk=session.pk)
         if session.is_terminal:
             raise InvalidTransition(f"session {session.pk} is already {session.status}")
@@ -1283,7 +1284,8 @@ def definition_resume(*, definition: WorkflowDefinition, by: By, reason: str = "
                                status__in=(S.PENDING, S.QUEUED)).values_list("pk", flat=True)
     for task_id in list(held):
         with transaction.atomic():
-            task = Task.objects.select_for_update(no_key=True).filter(pk=task_id, status__in=(S.PENDING, S.QUEUED)).first()
+            task = (Task.objects.select_for_update(no_key=True)
+                    .filter(pk=task_id, status__in=(S.PENDING, S.QUEUED)).first())
             if task is None:
                 continue
             session = Session.objects.select_for_update(no_key=True).get(pk=task.session_id)
