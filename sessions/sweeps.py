@@ -148,7 +148,8 @@ def sweep_approval_timeouts(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
 
 
 def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = False) -> list[Task]:
-    """Queued tasks whose job has not run for a while although it would now decide something.
+    """Queued tasks with no job on its way (none enqueued, one that ended leaving them queued, or
+    one not run for OPSCORE_LOST_JOB_SECONDS) although a job would now decide something.
 
     Covers a worker killed mid-job, a job that found the agent busy and was never kicked
     again (an agent whose `idle` after an `error` was lost: `engine.free_agents`), an agent
