@@ -226,3 +226,21 @@ def test_stats_are_json_serialisable_with_every_counter(standin):
         "agents_registered", "runs_accepted", "runs_by_agent", "runs_by_attempt", "duplicate_attempts",
         "max_concurrent_by_agent", "in_flight_by_agent", "overlaps", "lost_forwards", "outcomes", "reports_sent",
         "reports_failed", "webhooks_sent", "webhooks_failed", "webhooks_skipped", "responses", "runs"}
+
+
+def test_the_run_list_keeps_the_latest_runs_and_the_counters_keep_all(standin, recorder, monkeypatch):
+    # A soak dispatches thousands of runs: the list is bounded (the stand-in's RSS stays flat),
+    # the counters the duplicate and overlap checks read are not.
+    from agentkit_standin import standin as module
+
+    monkeypatch.setattr(module, "RUNS_KEPT", 2)
+    standin.reset_stats()  # the list takes its bound at reset
+    agent = standin.register(initial_idle=False, webhook=False)
+    for number in range(3):
+        dispatch(standin, agent.agent_id, task_id=f"t-{number}")
+        assert standin.wait_quiet()
+
+    stats = standin.stats()
+    assert [run["key"] for run in stats["runs"]] == ["t-1#1", "t-2#1"]
+    assert stats["runs_accepted"] == 3
+    assert stats["runs_by_attempt"] == {"t-0#1": 1, "t-1#1": 1, "t-2#1": 1}
