@@ -36,6 +36,11 @@ from opscore_site.parsers import parse_json_bytes
 
 STATES = frozenset(Agent.State.values)
 
+# One AgentStateOut for the lean GET: a new serializer deep-copies its declared fields on every
+# instantiation (~50 us, about a tenth of the read). `to_representation` keeps no state on the
+# instance, so the same serializer renders every agent, with the same fields and output.
+_STATE_OUT = AgentStateOut()
+
 
 def accepted_body(*, state: str, agent_id: str) -> dict[str, str]:
     return {"status": "success", "message": f"State '{state}' recorded for agent '{agent_id}'."}
@@ -148,7 +153,7 @@ class AgentStateView(APIView):
         if read.agent is None:
             self.lean_missing = True
             return None  # DRF answers the 404
-        return self._lean_response(AgentStateOut(read.agent).data, status.HTTP_200_OK)
+        return self._lean_response(_STATE_OUT.to_representation(read.agent), status.HTTP_200_OK)
 
     @extend_schema(request=StateReportIn, responses={202: AcceptedOut}, operation_id="agent_state_report",
                    summary="Report an agent's state (AgentKit SDK)")

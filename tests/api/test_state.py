@@ -423,10 +423,13 @@ def test_the_lean_read_answers_byte_for_byte_like_drf(api, monkeypatch):
     at = datetime(2026, 11, 23, 22, 9, 39, 929454, tzinfo=UTC)
     api.post(url("a1"), report("a1", "error", at=at, details={"error_code": "E1", "message": "bööm"}),
              format="json")
-    lean = api.get(url("a1"))
+    api.post(url("a2"), report("a2", "idle"), format="json")
+    lean, lean_other = api.get(url("a1")), api.get(url("a2"))  # one serializer renders both
     _read_through_drf(monkeypatch)
-    full = api.get(url("a1"))
+    full, full_other = api.get(url("a1")), api.get(url("a2"))
     assert _comparable(lean) == _comparable(full)
+    assert _comparable(lean_other) == _comparable(full_other)
+    assert lean_other.json()["agentId"] == "a2" and lean_other.json()["state"] == "idle"
     assert lean.content == ('{"agentId":"a1","state":"error","details":{"message":"bööm","error_code":"E1"},'
                             '"timestamp":"2026-11-23T22:09:39.929454Z"}').encode()  # details in jsonb's key order
 
