@@ -11,7 +11,7 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.db.models import CharField, Count, OuterRef, Subquery, UUIDField
+from django.db.models import CharField, OuterRef, Subquery, UUIDField
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -156,13 +156,20 @@ def session_list(request: HttpRequest) -> HttpResponse:
     sessions = (filters.qs.select_related("agent")
                 .only("id", "workflow_id", "agent__id", "agent__name", "status", "created_at", "ended_at",
                       "spec_snapshot", "error")
-                .annotate(task_count=Count("tasks"))
                 .order_by("-created_at"))
     page = paginate(request, sessions)
-    completed: dict = defaultdict(set)  # the page's completed step ids, in one query: the detail's rule
-    for session_id, step_id in (Task.objects.filter(session__in=[s.pk for s in page], status=Task.Status.COMPLETED)
-                                .values_list("session_id", "step_id")):
-        completed[session_id].add(step_id)
+    # The page's tasks in one query: each session's task count and its completed step ids (the
+    # detail's rule). Not a Count() annotation: that grouped every session with every task
+    # before the page's LIMIT, so the list slowed as history grew (49 ms at 7,200 sessions).
+    completed: dict = defaultdict(set)
+    task_counts: dict = defaultdict(int)
+    for session_id, step_id, status in (Task.objects.filter(session__in=[s.pk for s in page]).order_by()
+                                        .values_list("session_id", "step_id", "status")):
+        task_counts[session_id] += 1
+        if status == Task.Status.COMPLETED:
+            completed[session_id].add(step_id)
+    for s in page:
+        s.task_count = task_counts[s.pk]
     rows = [(s, progress(s, completed[s.pk])) for s in page]
     context = {"form": filters.form, "page": page, "rows": rows, "query": query_without_page(request)}
     return render_page(request, "sessions/session_list.html", "sessions/_session_rows.html", context)

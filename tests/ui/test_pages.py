@@ -180,6 +180,27 @@ def test_the_session_list_and_detail_show_the_same_progress(staff_client):
     assert listed[session] == detail == {"done": 0, "total": 2, "percent": 0}
 
 
+def test_the_session_list_counts_only_the_tasks_of_its_page(staff_client):
+    """Each row's task count comes from one query over the page's sessions: no aggregate that
+    groups every session with every task (the list slowed as history grew)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    two, three = SessionFactory(), SessionFactory()
+    for session, count in ((two, 2), (three, 3)):
+        for seq in range(1, count + 1):
+            TaskFactory(session=session, sequence=seq, status=Task.Status.COMPLETED)
+    SessionFactory()  # no task yet
+    with CaptureQueriesContext(connection) as queries:
+        response = staff_client.get(reverse("sessions:session-list"))
+    counts = {s.pk: s.task_count for s, _ in response.context["rows"]}
+    assert sorted(counts.values()) == [0, 2, 3] and counts[two.pk] == 2 and counts[three.pk] == 3
+    assert "2 task(s)" in response.content.decode() and "3 task(s)" in response.content.decode()
+    task_reads = [q["sql"] for q in queries.captured_queries if 'FROM "opscore_sessions_task"' in q["sql"]]
+    assert len(task_reads) == 1 and " IN (" in task_reads[0]
+    assert not any("GROUP BY" in q["sql"] for q in queries.captured_queries)
+
+
 def test_session_detail_partial_for_polling(staff_client):
     task = TaskFactory()
     response = staff_client.get(reverse("sessions:session-detail", args=[task.session_id]), **PARTIAL)
