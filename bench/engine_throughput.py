@@ -260,10 +260,11 @@ def main() -> None:
         stack.start_scheduler()
         stack.start_agentkit(agents=args.agents, work_time="0")
         api = stack.api()
-        agents = wait_until(lambda: [a["agentId"] for a in stack.standin("/_standin/agents")["agents"]],
-                            timeout=30, what="stand-in agents")
+        # Every agent, not the first ones registered: the stand-in registers them one by one.
+        agents = wait_until(lambda: (ids := [a["agentId"] for a in stack.standin("/_standin/agents")["agents"]])
+                            if len(ids) >= args.agents else None, timeout=120, what=f"{args.agents} stand-in agents")
         wait_until(lambda: all(api.get(f"/v1/opscore/agent/{a}/state").status_code == 200 for a in agents),
-                   timeout=60, what="agents known to Ops-Core")
+                   timeout=120, what="agents known to Ops-Core")
 
         noop_seconds, noop = noop_rate(args.noop_jobs)
         print(f"machine: {os.cpu_count()} cores; mode: {args.mode}; qcluster workers: {args.workers}; "

@@ -147,6 +147,19 @@ def sweep_approval_timeouts(*, now: datetime, limit: int = SWEEP_BATCH) -> int:
     return len(_sweep(overdue_approvals(now=now), lambda task: engine.approval_time_out(task=task), limit=limit))
 
 
+def job_queue_wait(*, now: datetime) -> float:
+    """Seconds the oldest job still waiting in this cluster's queue has waited (0 when none waits).
+
+    A waiting job's `lock` is its enqueue time (django-q2's ORM broker), or the end of a lease
+    that ran out (the job is delivered again); a leased job's lock lies in the future."""
+    from django.db.models import Min
+    from django_q.conf import Conf
+    from django_q.models import OrmQ
+
+    oldest = OrmQ.objects.using(Conf.ORM).filter(key=Conf.CLUSTER_NAME, lock__lt=now).aggregate(at=Min("lock"))["at"]
+    return max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+
+
 def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = False) -> list[Task]:
     """Queued tasks with no job on its way (none enqueued, one that ended leaving them queued, or
     one not run for OPSCORE_LOST_JOB_SECONDS) although a job would now decide something.
@@ -157,8 +170,19 @@ def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = 
     (the job cancels it). Re-enqueueing is safe: the job does nothing
     unless the task is queued. A paused session's tasks wait for its resume, and while the
     fleet's dispatch is off only the jobs that would end a task are re-enqueued.
+
+    Two limits keep the sweep from feeding a queue that is only behind (seen at 146 agents and
+    5,000 sessions: 100 jobs added every pass, up to 27 jobs for one task, 16,500 jobs queued):
+    - nothing while the queue's oldest waiting job has waited longer than the lost-job window
+      (`job_queue_wait`): a job not run by then is waiting in the queue, not lost, and every job
+      added would only wait behind it;
+    - at most one task per agent per pass among those whose job would dispatch: a second job
+      for the same agent could only answer busy (the first task's end kicks the next).
     """
-    cutoff = now - timedelta(seconds=settings.OPSCORE_LOST_JOB_SECONDS)
+    window = settings.OPSCORE_LOST_JOB_SECONDS
+    if job_queue_wait(now=now) > window:
+        return []
+    cutoff = now - timedelta(seconds=window)
     # The claim's rule (engine.free_agents): idle, or an `idle` lost after `active`/`error`.
     ready_agents = Agent.objects.filter(engine.free_agents(now=now), deregistered_at__isnull=True,
                                         drained_at__isnull=True)
@@ -173,8 +197,21 @@ def sweep_lost_jobs(*, now: datetime, limit: int = SWEEP_BATCH, dry_run: bool = 
                 .filter(would_decide)
                 .filter(Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True))
                 .exclude(agent_id__in=busy_agents).exclude(agent_id__in=expecting_agents).order_by("created_at"))
+    # The oldest task of each agent whose job would dispatch; every task whose job only ends it
+    # (its agent gone, its session ended). The rows' conditions are checked again under the lock.
+    picked, agents_taken = [], set()
+    for pk, agent_id, gone, session_status in queryset.values_list(
+            "pk", "agent_id", "agent__deregistered_at", "session__status")[:limit * 10]:
+        if gone is None and session_status not in Session.TERMINAL:
+            if agent_id in agents_taken:
+                continue
+            agents_taken.add(agent_id)
+        picked.append(pk)
+        if len(picked) == limit:
+            break
+    queryset = queryset.filter(pk__in=picked)
     if dry_run:
-        return list(queryset[:limit])
+        return list(queryset)
     return _sweep(queryset, lambda task: engine.task_enqueue(task=task), limit=limit)
 
 

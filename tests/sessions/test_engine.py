@@ -10,6 +10,7 @@ import httpx
 import pytest
 from django.db import transaction
 from django.utils import timezone
+from django_q.models import OrmQ
 
 from agents.models import Agent
 from agents.services import agent_state_record
@@ -533,7 +534,26 @@ def test_the_lost_job_sweep_leaves_a_job_on_its_way_alone_for_the_window(agentki
     assert second.enqueued_at is None
     assert sweeps.sweep_lost_jobs(now=timezone.now(), dry_run=True) == []
     later = timezone.now() + timedelta(seconds=11)
-    assert sweeps.sweep_lost_jobs(now=later, dry_run=True) == [task, second]
+    # Past the window with its job still waiting in the queue: the queue is behind, not the job
+    # lost, and a job more would only wait behind it.
+    assert sweeps.job_queue_wait(now=later) > 10
+    assert sweeps.sweep_lost_jobs(now=later, dry_run=True) == []
+    # The job gone without a trace: the agent's oldest task gets a job, one task per agent a pass
+    # (a second job for the same agent could only answer busy).
+    OrmQ.objects.all().delete()
+    assert sweeps.job_queue_wait(now=later) == 0
+    assert sweeps.sweep_lost_jobs(now=later, dry_run=True) == [task]
+
+
+def test_the_lost_job_sweep_takes_one_task_per_agent_but_every_task_it_only_ends(agentkit_stub, settings):
+    settings.OPSCORE_LOST_JOB_SECONDS = 10
+    idle, gone = AgentFactory(state=Agent.State.IDLE), AgentFactory(state=Agent.State.IDLE)
+    mine = [task_of(start(agent=idle)) for _ in range(3)]
+    theirs = [task_of(start(agent=gone)) for _ in range(2)]
+    Agent.objects.filter(pk=gone.pk).update(deregistered_at=timezone.now())
+    OrmQ.objects.all().delete()  # every job lost
+    later = timezone.now() + timedelta(seconds=11)
+    assert set(sweeps.sweep_lost_jobs(now=later, dry_run=True)) == {mine[0], *theirs}
 
 
 def test_a_scheduler_tick_reports_what_it_did(q_sync, agentkit_stub):
