@@ -14,7 +14,8 @@ open (default): the engine's throughput. A stored two-step workflow is triggered
      database: steps/s and its ratio to the no-op rate, the trigger API's rate, trigger->first
      dispatch, enqueue->dispatch (a job's own wait in the queue; a session queued behind
      others on a busy agent waits for the agent, not for the queue) and session end to end,
-     each p50/p99, and the stand-in's count of duplicate attempts and overlaps.
+     each p50/p99, the WAL the server wrote per step (repeatable where timings are not), and
+     the stand-in's count of duplicate attempts and overlaps.
 closed: the latency loop kept from before: each agent triggers a session through the API,
   waits for it to complete (polling the API), and triggers the next; prints steps/s and
   trigger->dispatch p50/p99.
@@ -119,6 +120,15 @@ def session_figures(session_ids: list[str]) -> dict[str, list[float]]:
     }
 
 
+def wal_lsn() -> int:
+    """The server's current WAL position in bytes: a repeatable measure of what a run writes."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+        return cursor.fetchone()[0]
+
+
 def open_loop(args, stack, agents: list[str], noop: float) -> None:
     from django.db.models import Max, Min
 
@@ -162,8 +172,10 @@ def open_loop(args, stack, agents: list[str], noop: float) -> None:
                 loaded_ids.append(session_id)
                 loaded_calls.append(call_ms)
 
+    wal_start = wal_lsn()
     trigger_seconds = run_threads([threading.Thread(target=client_loop) for _ in range(args.clients)])
     wait_sessions_final(loaded_ids, timeout=args.timeout, interval=0.25)
+    wal_bytes = wal_lsn() - wal_start
 
     window = Task.objects.filter(session_id__in=loaded_ids).aggregate(end=Max("finished_at"))
     window["start"] = Session.objects.filter(pk__in=loaded_ids).aggregate(start=Min("created_at"))["start"]
@@ -176,6 +188,8 @@ def open_loop(args, stack, agents: list[str], noop: float) -> None:
     print(f"sessions completed: {completed}/{args.sessions} (trigger errors: {len(errors)})")
     print(f"workflow steps completed: {steps} in {seconds:.2f}s = {steps / seconds:.1f} steps/s")
     print(f"ratio steps/s / no-op jobs/s: {steps / seconds / noop:.2f}")
+    print(f"WAL written while loaded (the whole server): {wal_bytes / 1e6:.1f} MB = "
+          f"{wal_bytes / max(steps, 1) / 1024:.1f} kB per step")
     print(spread("idle trigger->dispatch", idle["first_dispatch"]))
     print(spread("loaded trigger->first dispatch", loaded["first_dispatch"]))
     print(spread("loaded enqueue->dispatch (every task)", loaded["enqueue_dispatch"]))
@@ -261,8 +275,11 @@ def main() -> None:
         stack.start_agentkit(agents=args.agents, work_time="0")
         api = stack.api()
         # Every agent, not the first ones registered: the stand-in registers them one by one.
-        agents = wait_until(lambda: (ids := [a["agentId"] for a in stack.standin("/_standin/agents")["agents"]])
-                            if len(ids) >= args.agents else None, timeout=120, what=f"{args.agents} stand-in agents")
+        def all_registered() -> list[str] | None:
+            ids = [a["agentId"] for a in stack.standin("/_standin/agents")["agents"]]
+            return ids if len(ids) >= args.agents else None
+
+        agents = wait_until(all_registered, timeout=120, what=f"{args.agents} stand-in agents")
         wait_until(lambda: all(api.get(f"/v1/opscore/agent/{a}/state").status_code == 200 for a in agents),
                    timeout=120, what="agents known to Ops-Core")
 
