@@ -327,8 +327,8 @@ def figures(run: Run, trigger: stacklib.Trigger) -> dict:
     posts = stacklib.standin_posts(logs)
     fenced = {f"{t}#{n}" for t, n in TaskAttempt.objects.filter(task__session_id__in=ids)
               .values_list("task_id", "number")}
-    own = {key for key in posts if key.split("#")[0] in
-           {str(pk) for pk in Task.objects.filter(session_id__in=ids).values_list("pk", flat=True)}}
+    task_ids = {str(pk) for pk in Task.objects.filter(session_id__in=ids).values_list("pk", flat=True)}
+    own = {key for key in posts if key.split("#")[0] in task_ids}
     answers = stacklib.access_statuses(logs)
     recover = drain = None
     if run.fault_end is not None:
