@@ -46,7 +46,8 @@ class Session(models.Model):
     workflow_id = models.CharField(max_length=100, help_text="The definition id, kept if it is deleted.")
     definition_revision = models.PositiveIntegerField(default=1)
     spec_snapshot = models.JSONField()
-    agent = models.ForeignKey("agents.Agent", on_delete=models.PROTECT, related_name="sessions")
+    # No index of its own: (agent, -created_at) below serves every lookup by agent.
+    agent = models.ForeignKey("agents.Agent", on_delete=models.PROTECT, related_name="sessions", db_index=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     initial_payload = models.JSONField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True)
@@ -126,8 +127,10 @@ class Task(models.Model):
     objects = TaskQuerySet.as_manager()
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="tasks")
-    agent = models.ForeignKey("agents.Agent", on_delete=models.PROTECT, related_name="tasks")
+    # No indexes of their own: (session, sequence) and (agent, status) below serve every lookup by
+    # session or agent, and each index more is written at every status change of a task.
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="tasks", db_index=False)
+    agent = models.ForeignKey("agents.Agent", on_delete=models.PROTECT, related_name="tasks", db_index=False)
     step_id = models.CharField(max_length=100)
     name = models.CharField(max_length=255, blank=True)
     sequence = models.PositiveIntegerField(default=1, help_text="Order of this task within its session.")
@@ -241,10 +244,11 @@ class TaskAttempt(models.Model):
         REJECTED = "rejected"  # permanent dispatch error (404/422/4xx)
         CANCELLED = "cancelled"
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="attempts")
+    # No indexes of their own: (task, number) and (agent, -started_at) below serve every lookup.
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="attempts", db_index=False)
     number = models.PositiveIntegerField()
     agent = models.ForeignKey(
-        "agents.Agent", null=True, blank=True, on_delete=models.PROTECT, related_name="attempts",
+        "agents.Agent", null=True, blank=True, on_delete=models.PROTECT, related_name="attempts", db_index=False,
         help_text="Where the attempt went (empty: it never left the queue).",
     )
     agent_fault = models.BooleanField(
@@ -274,8 +278,10 @@ class TaskAttempt(models.Model):
 class TaskEvent(models.Model):
     """An append-only record of a status change of a task or a session, and who caused it."""
 
-    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="events")
-    task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    # No indexes of their own: (session, created_at) and (task, created_at) below serve every lookup.
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="events", db_index=False)
+    task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.CASCADE, related_name="events",
+                             db_index=False)
     old_status = models.CharField(max_length=16, blank=True)
     new_status = models.CharField(max_length=16)
     actor = models.CharField(max_length=16, choices=Actor.choices)
@@ -311,7 +317,9 @@ class TaskEvent(models.Model):
 class QuarantineEvent(models.Model):
     """An append-only record of a change of an agent's quarantine state, who caused it and why."""
 
-    agent = models.ForeignKey("agents.Agent", on_delete=models.CASCADE, related_name="quarantine_events")
+    # No index of its own: (agent, -created_at) below serves every lookup by agent.
+    agent = models.ForeignKey("agents.Agent", on_delete=models.CASCADE, related_name="quarantine_events",
+                              db_index=False)
     old_state = models.CharField(max_length=16, blank=True)
     new_state = models.CharField(max_length=16, blank=True)
     actor = models.CharField(max_length=16, choices=Actor.choices)

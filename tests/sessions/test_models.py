@@ -1,8 +1,8 @@
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from sessions import engine
-from sessions.models import Session, Task, TaskAttempt
+from sessions.models import QuarantineEvent, Session, Task, TaskAttempt, TaskEvent
 from tests.agents.factories import AgentFactory
 from tests.sessions.factories import SessionFactory, TaskFactory
 from django.utils import timezone
@@ -79,3 +79,47 @@ def test_the_failures_queue_is_the_engines_retry_rule(db):
     retryable = {task.pk for task in tasks if task.retry_refusal(task.session) is None}
     assert retryable == set(Task.objects.awaiting_decision().values_list("pk", flat=True))
     assert len(retryable) == 2 * 4  # dead or failed, without a fallback, in a pending/running/paused/failed session
+
+
+ENGINE_TABLES = [Session, Task, TaskAttempt, TaskEvent, QuarantineEvent]
+
+
+def _indexes(model):
+    """{name: (columns, unique, partial)} of the model's table as the database has them."""
+    with connection.cursor() as cursor:
+        found = connection.introspection.get_constraints(cursor, model._meta.db_table)
+    partial = set()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%WHERE%%'",
+                           [model._meta.db_table])
+            partial = {name for (name,) in cursor.fetchall()}
+    return {name: (tuple(info["columns"]), info["unique"], name in partial)
+            for name, info in found.items() if info["index"] or info["unique"]}
+
+
+@pytest.mark.parametrize("model", ENGINE_TABLES, ids=lambda model: model.__name__)
+def test_every_foreign_key_is_served_by_an_index_led_by_its_column(db, model):
+    indexes = _indexes(model)
+    leading = {columns[0] for columns, _unique, partial in indexes.values() if columns and not partial}
+    for field in model._meta.concrete_fields:
+        if field.is_relation:
+            assert field.column in leading, f"{model.__name__}.{field.name}: no index starts with {field.column}"
+
+
+@pytest.mark.parametrize("model", ENGINE_TABLES, ids=lambda model: model.__name__)
+def test_no_plain_index_is_a_prefix_of_another(db, model):
+    """Each index is written at every insert (and every update that is not HOT): one that another
+    index's leading columns already serve costs writes and serves nothing."""
+    indexes = _indexes(model)
+    for name, (columns, unique, partial) in indexes.items():
+        if unique or partial:
+            continue
+        for other, (other_columns, _u, other_partial) in indexes.items():
+            if other != name and not other_partial and len(other_columns) > len(columns) \
+                    and other_columns[:len(columns)] == columns:
+                pytest.fail(f"{model.__name__}: index {name} {columns} is covered by {other} {other_columns}")
+
+
+def test_the_one_in_flight_index_survives_the_migrations(db):
+    assert "task_one_in_flight_per_agent" in _indexes(Task)
