@@ -16,9 +16,11 @@ class Command(OpsCommand):
     help = (
         "One scheduler pass, listed first: retries whose time has come (re-queued), tasks whose attempt is "
         "past its timeout (they fail and retry or go dead, as the step says) and queued tasks whose dispatch "
-        "job was lost (no job run for OPSCORE_LOST_JOB_SECONDS while their job would now decide something: "
-        "the agent is idle, deregistered, or the session ended; they are re-enqueued). The scheduler loop "
-        "does this every second; this command is for when it was down. --dry-run lists them."
+        "job was lost (none on its way, or one not run for OPSCORE_LOST_JOB_SECONDS, while their job would "
+        "now decide something: the agent is free, deregistered, or the session ended; they are re-enqueued, "
+        "at most one per free agent, and none while the job queue's oldest waiting job is older than "
+        "OPSCORE_LOST_JOB_SECONDS). The scheduler loop does this every second; this command is for when it "
+        "was down. --dry-run lists them."
     )
 
     def add_arguments(self, parser) -> None:
