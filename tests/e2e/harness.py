@@ -128,22 +128,47 @@ class Stack:
                    what="AgentKit stand-in")
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 5) -> None:
+        """Signal `name` and wait up to `timeout` s for it, then SIGKILL what is left of its group."""
         proc = self.processes.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
+        if proc is not None and self._signal(proc, sig):
+            self._reap(proc, timeout)
+
+    def stop_all(self, timeout: float = 5) -> None:
+        """Every process at once, so a teardown takes the slowest stop, not the sum of them."""
+        procs = [proc for proc in (self.processes.pop(name) for name in list(self.processes))
+                 if self._signal(proc, signal.SIGTERM)]
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            self._reap(proc, max(deadline - time.monotonic(), 0.1))
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen, sig: int) -> bool:
+        """SIGTERM goes to the main process only, as the README's deployment notes say: gunicorn's
+        master and the qcluster's main process stop their children, and a qcluster whose children
+        all get the SIGTERM never finishes stopping. Any other signal goes to the whole group.
+        False if the process was already gone."""
+        if proc.poll() is not None:
+            return False
         try:
-            os.killpg(proc.pid, sig)
+            if sig == signal.SIGTERM:
+                os.kill(proc.pid, sig)
+            else:
+                os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            return False
+        return True
+
+    @staticmethod
+    def _reap(proc: subprocess.Popen, timeout: float) -> None:
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-    def stop_all(self) -> None:
-        for name in list(self.processes):
-            self.stop(name)
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # a process that did not stop in time, and any stragglers
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
 
     # API helpers -------------------------------------------------------------------
 
