@@ -296,7 +296,10 @@ def agent_state_record(
     and nothing queued for an idle): one statement in autocommit, the agent upsert
     (INSERT ... ON CONFLICT), the history insert and the interest check together, so a
     return means committed. A report that interests a receiver is recorded again, in one
-    transaction with `agent_state_reported`, so the engine reacts before the commit.
+    transaction with `agent_state_reported`, so the engine reacts before the commit; an
+    agent whose last report here interested one (`_ENGAGED`) skips the first statement.
+    A receiver that raises `signals.ReceiverFailed` rolls that transaction back, and the
+    report is recorded again on its own (never lost).
     SQLite (the demo) does the same in a transaction of three statements.
     """
     params = {
@@ -310,31 +313,71 @@ def agent_state_record(
         # opscore_site.postgresql prepares it; Django's stock backend sends it as text.
         prepared = getattr(connection, "prepared_cursor", connection.cursor)
         with prepared() as cursor:
-            cursor.execute(sql, {**params, "force": False})
-            matched, history_id = cursor.fetchone()
-            if not matched:
-                metrics.state_report(state)
-                return StateRecorded(history_id=history_id, engine_notified=False)
-            with transaction.atomic():
-                cursor.execute(sql, {**params, "force": True})
+            if agent_id not in _ENGAGED:
+                cursor.execute(sql, {**params, "force": False})
+                matched, history_id = cursor.fetchone()
+                if not matched:
+                    metrics.state_report(state)
+                    return StateRecorded(history_id=history_id, engine_notified=False)
+            try:
+                with transaction.atomic():
+                    cursor.execute(sql, {**params, "force": True})
+                    matched, history_id = cursor.fetchone()
+                    _engaged(agent_id, matched)
+                    if matched:
+                        _notify(agent_id=agent_id, state=state, details=details, timestamp=timestamp,
+                                received_at=received_at)
+            except signals.ReceiverFailed:
+                cursor.execute(sql, {**params, "force": True})  # autocommit: the report alone
                 _, history_id = cursor.fetchone()
-                _notify(agent_id=agent_id, state=state, details=details, timestamp=timestamp,
-                        received_at=received_at)
-                metrics.state_report(state)  # counted when the transaction commits
-        return StateRecorded(history_id=history_id, engine_notified=True)
+            metrics.state_report(state)  # counted once it has committed
+        return StateRecorded(history_id=history_id, engine_notified=bool(matched))
+    try:
+        matched, history = _record_portable(params, with_receivers=True)
+    except signals.ReceiverFailed:
+        matched, history = _record_portable(params, with_receivers=False)
+    metrics.state_report(state)
+    return StateRecorded(history_id=history.pk, engine_notified=bool(matched))
+
+
+# Agents whose last report recorded by this process interested a receiver (a task in flight, work
+# queued): their next report most likely does too, so it goes straight to its transaction instead
+# of first asking in a statement of its own. One that turns out to interest nobody costs that
+# transaction's BEGIN and COMMIT instead, and leaves the set. Only a guess: correct either way.
+_ENGAGED: set[str] = set()
+_ENGAGED_MAX = 10_000
+
+
+def _engaged(agent_id: str, matched: bool) -> None:
+    if not matched:
+        _ENGAGED.discard(agent_id)
+        return
+    if len(_ENGAGED) >= _ENGAGED_MAX:
+        _ENGAGED.clear()
+    _ENGAGED.add(agent_id)
+
+
+def report_hints_clear() -> None:
+    """Forget which agents' reports interested a receiver (tests: the guesses outlive rolled-back rows)."""
+    _ENGAGED.clear()
+
+
+def _record_portable(params: dict[str, Any], *, with_receivers: bool) -> tuple[bool, AgentState]:
+    """SQLite (the demo): upsert, interest and history insert in one transaction, the receivers in it too."""
     with transaction.atomic():
         with connection.cursor() as cursor:
             agent_table = connection.ops.quote_name(Agent._meta.db_table)
             cursor.execute(_UPSERT.format(t=agent_table, newer=_NEWER.format(t=agent_table)), params)
-            cursor.execute(_INTEREST.format(interest=interest), params)
+            cursor.execute(_INTEREST.format(interest=signals.report_interest_sql()), params)
             (matched,) = cursor.fetchone()
         history = AgentState.objects.create(
-            agent_id=agent_id, state=state, details=details, timestamp=timestamp, received_at=received_at
+            agent_id=params["agent_id"], state=params["state"], details=params["details"],
+            timestamp=params["timestamp"], received_at=params["received_at"],
         )
-        if matched:
-            _notify(agent_id=agent_id, state=state, details=details, timestamp=timestamp, received_at=received_at)
-        metrics.state_report(state)
-    return StateRecorded(history_id=history.pk, engine_notified=bool(matched))
+        if matched and with_receivers:
+            _notify(agent_id=params["agent_id"], state=params["state"], details=params["details"],
+                    timestamp=params["timestamp"], received_at=params["received_at"])
+    return matched, history
 
 
 def _notify(**report: Any) -> None:

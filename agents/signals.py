@@ -10,6 +10,11 @@ only for a report that a registered *interest* matches: an SQL boolean expressio
 the report's own statement (PostgreSQL: one round trip for a report that interests
 nobody). A receiver that wants every report registers the interest "TRUE".
 
+Receivers run in the report's transaction without a savepoint of their own (two round trips
+less per report). A receiver that cannot react logs why and raises `ReceiverFailed`: the
+transaction rolls back, and the report is recorded again on its own, so it is never lost
+(the receiver's sweeps recover what it missed). Any other exception fails the report.
+
 Keyword arguments sent:
     agent_id     str       the reporting agent
     state        str       one of Agent.State
@@ -25,6 +30,11 @@ from collections.abc import Callable
 from django.dispatch import Signal
 
 agent_state_reported = Signal()
+
+
+class ReceiverFailed(Exception):
+    """Raised by a receiver of `agent_state_reported` that could not react to a report (it has logged
+    why): the report's transaction is rolled back and the report recorded again without receivers."""
 
 _interests: dict[str, Callable[[], str]] = {}
 _combined: list[str] = []  # report_interest_sql's answer, until the next (un)registration

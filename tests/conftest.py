@@ -7,13 +7,16 @@ from django.contrib.auth.models import User
 
 
 @pytest.fixture(autouse=True)
-def _fresh_api_key_cache():
-    """Each test verifies its keys afresh: the per-process key cache outlives a test's rolled-back rows."""
-    from agents.services import api_key_cache_clear
+def _fresh_per_process_caches():
+    """Each test verifies its keys afresh and starts with no guess about which agents' reports interest
+    the engine: both per-process caches outlive a test's rolled-back rows."""
+    from agents.services import api_key_cache_clear, report_hints_clear
 
     api_key_cache_clear()
+    report_hints_clear()
     yield
     api_key_cache_clear()
+    report_hints_clear()
 
 
 @pytest.fixture

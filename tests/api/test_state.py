@@ -318,33 +318,91 @@ def _in_flight(agentkit_stub, monkeypatch) -> str:
 
 
 def test_a_completing_idle_is_pinned(api, agentkit_stub, monkeypatch, django_assert_num_queries):
-    """A task in flight, 13 statements: the CTE (it writes nothing: the engine's interest matched);
+    """A task in flight, 11 statements: the CTE (it writes nothing: the engine's interest matched);
     our transaction (a savepoint inside the test's; BEGIN in production); the CTE forced; the
-    engine's savepoint, the task FOR UPDATE, the attempt's outcome, the task -> completed, the
-    session FOR UPDATE, the next task inserted already queued (its sequence from this one), both
-    events in one INSERT, its job enqueued; the engine's release; ours (COMMIT in production)."""
+    task FOR UPDATE (the engine has no savepoint of its own), the attempt's outcome, the task ->
+    completed, the session FOR UPDATE, the next task inserted already queued (its sequence from
+    this one), both events in one INSERT, its job enqueued; ours (COMMIT in production)."""
     from sessions.models import Task
 
     agent_id = _in_flight(agentkit_stub, monkeypatch)
     api.get(url(agent_id))  # key verified and cached
-    with django_assert_num_queries(13):
+    with django_assert_num_queries(11):
         assert api.post(url(agent_id), report(agent_id, "idle"), format="json").status_code == 202
     assert list(Task.objects.filter(agent_id=agent_id).order_by("sequence").values_list("status", flat=True)) == [
         "completed", "queued"]
     assert AgentState.objects.filter(agent_id=agent_id).count() == 1
 
 
-def test_an_error_report_in_flight_is_pinned(api, agentkit_stub, monkeypatch, django_assert_num_queries):
-    """A task in flight reports error, 13 statements: the CTE (writes nothing), our savepoint,
-    the CTE forced; the engine's savepoint, the task FOR UPDATE (passed on to the attempt's
-    failure, not selected again), the attempt's outcome, -> failed, -> retry_scheduled, the
-    agent's next queued task and then a task waiting for a capability (none: nothing to kick),
-    both events in one INSERT; the engine's release, ours."""
+def test_an_engaged_agents_next_report_goes_straight_to_its_transaction(api, agentkit_stub, monkeypatch,
+                                                                        django_assert_num_queries):
+    """After a report that interested the engine (`active` for the task in flight), the agent's `idle`
+    skips the asking statement: 10 where the first report of an agent takes 11."""
     from sessions.models import Task
 
     agent_id = _in_flight(agentkit_stub, monkeypatch)
     api.get(url(agent_id))
-    with django_assert_num_queries(13):
+    with django_assert_num_queries(7):  # ask, ours, forced CTE, task FOR UPDATE, -> running, its event, ours
+        assert api.post(url(agent_id), report(agent_id, "active"), format="json").status_code == 202
+    with django_assert_num_queries(10):
+        assert api.post(url(agent_id), report(agent_id, "idle"), format="json").status_code == 202
+    assert list(Task.objects.filter(agent_id=agent_id).order_by("sequence").values_list("status", flat=True)) == [
+        "completed", "queued"]
+    assert AgentState.objects.filter(agent_id=agent_id).count() == 2
+
+
+def test_a_guess_that_was_wrong_costs_one_transaction_and_is_forgotten(api, agentkit_stub, monkeypatch,
+                                                                        django_assert_num_queries):
+    """The agent's last report interested the engine, this one interests nobody: recorded in its
+    transaction (ours, the forced CTE, ours), nothing moved; the next report takes the one statement."""
+    from sessions.models import Task
+
+    agent_id = _in_flight(agentkit_stub, monkeypatch)
+    api.get(url(agent_id))
+    assert api.post(url(agent_id), report(agent_id, "active"), format="json").status_code == 202
+    Task.objects.filter(agent_id=agent_id).update(status=Task.Status.COMPLETED)  # nothing in flight now
+    with django_assert_num_queries(3):
+        assert api.post(url(agent_id), report(agent_id, "active"), format="json").status_code == 202
+    with django_assert_num_queries(1):
+        assert api.post(url(agent_id), report(agent_id, "active"), format="json").status_code == 202
+    assert AgentState.objects.filter(agent_id=agent_id).count() == 3
+    assert api.get(url(agent_id)).json()["state"] == "active"
+
+
+def test_a_receiver_that_fails_rolls_back_its_writes_and_the_report_is_kept(api):
+    """A receiver that raises ReceiverFailed: what it wrote is rolled back with the transaction, and
+    the report is recorded again on its own (history row and current state)."""
+    from agents.signals import ReceiverFailed, agent_state_reported, report_interest_register, \
+        report_interest_unregister
+
+    def receiver(**kwargs):
+        AgentState.objects.create(agent_id=kwargs["agent_id"], state="error", details={"written": "by receiver"},
+                                  timestamp=kwargs["timestamp"], received_at=kwargs["received_at"])
+        raise ReceiverFailed
+
+    agent_state_reported.connect(receiver, dispatch_uid="test-failing-receiver")
+    report_interest_register("test-failing-receiver", lambda: "report.agent_id = 'watched'")
+    try:
+        for _ in range(2):  # the second goes straight to its transaction (the agent is engaged)
+            assert api.post(url("watched"), report("watched", "active"), format="json").status_code == 202
+    finally:
+        agent_state_reported.disconnect(dispatch_uid="test-failing-receiver")
+        report_interest_unregister("test-failing-receiver")
+    assert list(AgentState.objects.filter(agent_id="watched").values_list("state", flat=True)) == ["active", "active"]
+    assert api.get(url("watched")).json()["state"] == "active"
+
+
+def test_an_error_report_in_flight_is_pinned(api, agentkit_stub, monkeypatch, django_assert_num_queries):
+    """A task in flight reports error, 11 statements: the CTE (writes nothing), our savepoint,
+    the CTE forced; the task FOR UPDATE (passed on to the attempt's failure, not selected
+    again), the attempt's outcome, -> failed, -> retry_scheduled, the agent's next queued task
+    and then a task waiting for a capability (none: nothing to kick), both events in one
+    INSERT; ours."""
+    from sessions.models import Task
+
+    agent_id = _in_flight(agentkit_stub, monkeypatch)
+    api.get(url(agent_id))
+    with django_assert_num_queries(11):
         response = api.post(url(agent_id), report(agent_id, "error", details={"error_code": "E", "message": "m"}),
                             format="json")
     assert response.status_code == 202
