@@ -71,19 +71,18 @@ def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
 
 def _claim_locked(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
     """`_claim` inside its transaction: the locks in engine order, the checks, the fence."""
-    # The lock order of sessions/engine.py (agent, task, session); the agent is the queued task's,
-    # found in the locking statement itself. The agent lock also serialises dispatches to one agent.
-    free = engine.free_column(now=timezone.now())  # whether its state lets it take a task
-    agent = (Agent.objects.select_for_update(no_key=True).annotate(free=free)
-             .filter(pk=Subquery(Task.objects.filter(pk=task_id, status=S.QUEUED).values("agent_id")[:1])).first())
-    if agent is None:
+    # The three rows in one locking statement, in the lock order of sessions/engine.py: PostgreSQL
+    # locks a row's marks in the order of FOR UPDATE OF (agent, task, session), and re-checks the
+    # conditions on the newest versions (a task dispatched, cancelled or routed to another agent
+    # meanwhile is not found). The agent lock also serialises dispatches to one agent.
+    task = (Task.objects.select_related("agent", "session")
+            .select_for_update(no_key=True, of=("agent", "self", "session"))
+            .annotate(agent_free=engine.free_column(now=timezone.now(), via="agent__"))  # its state lets it take one
+            .filter(pk=task_id, status=S.QUEUED).first())
+    if task is None:
         return DispatchResult("skipped", "no such queued task")
-    task = Task.objects.select_for_update(no_key=True).filter(pk=task_id).first()
-    if task is None or task.status != S.QUEUED:
-        return DispatchResult("skipped", f"task is {task.status if task else 'gone'}")
-    if task.agent_id != agent.pk:  # routed to another agent meanwhile: the reroute enqueued its job
-        return DispatchResult("skipped", f"task moved to agent {task.agent_id}")
-    session = Session.objects.select_for_update(no_key=True).get(pk=task.session_id)
+    agent, session = task.agent, task.session
+    agent.free = task.agent_free
     if session.is_terminal:
         # A step queued while its session was being cancelled: it must not wait forever.
         engine.task_transition(task=task, to=S.CANCELLED, by=By.system(), reason=f"session is {session.status}",

@@ -157,17 +157,19 @@ def test_the_attempt_is_fenced_and_committed_before_the_post(agentkit_stub):
 
 
 def test_a_dispatch_is_pinned_to_its_statements(agentkit_stub, django_assert_num_queries):
-    """Begin; the agent's lock (found from the queued task), the task's, the session's; the paused
-    definition (a pending session only); one read for in-flight work, the fleet switch and a
-    cancelled task; the attempt, the task, the session, their events in one insert; commit; after
-    the POST, AgentKit's answer on the attempt."""
+    """Begin; the agent, the task and the session locked in one statement; the paused definition
+    (a pending session only); one read for in-flight work, the fleet switch and a cancelled task;
+    the attempt, the task, the session, their events in one insert; commit; after the POST,
+    AgentKit's answer on the attempt."""
     session = start()
     task = task_of(session)
-    with django_assert_num_queries(12):  # in the test's transaction, begin and commit are a savepoint pair
+    with django_assert_num_queries(10) as captured:  # in the test's transaction, begin and commit are a savepoint pair
         assert dispatch.task_dispatch(task_id=task.pk).outcome == "dispatched"
+    lock = captured.captured_queries[1]["sql"]
+    assert lock.endswith('FOR NO KEY UPDATE OF "agents_agent", "opscore_sessions_task", "opscore_sessions_session"')
     report(session.agent_id, "idle")  # completes step 1, queues step 2 (its job waits in the queue)
     second = task_of(session, 2)
-    with django_assert_num_queries(10):  # a running session: no definition read, no session update
+    with django_assert_num_queries(8):  # a running session: no definition read, no session update
         assert dispatch.task_dispatch(task_id=second.pk).outcome == "dispatched"
 
 
