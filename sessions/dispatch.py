@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, Q, Subquery
+from django.db.models import Exists, F, Q
 from django.utils import timezone
 
 from agents import agentkit

@@ -740,8 +740,9 @@ def free_agents(*, now: datetime, via: str = "") -> Where:
     """The agents whose reported state lets them take a task at `now`: `idle`, or `active`/`error`
     reported at least LOST_IDLE_SECONDS ago (a lost `idle`, above). The one rule for the dispatch
     claim (`free_column`) and the lost-job sweep. `via`: the path to the agent ("agent__" from a task)."""
+    lost_since = now - timedelta(seconds=LOST_IDLE_SECONDS)
     return Where(**{f"{via}state": Agent.State.IDLE}) | Where(**{
-        f"{via}state__in": LOST_IDLE_STATES, f"{via}state_received_at__lte": now - timedelta(seconds=LOST_IDLE_SECONDS)})
+        f"{via}state__in": LOST_IDLE_STATES, f"{via}state_received_at__lte": lost_since})
 
 
 def free_column(*, now: datetime, via: str = "") -> ExpressionWrapper:
