@@ -332,10 +332,12 @@ def agent_state_record(
                 _, history_id = cursor.fetchone()
             metrics.state_report(state)  # counted once it has committed
         return StateRecorded(history_id=history_id, engine_notified=bool(matched))
+    report = {"agent_id": agent_id, "state": state, "details": details, "timestamp": timestamp,
+              "received_at": received_at}
     try:
-        matched, history = _record_portable(params, with_receivers=True)
+        matched, history = _record_portable(params, report, with_receivers=True)
     except signals.ReceiverFailed:
-        matched, history = _record_portable(params, with_receivers=False)
+        matched, history = _record_portable(params, report, with_receivers=False)
     metrics.state_report(state)
     return StateRecorded(history_id=history.pk, engine_notified=bool(matched))
 
@@ -362,21 +364,19 @@ def report_hints_clear() -> None:
     _ENGAGED.clear()
 
 
-def _record_portable(params: dict[str, Any], *, with_receivers: bool) -> tuple[bool, AgentState]:
-    """SQLite (the demo): upsert, interest and history insert in one transaction, the receivers in it too."""
+def _record_portable(params: dict[str, Any], report: dict[str, Any], *,
+                     with_receivers: bool) -> tuple[bool, AgentState]:
+    """SQLite (the demo): upsert, interest and history insert in one transaction, the receivers in it
+    too. `params` are the statements' (prepared for the database), `report` the report as received."""
     with transaction.atomic():
         with connection.cursor() as cursor:
             agent_table = connection.ops.quote_name(Agent._meta.db_table)
             cursor.execute(_UPSERT.format(t=agent_table, newer=_NEWER.format(t=agent_table)), params)
             cursor.execute(_INTEREST.format(interest=signals.report_interest_sql()), params)
             (matched,) = cursor.fetchone()
-        history = AgentState.objects.create(
-            agent_id=params["agent_id"], state=params["state"], details=params["details"],
-            timestamp=params["timestamp"], received_at=params["received_at"],
-        )
+        history = AgentState.objects.create(**report)
         if matched and with_receivers:
-            _notify(agent_id=params["agent_id"], state=params["state"], details=params["details"],
-                    timestamp=params["timestamp"], received_at=params["received_at"])
+            _notify(**report)
     return matched, history
 
 

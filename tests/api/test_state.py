@@ -568,3 +568,36 @@ def test_odd_credentials_get_drfs_answers(anon, headers):
     assert response.status_code in (401, 403)
     assert_error(response, response.status_code)
     assert not AgentState.objects.exists()
+
+
+def test_the_portable_path_keeps_the_report_as_received(db):
+    """SQLite's three statements (run here on PostgreSQL, the SQL is portable): the history row holds
+    the details and times as reported, not their database-prepared forms; a failing receiver's
+    report is recorded again."""
+    from django.utils import timezone
+
+    from agents import services
+    from agents.signals import ReceiverFailed, agent_state_reported, report_interest_register, \
+        report_interest_unregister
+
+    def receiver(**kwargs):
+        raise ReceiverFailed
+
+    at = timezone.now()
+    params = {"agent_id": "p1", "capabilities": services._prep("capabilities", []),
+              "metadata": services._prep("metadata", {}), "received_at": services._prep("state_received_at", at),
+              "state": "active", "timestamp": services._prep("state_timestamp", at),
+              "details": services._prep("state_details", {"b": 2})}
+    report_ = {"agent_id": "p1", "state": "active", "details": {"b": 2}, "timestamp": at, "received_at": at}
+    agent_state_reported.connect(receiver, dispatch_uid="test-portable")
+    report_interest_register("test-portable", lambda: "TRUE")
+    try:
+        with pytest.raises(ReceiverFailed):
+            services._record_portable(params, report_, with_receivers=True)
+        matched, history = services._record_portable(params, report_, with_receivers=False)
+    finally:
+        agent_state_reported.disconnect(dispatch_uid="test-portable")
+        report_interest_unregister("test-portable")
+    assert matched
+    assert list(AgentState.objects.filter(agent_id="p1").values_list("details", "received_at")) == [({"b": 2}, at)]
+    assert Agent.objects.get(pk="p1").state_details == {"b": 2}
