@@ -10,7 +10,7 @@ import html
 import re
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlparse
 
 import httpx
 
@@ -75,6 +75,24 @@ class Crawl:
         found = pattern.findall(self.get(page))
         return found[0] if found else None
 
+    def first_change_form(self, changelist: str, tries: int = 3) -> str | None:
+        """Open the first change form the changelist links to. A row can go between the list and its
+        form (a job the queue ran meanwhile): the admin then redirects to its index ("... doesn't
+        exist. Perhaps it was deleted?"), its answer for a deleted object, so the list is read again
+        and its new first row opened. Any other answer is kept for the report as it came."""
+        for _ in range(tries):
+            change = self.first(changelist, ADMIN_CHANGE)
+            if change is None:
+                return None
+            response = self.client.get(change)
+            gone = response.status_code == 302 and urlparse(response.headers.get("location", "")).path == "/admin/"
+            if not gone:
+                self.seen[change], self.bodies[change] = response.status_code, response.text
+                return change
+            self.seen.pop(changelist, None)  # read the list again
+        self.seen[change], self.bodies[change] = response.status_code, response.text  # reported as it answered
+        return change
+
     def failed(self) -> list[str]:
         return [f"{path} answered {code}" + _why(self.bodies[path]) for path, code in self.seen.items() if code != 200]
 
@@ -113,10 +131,7 @@ class Crawl:
             for suffix in ("edit/", "start/", "export.json", "export.yaml"):
                 self.get(workflow + suffix)
         for changelist in sorted(set(ADMIN_CHANGELIST.findall(self.get("/admin/")))):
-            change = self.first(changelist, ADMIN_CHANGE)
-            found[f"admin {changelist}"] = change
-            if change:
-                self.get(change)
+            found[f"admin {changelist}"] = self.first_change_form(changelist)
         for add in sorted(set(ADMIN_ADD.findall(self.get("/admin/")))):
             self.get(add)
         return found
