@@ -99,9 +99,13 @@ class Stack:
         return proc
 
     def start_web(self, *, extra: list[str] | None = None) -> None:
+        # --keep-alive above the stand-in's idle-connection expiry (httpx: 5 s): with gthread's
+        # default of 2 s, a report sent on a pooled connection just as the worker closed it was
+        # reset, and a report is never sent twice (AGENTKIT.md section 2), so its task waited for
+        # its 30 s timeout (seen in bench/engine_throughput.py: one such report made the p99).
         self.start("web", [str(BIN / "gunicorn"), "opscore_site.wsgi", "--bind", f"127.0.0.1:{self.web_port}",
-                           "--workers", "2", "--threads", "4", "--timeout", "30", "--no-control-socket",
-                           *(extra or [])])
+                           "--workers", "2", "--threads", "4", "--timeout", "30", "--keep-alive", "10",
+                           "--no-control-socket", *(extra or [])])
         wait_until(lambda: httpx.get(f"{self.web_url}/ready", timeout=2).status_code == 200, timeout=30,
                    what="gunicorn /ready")
 
