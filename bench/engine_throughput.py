@@ -15,13 +15,20 @@ open (default): the engine's throughput. A stored two-step workflow is triggered
      dispatch, enqueue->dispatch (a job's own wait in the queue; a session queued behind
      others on a busy agent waits for the agent, not for the queue) and session end to end,
      each p50/p99, the WAL the server wrote per step (repeatable where timings are not), and
-     the stand-in's count of duplicate attempts and overlaps.
+     the stand-in's count of duplicate attempts and overlaps, and the CPU per step (every
+     process of the stack, PostgreSQL and this script, read from /proc) beside the CPU per no-op job;
+  3. (--apart, the default) --sessions more with the fleet's dispatch off (engine.fleet_pause): the
+     trigger API with nothing else running (rate, p50/p99, CPU per trigger); then dispatch on
+     (engine.fleet_resume): the engine with nothing else running, steps/s from the resume and its
+     ratio, CPU per step, enqueue->dispatch and resume->session end. The machine is CPU-bound in
+     phase 2, so its steps/s is the two halves' CPU shared out; phase 3 shows each on its own.
 closed: the latency loop kept from before: each agent triggers a session through the API,
   waits for it to complete (polling the API), and triggers the next; prints steps/s and
   trigger->dispatch p50/p99.
 
 Usage: .venv/bin/python bench/engine_throughput.py [--mode open|closed] [--agents 50]
          [--sessions 500] [--idle-sessions 20] [--clients 4] [--noop-jobs 500] [--workers 2] [--poll 1]
+         [--no-apart]
 Needs PostgreSQL at DATABASE_URL (default 127.0.0.1:5432, user postgres); drops and creates the
 database --database (default opscore_bench_engine) on that server.
 """
@@ -41,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import percentile, recreate_database, run_threads  # noqa: E402 (bench/ is the script's directory)
+from benchlib import cpu_delta, cpu_seconds, percentile, recreate_database, run_threads  # noqa: E402 (bench/ is the script's directory)
 
 DB_NAME = "opscore_bench_engine"
 FINAL = ("completed", "failed", "cancelled")
@@ -59,6 +66,18 @@ def spread(label: str, values: list[float], unit: str = "ms") -> str:
         return f"{label}: no samples"
     return (f"{label}: p50 {statistics.median(values):.1f} {unit}, p99 {percentile(values, 0.99):.1f} {unit} "
             f"(n={len(values)})")
+
+
+def stack_cpu(stack) -> dict[str, float]:
+    """`cpu_seconds` of the stack's processes (web, qcluster, scheduler, agentkit), PostgreSQL and this script."""
+    return cpu_seconds({name: proc.pid for name, proc in stack.processes.items()})
+
+
+def cpu_line(label: str, used: dict[str, float], count: int) -> str:
+    """CPU milliseconds per unit of work (`count` of them), in all and by process group."""
+    parts = ", ".join(f"{name} {seconds * 1000 / count:.1f}" for name, seconds in
+                      sorted(used.items(), key=lambda item: -item[1]) if seconds * 1000 / count >= 0.05)
+    return f"{label}: {sum(used.values()) * 1000 / count:.1f} ms of CPU ({parts})"
 
 
 def noop_rate(jobs: int) -> tuple[float, float]:
@@ -148,12 +167,51 @@ def open_loop(args, stack, agents: list[str], noop: float) -> None:
         wait_sessions_final([session_id], timeout=60, interval=0.01)
     idle = session_figures(idle_ids)
 
-    # 2. Loaded: every session triggered first, from `clients` concurrent clients.
+    # 2. Loaded: every session triggered from `clients` concurrent clients while the engine works.
     stack.standin("/_standin/stats/reset", {})
+    wal_start = wal_lsn()
+    cpu_start = stack_cpu(stack)
+    loaded_ids, loaded_calls, trigger_seconds, errors = trigger_all(args, stack, agents)
+    wait_sessions_final(loaded_ids, timeout=args.timeout, interval=0.25)
+    loaded_cpu = cpu_delta(cpu_start, stack_cpu(stack))
+    wal_bytes = wal_lsn() - wal_start
+
+    window = Task.objects.filter(session_id__in=loaded_ids).aggregate(end=Max("finished_at"))
+    window["start"] = Session.objects.filter(pk__in=loaded_ids).aggregate(start=Min("created_at"))["start"]
+    steps = Task.objects.filter(session_id__in=loaded_ids, status="completed").count()
+    seconds = (window["end"] - window["start"]).total_seconds()
+    completed = Session.objects.filter(pk__in=loaded_ids, status="completed").count()
+    loaded = session_figures(loaded_ids)
+    stats = stack.standin("/_standin/stats")
+
+    print(f"sessions completed: {completed}/{args.sessions} (trigger errors: {len(errors)})")
+    print(f"workflow steps completed: {steps} in {seconds:.2f}s = {steps / seconds:.1f} steps/s")
+    print(f"ratio steps/s / no-op jobs/s: {steps / seconds / noop:.2f}")
+    print(cpu_line("  per step, its share of the triggers included", loaded_cpu, max(steps, 1)))
+    print(f"WAL written while loaded (the whole server): {wal_bytes / 1e6:.1f} MB = "
+          f"{wal_bytes / max(steps, 1) / 1024:.1f} kB per step")
+    print(spread("idle trigger->dispatch", idle["first_dispatch"]))
+    print(spread("loaded trigger->first dispatch", loaded["first_dispatch"]))
+    print(spread("loaded enqueue->dispatch (every task)", loaded["enqueue_dispatch"]))
+    print(spread("loaded session end to end", loaded["end_to_end"]))
+    print(spread("trigger API, 1 client, idle", idle_calls))
+    print(spread(f"trigger API, {args.clients} clients, engine running", loaded_calls)
+          + f"; {len(loaded_calls) / trigger_seconds:.1f} triggers/s")
+    print(f"stand-in: duplicate attempts {len(stats['duplicate_attempts'])}, overlaps {len(stats['overlaps'])}, "
+          f"max concurrent per agent {max(stats['max_concurrent_by_agent'].values(), default=0)}")
+    if errors:
+        print("first errors:", errors[:3])
+    if args.apart:
+        apart(args, stack, agents, noop)
+
+
+def trigger_all(args, stack, agents: list[str]) -> tuple[list[str], list[float], float, list[str]]:
+    """Trigger --sessions sessions over `agents` from --clients concurrent API clients;
+    (session ids, call ms, wall seconds, errors)."""
     numbers = itertools.count()
     lock = threading.Lock()
-    loaded_ids: list[str] = []
-    loaded_calls: list[float] = []
+    ids: list[str] = []
+    calls: list[float] = []
     errors: list[str] = []
 
     def client_loop() -> None:
@@ -169,38 +227,58 @@ def open_loop(args, stack, agents: list[str], noop: float) -> None:
                 errors.append(str(exc))
                 continue
             with lock:
-                loaded_ids.append(session_id)
-                loaded_calls.append(call_ms)
+                ids.append(session_id)
+                calls.append(call_ms)
 
-    wal_start = wal_lsn()
-    trigger_seconds = run_threads([threading.Thread(target=client_loop) for _ in range(args.clients)])
-    wait_sessions_final(loaded_ids, timeout=args.timeout, interval=0.25)
-    wal_bytes = wal_lsn() - wal_start
+    seconds = run_threads([threading.Thread(target=client_loop) for _ in range(args.clients)])
+    return ids, calls, seconds, errors
 
-    window = Task.objects.filter(session_id__in=loaded_ids).aggregate(end=Max("finished_at"))
-    window["start"] = Session.objects.filter(pk__in=loaded_ids).aggregate(start=Min("created_at"))["start"]
-    steps = Task.objects.filter(session_id__in=loaded_ids, status="completed").count()
-    seconds = (window["end"] - window["start"]).total_seconds()
-    completed = Session.objects.filter(pk__in=loaded_ids, status="completed").count()
-    loaded = session_figures(loaded_ids)
+
+def apart(args, stack, agents: list[str], noop: float) -> None:
+    """3. The two halves apart: --sessions more triggered with the fleet's dispatch off (the trigger
+    API with nothing else running), then dispatch turned on (the engine with nothing else running)."""
+    from django.db.models import Max
+    from django.utils import timezone
+    from django_q.models import OrmQ
+
+    from sessions import engine
+    from sessions.models import Session, Task
+    from tests.e2e.harness import wait_until
+
+    stack.standin("/_standin/stats/reset", {})
+    engine.fleet_pause(by=engine.By.system(), reason="bench: triggers first")
+    cpu_start = stack_cpu(stack)
+    ids, calls, trigger_seconds, errors = trigger_all(args, stack, agents)
+    trigger_cpu = cpu_delta(cpu_start, stack_cpu(stack))
+    # Each agent's first job finds the switch off and leaves its task queued (held).
+    wait_until(lambda: not OrmQ.objects.exists(), timeout=120, interval=0.1, what="held jobs ended")
+    cpu_start = stack_cpu(stack)
+    resumed_at = timezone.now()
+    engine.fleet_resume(by=engine.By.system(), reason="bench: the engine alone")
+    wait_sessions_final(ids, timeout=args.timeout, interval=0.25)
+    engine_cpu = cpu_delta(cpu_start, stack_cpu(stack))
+    end = Task.objects.filter(session_id__in=ids).aggregate(end=Max("finished_at"))["end"]
+    steps = Task.objects.filter(session_id__in=ids, status="completed").count()
+    seconds = (end - resumed_at).total_seconds()
+    completed = Session.objects.filter(pk__in=ids, status="completed").count()
+    figures = session_figures(ids)
+    ends = [ms(ended - resumed_at) for ended in Session.objects.filter(pk__in=ids, ended_at__isnull=False)
+            .values_list("ended_at", flat=True)]
     stats = stack.standin("/_standin/stats")
 
-    print(f"sessions completed: {completed}/{args.sessions} (trigger errors: {len(errors)})")
-    print(f"workflow steps completed: {steps} in {seconds:.2f}s = {steps / seconds:.1f} steps/s")
-    print(f"ratio steps/s / no-op jobs/s: {steps / seconds / noop:.2f}")
-    print(f"WAL written while loaded (the whole server): {wal_bytes / 1e6:.1f} MB = "
-          f"{wal_bytes / max(steps, 1) / 1024:.1f} kB per step")
-    print(spread("idle trigger->dispatch", idle["first_dispatch"]))
-    print(spread("loaded trigger->first dispatch", loaded["first_dispatch"]))
-    print(spread("loaded enqueue->dispatch (every task)", loaded["enqueue_dispatch"]))
-    print(spread("loaded session end to end", loaded["end_to_end"]))
-    print(spread("trigger API, 1 client, idle", idle_calls))
-    print(spread(f"trigger API, {args.clients} clients, engine running", loaded_calls)
-          + f"; {len(loaded_calls) / trigger_seconds:.1f} triggers/s")
-    print(f"stand-in: duplicate attempts {len(stats['duplicate_attempts'])}, overlaps {len(stats['overlaps'])}, "
-          f"max concurrent per agent {max(stats['max_concurrent_by_agent'].values(), default=0)}")
+    print(f"apart: {len(ids)} sessions triggered with dispatch off (trigger errors: {len(errors)}), "
+          f"then dispatch on: {completed} completed")
+    print(spread(f"  trigger API alone, {args.clients} clients", calls)
+          + f"; {len(calls) / trigger_seconds:.1f} triggers/s")
+    print(cpu_line("  per trigger", trigger_cpu, max(len(calls), 1)))
+    print(f"  engine alone: {steps} steps in {seconds:.2f}s from the resume = {steps / seconds:.1f} steps/s; "
+          f"ratio to no-op jobs/s: {steps / seconds / noop:.2f}")
+    print(cpu_line("  per step", engine_cpu, max(steps, 1)))
+    print(spread("  enqueue->dispatch (every task)", figures["enqueue_dispatch"]))
+    print(spread("  resume->session end", ends))
+    print(f"  stand-in: duplicate attempts {len(stats['duplicate_attempts'])}, overlaps {len(stats['overlaps'])}")
     if errors:
-        print("first errors:", errors[:3])
+        print("  first errors:", errors[:3])
 
 
 def closed_loop(args, stack, agents: list[str]) -> None:
@@ -246,6 +324,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="open: concurrent API clients triggering")
     parser.add_argument("--timeout", type=float, default=900, help="open: seconds to wait for every session")
     parser.add_argument("--noop-jobs", type=int, default=500)
+    parser.add_argument("--apart", action=argparse.BooleanOptionalAction, default=True,
+                        help="open: then --sessions more triggered with dispatch off, and the engine alone")
     parser.add_argument("--workers", type=int, default=2, help="qcluster workers")
     parser.add_argument("--poll", type=float, default=1.0, help="django-q2 broker poll interval, seconds (Q_POLL)")
     parser.add_argument("--database", default=DB_NAME, help="database to drop, create and use")
@@ -283,11 +363,14 @@ def main() -> None:
         wait_until(lambda: all(api.get(f"/v1/opscore/agent/{a}/state").status_code == 200 for a in agents),
                    timeout=120, what="agents known to Ops-Core")
 
+        cpu_before = stack_cpu(stack)
         noop_seconds, noop = noop_rate(args.noop_jobs)
+        noop_cpu = cpu_delta(cpu_before, stack_cpu(stack))
         print(f"machine: {os.cpu_count()} cores; mode: {args.mode}; qcluster workers: {args.workers}; "
               f"poll: {args.poll}s; broker: {settings.Q_CLUSTER.get('broker_class') or 'django-q2 ORM'}; "
               f"agents: {len(agents)}")
         print(f"raw django-q2 no-op jobs: {args.noop_jobs} in {noop_seconds:.2f}s = {noop:.1f} jobs/s")
+        print(cpu_line("  per no-op job, enqueue to end", noop_cpu, args.noop_jobs))
         if args.mode == "open":
             open_loop(args, stack, agents, noop)
         else:
