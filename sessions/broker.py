@@ -1,6 +1,7 @@
 """django-q2's ORM broker, woken by PostgreSQL LISTEN/NOTIFY instead of sleeping `poll`.
 
-Enqueueing is the ORM broker's: one `django_q_ormq` row, written on the caller's connection
+Enqueueing is the ORM broker's: one `django_q_ormq` row (a plain INSERT, as `delete` is a plain
+DELETE: no model machinery on the path of every step), written on the caller's connection
 inside the caller's transaction (the job exists if and only if the caller's rows commit).
 A trigger on that table (migration `0003_job_notify_trigger`, PostgreSQL only) sends
 `pg_notify(CHANNEL, key)` for every inserted row in the inserting transaction, so PostgreSQL
@@ -65,6 +66,29 @@ class ListenNotifyBroker(ORM):
             self._info = f"ORM {Conf.ORM} + LISTEN {CHANNEL}"
         return self._info
 
+    # ------------------------------------------------------------------ writing
+
+    def enqueue(self, task: str) -> int:
+        """The ORM broker's `enqueue` in one plain INSERT (no model save: every step enqueues one)."""
+        self.get_connection()  # the ORM broker's stale-connection cleanup outside a transaction
+        connection = connections[Conf.ORM]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {self._table(connection)} (key, payload, lock) VALUES (%s, %s, %s) RETURNING id",  # noqa: S608
+                [self.list_key or Conf.CLUSTER_NAME, task, timezone.now()],
+            )
+            return cursor.fetchone()[0]
+
+    def delete(self, task_id: int) -> None:
+        """The ORM broker's `delete` (`acknowledge`, `fail`) in one plain DELETE (no deletion collector)."""
+        connection = connections[Conf.ORM]
+        with connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {self._table(connection)} WHERE id = %s", [task_id])  # noqa: S608
+
+    @staticmethod
+    def _table(connection) -> str:
+        return connection.ops.quote_name(OrmQ._meta.db_table)
+
     # ------------------------------------------------------------------ reading
 
     def dequeue(self) -> list[tuple[int, str]] | None:
@@ -105,7 +129,7 @@ class ListenNotifyBroker(ORM):
             # SELECT 1), only when the connection may have sat unused: not between jobs.
             self.get_connection()
         connection = connections[Conf.ORM]
-        table = connection.ops.quote_name(OrmQ._meta.db_table)
+        table = self._table(connection)
         with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {table} SET lock = %s WHERE id IN ("  # noqa: S608 (the table name is ours)

@@ -117,6 +117,23 @@ def test_a_committed_job_wakes_a_waiting_dequeue_which_returns_it(make_broker):
     assert waits[0]["notified"] is True
 
 
+def test_enqueue_and_acknowledge_are_one_statement_each_and_touch_only_their_job(make_broker,
+                                                                                django_assert_num_queries):
+    broker = make_broker()
+    with transaction.atomic():
+        with django_assert_num_queries(1):
+            job_id = broker.enqueue("mine")
+        other = broker.enqueue("another")
+    row = OrmQ.objects.get(pk=job_id)
+    assert (row.key, row.payload) == (broker.list_key, "mine")
+    assert row.lock <= timezone.now()  # visible at once, as django-q2's ORM broker writes it
+    with django_assert_num_queries(1):
+        broker.acknowledge(job_id)
+    assert list(OrmQ.objects.filter(key=broker.list_key).values_list("pk", flat=True)) == [other]
+    broker.fail(other)  # a failed job acknowledged (ack_failures) goes the same way
+    assert not OrmQ.objects.filter(key=broker.list_key).exists()
+
+
 def test_a_job_enqueued_in_a_transaction_that_rolls_back_is_never_announced_nor_delivered(make_broker):
     broker = make_broker(poll=HOUR)
     listener = broker.listener()
