@@ -583,23 +583,26 @@ def _fallback_or_fail(*, task: Task, reason: str, why: str, previous_result: Any
                            reason=f"step '{task.step_id}' is {why}", error=f"step '{task.step_id}': {reason}")
 
 
-def _task_completed(*, task: Task, result: Any, by: By) -> Task | None:
-    """Complete `task`; return the next step's task when its job was enqueued, else None."""
+def _task_completed(*, task: Task, result: Any, by: By, session: Session) -> Task | None:
+    """Complete `task`; return the next step's task when its job was enqueued, else None.
+    `session` is the task's session, locked by the caller after the task (engine lock order)."""
     now = timezone.now()
     attempt_transition(task_id=task.pk, number=task.attempt, to=Outcome.COMPLETED, ended_at=now)
     task_transition(task=task, to=S.COMPLETED, by=by, reason="agent reported idle", result=result,
                     finished_at=now, timeout_at=None)
     _note_agent_answered(task=task, now=now)
-    return _next_step(task=task, result=result)
+    return _next_step(task=task, result=result, session=session)
 
 
-def _next_step(*, task: Task, result: Any) -> Task | None:
+def _next_step(*, task: Task, result: Any, session: Session | None = None) -> Task | None:
     """`task` completed with `result`: start the next step, or complete the session.
 
-    Returns the next step's task when its dispatch job was enqueued (the caller need not kick the
-    agent), else None (an approval, a paused session, the end).
+    `session`, when given, is the task's session locked by the caller in this transaction;
+    else it is locked here. Returns the next step's task when its dispatch job was enqueued
+    (the caller need not kick the agent), else None (an approval, a paused session, the end).
     """
-    session = Session.objects.select_for_update(no_key=True).get(pk=task.session_id)
+    if session is None:
+        session = Session.objects.select_for_update(no_key=True).get(pk=task.session_id)
     if session.is_terminal:
         return None
     spec = _spec_of(session)
@@ -650,8 +653,14 @@ def on_agent_state(*, agent_id: str, state: str, details: Any, received_at: date
 def _apply_report(*, agent_id: str, state: str, details: Any, received_at: datetime) -> None:
     """A report counts for the task in flight only when it was received after that
     attempt's reference time and, if it names a task id, names this task."""
-    task = (Task.objects.select_for_update(no_key=True)
-            .filter(agent_id=agent_id, status__in=Task.IN_FLIGHT).first())
+    in_flight = Task.objects.filter(agent_id=agent_id, status__in=Task.IN_FLIGHT)
+    if state == Agent.State.IDLE:
+        # An `idle` may complete the task and start the next step, which locks the session: both
+        # rows in one statement, in the engine's lock order (the agent is locked by the report).
+        in_flight = in_flight.select_related("session").select_for_update(no_key=True, of=("self", "session"))
+    else:
+        in_flight = in_flight.select_for_update(no_key=True)
+    task = in_flight.first()
     by = By.agent(agent_id)
     if task is not None and task.reference_at is not None and received_at > task.reference_at:
         named = _named_task_id(details)
@@ -661,7 +670,7 @@ def _apply_report(*, agent_id: str, state: str, details: Any, received_at: datet
                                 started_at=received_at)
             elif state == Agent.State.IDLE:
                 result = details.get("result") if isinstance(details, dict) else None
-                if _task_completed(task=task, result=result, by=by) is not None:
+                if _task_completed(task=task, result=result, by=by, session=task.session) is not None:
                     return  # the next step's job is enqueued already: no second job to kick
                 task = None
             elif state == Agent.State.ERROR:

@@ -318,17 +318,19 @@ def _in_flight(agentkit_stub, monkeypatch) -> str:
 
 
 def test_a_completing_idle_is_pinned(api, agentkit_stub, monkeypatch, django_assert_num_queries):
-    """A task in flight, 11 statements: the CTE (it writes nothing: the engine's interest matched);
+    """A task in flight, 10 statements: the CTE (it writes nothing: the engine's interest matched);
     our transaction (a savepoint inside the test's; BEGIN in production); the CTE forced; the
-    task FOR UPDATE (the engine has no savepoint of its own), the attempt's outcome, the task ->
-    completed, the session FOR UPDATE, the next task inserted already queued (its sequence from
-    this one), both events in one INSERT, its job enqueued; ours (COMMIT in production)."""
+    task and its session FOR UPDATE in one statement (the engine has no savepoint of its own),
+    the attempt's outcome, the task -> completed, the next task inserted already queued (its
+    sequence from this one), both events in one INSERT, its job enqueued; ours (COMMIT in production)."""
     from sessions.models import Task
 
     agent_id = _in_flight(agentkit_stub, monkeypatch)
     api.get(url(agent_id))  # key verified and cached
-    with django_assert_num_queries(11):
+    with django_assert_num_queries(10) as captured:
         assert api.post(url(agent_id), report(agent_id, "idle"), format="json").status_code == 202
+    locks = [q["sql"] for q in captured.captured_queries if "FOR NO KEY UPDATE" in q["sql"]]
+    assert len(locks) == 1 and locks[0].endswith('FOR NO KEY UPDATE OF "opscore_sessions_task", "opscore_sessions_session"')
     assert list(Task.objects.filter(agent_id=agent_id).order_by("sequence").values_list("status", flat=True)) == [
         "completed", "queued"]
     assert AgentState.objects.filter(agent_id=agent_id).count() == 1
@@ -337,14 +339,14 @@ def test_a_completing_idle_is_pinned(api, agentkit_stub, monkeypatch, django_ass
 def test_an_engaged_agents_next_report_goes_straight_to_its_transaction(api, agentkit_stub, monkeypatch,
                                                                         django_assert_num_queries):
     """After a report that interested the engine (`active` for the task in flight), the agent's `idle`
-    skips the asking statement: 10 where the first report of an agent takes 11."""
+    skips the asking statement: 9 where the first report of an agent takes 10."""
     from sessions.models import Task
 
     agent_id = _in_flight(agentkit_stub, monkeypatch)
     api.get(url(agent_id))
     with django_assert_num_queries(7):  # ask, ours, forced CTE, task FOR UPDATE, -> running, its event, ours
         assert api.post(url(agent_id), report(agent_id, "active"), format="json").status_code == 202
-    with django_assert_num_queries(10):
+    with django_assert_num_queries(9):
         assert api.post(url(agent_id), report(agent_id, "idle"), format="json").status_code == 202
     assert list(Task.objects.filter(agent_id=agent_id).order_by("sequence").values_list("status", flat=True)) == [
         "completed", "queued"]
