@@ -70,7 +70,7 @@ class ListenNotifyBroker(ORM):
 
     def enqueue(self, task: str) -> int:
         """The ORM broker's `enqueue` in one plain INSERT (no model save: every step enqueues one)."""
-        self.get_connection()  # the ORM broker's stale-connection cleanup outside a transaction
+        self.get_connection()  # as the ORM broker: stale-connection cleanup outside a transaction
         connection = connections[Conf.ORM]
         with connection.cursor() as cursor:
             cursor.execute(
@@ -81,6 +81,7 @@ class ListenNotifyBroker(ORM):
 
     def delete(self, task_id: int) -> None:
         """The ORM broker's `delete` (`acknowledge`, `fail`) in one plain DELETE (no deletion collector)."""
+        self.get_connection()  # as the ORM broker: a connection broken by a database restart is replaced
         connection = connections[Conf.ORM]
         with connection.cursor() as cursor:
             cursor.execute(f"DELETE FROM {self._table(connection)} WHERE id = %s", [task_id])  # noqa: S608

@@ -255,6 +255,21 @@ def test_a_database_gone_under_the_read_is_one_log_line_then_the_queue_is_read_a
     assert jobs == [(job_id, "after the outage")]
 
 
+def test_an_acknowledge_on_a_connection_the_database_dropped_reconnects_as_the_orm_brokers_did(make_broker):
+    """The monitor acknowledges on its own connection, idle between jobs: after a database restart
+    the acknowledge checks it first (django-q2's ORM broker's cleanup, Django's health check) and
+    runs on a new connection instead of failing on the dead one."""
+    broker = make_broker()
+    job_id = broker.enqueue("acknowledged after a restart")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+    broker.acknowledge(job_id)
+    assert not OrmQ.objects.filter(pk=job_id).exists()
+
+
 def test_postgresql_uses_this_broker_and_sqlite_keeps_the_orm_broker(tmp_path):
     assert type(get_broker()) is ListenNotifyBroker
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "opscore_site.settings_test",
