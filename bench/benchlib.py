@@ -1,11 +1,13 @@
-"""What the benchmark scripts share: a fresh database beside DATABASE_URL's, percentiles, and
-timing a set of client threads."""
+"""What the benchmark scripts share: a fresh database beside DATABASE_URL's, percentiles,
+timing a set of client threads, and processes read from /proc (trees, RSS, CPU seconds)."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import urlparse, urlunparse
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -38,13 +40,19 @@ def run_threads(threads: list[threading.Thread]) -> float:
     return time.perf_counter() - started
 
 
-def cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each named process tree in `roots` (name -> pid),
-    by PostgreSQL's processes ("postgres": every process named postgres on this machine) and by
-    this process ("bench"). Children that ended and were reaped count in their parent's totals, so
-    two readings subtract: `cpu_delta`."""
-    hz = os.sysconf("SC_CLK_TCK")
-    table: dict[int, tuple[int, str, float]] = {}  # pid -> (parent, name, seconds incl. reaped children)
+@dataclass(frozen=True)
+class ProcStat:
+    parent: int
+    name: str
+    state: str
+    rss_kb: int
+    cpu_seconds: float  # user + system, with the children it has reaped
+
+
+def proc_stats() -> dict[int, ProcStat]:
+    """pid -> ProcStat of every process in /proc (zombies included: their CPU is not yet reaped)."""
+    hz, page_kb = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE") // 1024
+    stats = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -52,27 +60,36 @@ def cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
             with open(f"/proc/{entry}/stat") as fh:
                 head, tail = fh.read().rsplit(")", 1)
             fields = tail.split()
-            table[int(entry)] = (int(fields[1]), head.split("(", 1)[1],
-                                 sum(int(value) for value in fields[11:15]) / hz)
+            stats[int(entry)] = ProcStat(parent=int(fields[1]), name=head.split("(", 1)[1], state=fields[0],
+                                         rss_kb=int(fields[21]) * page_kb,
+                                         cpu_seconds=sum(int(value) for value in fields[11:15]) / hz)
         except (OSError, IndexError, ValueError):
             continue
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _, _) in table.items():
-        children.setdefault(parent, []).append(pid)
+    return stats
 
-    def tree(pid: int) -> float:
-        total, frontier = 0.0, [pid] if pid in table else []
-        while frontier:
-            current = frontier.pop()
-            total += table[current][2]
-            frontier.extend(children.get(current, []))
-        return total
 
-    totals = {name: tree(pid) for name, pid in roots.items()}
-    totals["postgres"] = sum(seconds for _, name, seconds in table.values() if name == "postgres")
-    totals["bench"] = table.get(os.getpid(), (0, "", 0.0))[2]
+def descendants(pid: int, table: Mapping[int, tuple[int, ...]]) -> list[int]:
+    """`pid` and every process below it in `table` (pid -> a tuple whose first item is the parent)."""
+    found, frontier = [], [pid] if pid in table else []
+    while frontier:
+        current = frontier.pop()
+        found.append(current)
+        frontier.extend(child for child, row in table.items() if row[0] == current)
+    return found
+
+
+def cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process tree in `roots` (name -> pid),
+    by PostgreSQL's processes ("postgres": every process named postgres on this machine) and by
+    this process ("bench"). Children that ended and were reaped count in their parent's totals, so
+    two readings subtract: `cpu_delta`."""
+    stats = proc_stats()
+    parents = {pid: (stat.parent,) for pid, stat in stats.items()}
+    totals = {name: sum(stats[each].cpu_seconds for each in descendants(pid, parents))
+              for name, pid in roots.items()}
+    totals["postgres"] = sum(stat.cpu_seconds for stat in stats.values() if stat.name == "postgres")
+    totals["bench"] = stats[os.getpid()].cpu_seconds if os.getpid() in stats else 0.0
     return totals
-
 
 def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """What each group used between two `cpu_seconds` readings (a tree that went away counts 0)."""

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchlib import recreate_database  # noqa: E402 (bench/ is the script's directory)
+from benchlib import proc_stats, recreate_database  # noqa: E402 (bench/ is the script's directory)
 
 # One line per request in web.log: `gunicorn-access <status> <method> <path>`.
 ACCESS_ARGS = ["--access-logfile", "-", "--access-logformat", "gunicorn-access %(s)s %(m)s %(U)s"]
@@ -125,31 +125,7 @@ class Trigger:
 
 def process_table() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, RSS in kB) of every live process (zombies left out)."""
-    table = {}
-    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            if fields[0] == "Z":
-                continue
-            table[int(entry)] = (int(fields[1]), int(fields[21]) * page_kb)
-        except (OSError, IndexError, ValueError):
-            continue
-    return table
-
-
-def descendants(pid: int, table: dict[int, tuple[int, int]] | None = None) -> list[int]:
-    """`pid` and every live process below it."""
-    table = process_table() if table is None else table
-    found, frontier = [], [pid] if pid in table else []
-    while frontier:
-        current = frontier.pop()
-        found.append(current)
-        frontier.extend(child for child, (parent, _) in table.items() if parent == current)
-    return found
+    return {pid: (stat.parent, stat.rss_kb) for pid, stat in proc_stats().items() if stat.state != "Z"}
 
 
 def group_rss_kb(pgid: int, table: dict[int, tuple[int, int]]) -> int:
