@@ -34,8 +34,12 @@ class SessionsConfig(AppConfig):
         register_step_graph(workflow_step_graph)
         # A dispatch job that ended with its connection intact counts like a request that did: the
         # worker's next job skips the health check's round trip (opscore_site/postgresql/base.py).
-        from django_q.signals import post_execute_in_worker
+        # So does a job the monitor has acknowledged (post_execute, sent by django-q2's monitor
+        # after each acknowledge): its next acknowledge within the second skips the `SELECT 1`
+        # that the ORM broker's connection cleanup would otherwise cost every job.
+        from django_q.signals import post_execute, post_execute_in_worker
 
         from opscore_site.postgresql.base import mark_good
 
         post_execute_in_worker.connect(mark_good, dispatch_uid="opscore_site.postgresql.mark_good.jobs")
+        post_execute.connect(mark_good, dispatch_uid="opscore_site.postgresql.mark_good.acknowledged")

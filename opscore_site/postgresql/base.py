@@ -4,8 +4,8 @@ With CONN_HEALTH_CHECKS, Django tests a persistent connection with a `SELECT 1` 
 before the first query of every request: one of the two round trips of a state report. A
 connection that ended its previous request without a database error less than
 FRESH_SECONDS ago is trusted without it (under load: every request; in a qcluster worker, every
-job after a job that ended well, the same way). An idle connection is
-still checked. If the server went away within that second anyway, that one request fails
+job after a job that ended well, the same way; in its monitor, every acknowledge after one it
+made). An idle connection is still checked. If the server went away within that second anyway, that one request fails
 (500) and Django closes the connection at its end (`errors_occurred`), as it would for a
 server lost in the middle of a request.
 

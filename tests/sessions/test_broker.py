@@ -270,6 +270,34 @@ def test_an_acknowledge_on_a_connection_the_database_dropped_reconnects_as_the_o
     assert not OrmQ.objects.filter(pk=job_id).exists()
 
 
+def test_the_monitors_acknowledges_skip_the_health_check_after_an_acknowledged_job(make_broker, monkeypatch):
+    """django-q2's monitor sends post_execute after each acknowledge: the next acknowledge within
+    FRESH_SECONDS trusts the connection (no `SELECT 1`); one after an idle spell checks it again."""
+    from django_q.signals import post_execute
+
+    from opscore_site.postgresql import base
+
+    broker = make_broker()
+    jobs = [broker.enqueue(f"job {i}") for i in range(4)]
+    checks = []
+    usable = connection.is_usable
+    monkeypatch.setattr(connection, "is_usable", lambda: checks.append(1) or usable())
+
+    def monitor_acknowledges(job_id):  # django_q.monitor.monitor, for one finished job
+        broker.acknowledge(job_id)
+        post_execute.send(sender="django_q", task={"ack_id": job_id})
+
+    monitor_acknowledges(jobs[0])
+    assert len(checks) == 1  # the first: nothing vouches for the connection yet
+    monitor_acknowledges(jobs[1])
+    monitor_acknowledges(jobs[2])
+    assert len(checks) == 1
+    connection.good_at -= base.FRESH_SECONDS  # an idle spell
+    monitor_acknowledges(jobs[3])
+    assert len(checks) == 2
+    assert not OrmQ.objects.filter(pk__in=jobs).exists()
+
+
 def test_postgresql_uses_this_broker_and_sqlite_keeps_the_orm_broker(tmp_path):
     assert type(get_broker()) is ListenNotifyBroker
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "opscore_site.settings_test",
