@@ -9,6 +9,7 @@ Talks HTTP only through `agents/agentkit.py`.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,6 +19,7 @@ from django.utils import timezone
 
 from agents import agentkit
 from agents.models import Agent
+from opscore_site.statements import Statement
 from sessions import engine
 from sessions.engine import By
 from sessions.models import Session, Task, TaskAttempt
@@ -60,6 +62,11 @@ def task_dispatch(*, task_id) -> DispatchResult:
 
 def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
     """Lock the task and its agent, check the agent, and fence a new attempt. Commits."""
+    if not isinstance(task_id, uuid.UUID):
+        try:
+            task_id = uuid.UUID(str(task_id))
+        except ValueError:
+            return DispatchResult("skipped", f"no such queued task: {task_id!r} is not a task id")
     try:
         with transaction.atomic(), engine.events_in_one_insert():
             return _claim_locked(task_id)
@@ -69,16 +76,35 @@ def _claim(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
         return DispatchResult("busy", "another dispatch won the race")
 
 
-def _claim_locked(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
+# The three rows in one locking statement, in the lock order of sessions/engine.py: PostgreSQL
+# locks a row's marks in the order of FOR UPDATE OF (agent, task, session), and re-checks the
+# conditions on the newest versions (a task dispatched, cancelled or routed to another agent
+# meanwhile is not found). The agent lock also serialises dispatches to one agent. Compiled once
+# per process (opscore_site/statements.py), as are the claim's other reads.
+_LOCK = Statement(lambda task_id, lost_since: (
+    Task.objects.select_related("agent", "session")
+    .select_for_update(no_key=True, of=("agent", "self", "session"))
+    .annotate(agent_free=engine.free_column(lost_since=lost_since, via="agent__"))  # its state lets it take one
+    .filter(pk=task_id, status=S.QUEUED).order_by("pk")[:1]))
+
+
+def _checks(agent_id: str, since: datetime | None = None):
+    """One read for the rest of the claim: a task in flight on the agent, the fleet switch, a
+    cancelled task that may still hold the agent (`_cancelled_candidates`)."""
+    return Agent.objects.filter(pk=agent_id).annotate(
+        in_flight=Exists(Task.objects.filter(agent_id=agent_id, status__in=Task.IN_FLIGHT)),
+        fleet_paused_at=engine.fleet_paused_at(),
+        maybe_held=Exists(_cancelled_candidates(agent_id=agent_id, since=since)),
+    ).values_list("in_flight", "fleet_paused_at", "maybe_held")
+
+
+_CHECKS = Statement(lambda agent_id: _checks(agent_id))  # an agent that never reported
+_CHECKS_SINCE = Statement(lambda agent_id, since: _checks(agent_id, since))
+
+
+def _claim_locked(task_id: uuid.UUID) -> tuple[Task, TaskAttempt] | DispatchResult:
     """`_claim` inside its transaction: the locks in engine order, the checks, the fence."""
-    # The three rows in one locking statement, in the lock order of sessions/engine.py: PostgreSQL
-    # locks a row's marks in the order of FOR UPDATE OF (agent, task, session), and re-checks the
-    # conditions on the newest versions (a task dispatched, cancelled or routed to another agent
-    # meanwhile is not found). The agent lock also serialises dispatches to one agent.
-    task = (Task.objects.select_related("agent", "session")
-            .select_for_update(no_key=True, of=("agent", "self", "session"))
-            .annotate(agent_free=engine.free_column(now=timezone.now(), via="agent__"))  # its state lets it take one
-            .filter(pk=task_id, status=S.QUEUED).first())
+    task = _LOCK.first(task_id=task_id, lost_since=engine.lost_idle_since(timezone.now()))
     if task is None:
         return DispatchResult("skipped", "no such queued task")
     agent, session = task.agent, task.session
@@ -98,12 +124,10 @@ def _claim_locked(task_id) -> tuple[Task, TaskAttempt] | DispatchResult:
         return _left_queued(task, "busy", f"agent is {agent.state or 'unknown'}")
     # One read for the rest (after `now`, as fleet_dispatch_off requires): a task in flight on
     # the agent, the fleet switch, a cancelled task that may still hold the agent.
-    in_flight, fleet_paused_at, maybe_held = (
-        Agent.objects.filter(pk=agent.pk).annotate(
-            in_flight=Exists(Task.objects.filter(agent_id=agent.pk, status__in=Task.IN_FLIGHT)),
-            fleet_paused_at=engine.fleet_paused_at(),
-            maybe_held=Exists(_cancelled_candidates(agent=agent)),
-        ).values_list("in_flight", "fleet_paused_at", "maybe_held").get())
+    if agent.state_received_at is None:
+        in_flight, fleet_paused_at, maybe_held = _CHECKS.first(agent_id=agent.pk)
+    else:
+        in_flight, fleet_paused_at, maybe_held = _CHECKS_SINCE.first(agent_id=agent.pk, since=agent.state_received_at)
     if in_flight:
         return _left_queued(task, "busy", "agent has a task in flight")
     if (off := engine.fleet_off_note(fleet_paused_at)) is not None:
@@ -133,18 +157,19 @@ def _left_queued(task: Task, outcome: str, detail: str) -> DispatchResult:
     return DispatchResult(outcome, detail)
 
 
-def _cancelled_candidates(*, agent: Agent):
-    """Tasks of `agent` cancelled in flight, sent after its last report, that AgentKit did not refuse."""
+def _cancelled_candidates(*, agent_id: str, since: datetime | None):
+    """Tasks of the agent cancelled in flight, sent after its last report (received at `since`,
+    None if it never reported), that AgentKit did not refuse."""
     # The four `attempts__` conditions must stay in this one filter(): each filter() call on a
     # multi-valued relation joins its own attempts row, so split up they could be met by
     # different attempts (an earlier refused one, a later cancelled one) instead of the latest.
     candidates = Task.objects.filter(
         Q(attempts__http_status__isnull=True) | Q(attempts__http_status__lt=300),
-        agent_id=agent.pk, status=S.CANCELLED, attempts__number=F("attempt"),
+        agent_id=agent_id, status=S.CANCELLED, attempts__number=F("attempt"),
         attempts__outcome=Outcome.CANCELLED,
     )
-    if agent.state_received_at is not None:
-        candidates = candidates.filter(reference_at__gte=agent.state_received_at)
+    if since is not None:
+        candidates = candidates.filter(reference_at__gte=since)
     return candidates
 
 
@@ -157,7 +182,8 @@ def _held_by_cancelled_task(*, agent: Agent, now: datetime) -> Task | None:
     reports a state received after the attempt went out, or the attempt's deadline
     passes (a lost forward), unless AgentKit refused the POST (it never reached the agent).
     """
-    for task in _cancelled_candidates(agent=agent).only("pk", "reference_at", "timeout_seconds"):
+    candidates = _cancelled_candidates(agent_id=agent.pk, since=agent.state_received_at)
+    for task in candidates.only("pk", "reference_at", "timeout_seconds"):
         if task.reference_at + timedelta(seconds=task.timeout_seconds) > now:
             return task
     return None

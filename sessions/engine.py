@@ -50,6 +50,7 @@ from agents.signals import ReceiverFailed
 from opscore_site import metrics
 from opscore_site.dbdown import DATABASE_ERRORS
 from opscore_site.errors import ApplicationError
+from opscore_site.statements import Statement
 from sessions.models import Actor, ControlEvent, FleetDispatch, QuarantineEvent, Session, Task, TaskAttempt, TaskEvent
 from workflows.models import WorkflowDefinition
 from workflows.schema import StepSpec, WorkflowSpec, validate_definition
@@ -650,17 +651,21 @@ def on_agent_state(*, agent_id: str, state: str, details: Any, received_at: date
         raise ReceiverFailed from exc
 
 
+# The task in flight on a reporting agent, locked (the agent is locked by the report). An `idle`
+# may complete the task and start the next step, which locks the session: both rows in one
+# statement, in the engine's lock order. Compiled once per process (opscore_site/statements.py).
+_IN_FLIGHT_FOR_IDLE = Statement(lambda agent_id: (
+    Task.objects.filter(agent_id=agent_id, status__in=Task.IN_FLIGHT).select_related("session")
+    .select_for_update(no_key=True, of=("self", "session")).order_by("pk")[:1]))
+_IN_FLIGHT = Statement(lambda agent_id: (
+    Task.objects.filter(agent_id=agent_id, status__in=Task.IN_FLIGHT).select_for_update(no_key=True)
+    .order_by("pk")[:1]))
+
+
 def _apply_report(*, agent_id: str, state: str, details: Any, received_at: datetime) -> None:
     """A report counts for the task in flight only when it was received after that
     attempt's reference time and, if it names a task id, names this task."""
-    in_flight = Task.objects.filter(agent_id=agent_id, status__in=Task.IN_FLIGHT)
-    if state == Agent.State.IDLE:
-        # An `idle` may complete the task and start the next step, which locks the session: both
-        # rows in one statement, in the engine's lock order (the agent is locked by the report).
-        in_flight = in_flight.select_related("session").select_for_update(no_key=True, of=("self", "session"))
-    else:
-        in_flight = in_flight.select_for_update(no_key=True)
-    task = in_flight.first()
+    task = (_IN_FLIGHT_FOR_IDLE if state == Agent.State.IDLE else _IN_FLIGHT).first(agent_id=agent_id)
     by = By.agent(agent_id)
     if task is not None and task.reference_at is not None and received_at > task.reference_at:
         named = _named_task_id(details)
@@ -691,6 +696,18 @@ def _error_text(details: Any) -> str:
     return "agent reported error"
 
 
+# The kicks' reads, compiled once per process (opscore_site/statements.py).
+_OLDEST_QUEUED = Statement(lambda agent_id: (
+    Task.objects.filter(agent_id=agent_id, status=S.QUEUED, agent__drained_at__isnull=True)
+    .exclude(session__status__in=Session.NOT_DISPATCHING)
+    .order_by("created_at").only("pk", "enqueued_at", "waiting_since")[:1]))
+_LONGEST_WAITING = Statement(lambda: (
+    Task.objects.filter(status=S.QUEUED, waiting_since__isnull=False)
+    .exclude(session__status__in=Session.NOT_DISPATCHING).order_by("waiting_since")
+    .only("pk", "enqueued_at", "agent_id", "capability", "pinned", "session__agent_id")
+    .select_related("session")[:100]))
+
+
 def _kick_queued(*, agent_id: str) -> None:
     """The agent is free (idle, or its task left it): enqueue its oldest queued task, or else a task
     waiting for an agent that it can take (a drained agent takes none, and a paused session's task
@@ -699,9 +716,7 @@ def _kick_queued(*, agent_id: str) -> None:
     Not when that task's job is still on its way (`job_pending`): it finds the agent free and
     dispatches, and a second job would only find the task gone.
     """
-    task = (Task.objects.filter(agent_id=agent_id, status=S.QUEUED, agent__drained_at__isnull=True)
-            .exclude(session__status__in=Session.NOT_DISPATCHING)
-            .order_by("created_at").only("pk", "enqueued_at", "waiting_since").first())
+    task = _OLDEST_QUEUED.first(agent_id=agent_id)
     if task is not None:
         if not job_pending(task, now=timezone.now()):
             task_enqueue(task=task)
@@ -712,10 +727,7 @@ def _kick_queued(*, agent_id: str) -> None:
 def _kick_waiting(*, agent_id: str) -> None:
     """Enqueue the longest-waiting task `agent_id` could take; its job routes it (to this agent,
     unless a better one has appeared). One query when nothing waits, which is the usual case."""
-    waiting = list(Task.objects.filter(status=S.QUEUED, waiting_since__isnull=False)
-                   .exclude(session__status__in=Session.NOT_DISPATCHING).order_by("waiting_since")
-                   .only("pk", "enqueued_at", "agent_id", "capability", "pinned", "session__agent_id")
-                   .select_related("session")[:100])
+    waiting = _LONGEST_WAITING.rows()
     if not waiting:
         return
     agent = Agent.objects.filter(pk=agent_id).first()
@@ -749,14 +761,23 @@ def free_agents(*, now: datetime, via: str = "") -> Where:
     """The agents whose reported state lets them take a task at `now`: `idle`, or `active`/`error`
     reported at least LOST_IDLE_SECONDS ago (a lost `idle`, above). The one rule for the dispatch
     claim (`free_column`) and the lost-job sweep. `via`: the path to the agent ("agent__" from a task)."""
-    lost_since = now - timedelta(seconds=LOST_IDLE_SECONDS)
+    return _free_since(lost_idle_since(now), via=via)
+
+
+def lost_idle_since(now: datetime) -> datetime:
+    """An `active` or `error` reported at or before this lost its `idle` (`free_agents`)."""
+    return now - timedelta(seconds=LOST_IDLE_SECONDS)
+
+
+def _free_since(lost_since: datetime, *, via: str) -> Where:
     return Where(**{f"{via}state": Agent.State.IDLE}) | Where(**{
         f"{via}state__in": LOST_IDLE_STATES, f"{via}state_received_at__lte": lost_since})
 
 
-def free_column(*, now: datetime, via: str = "") -> ExpressionWrapper:
-    """`free_agents` as a column, for the query that locks the agent (no query of its own)."""
-    return ExpressionWrapper(free_agents(now=now, via=via), output_field=BooleanField())
+def free_column(*, lost_since: datetime, via: str = "") -> ExpressionWrapper:
+    """`free_agents` as a column, for the query that locks the agent (no query of its own); takes
+    `lost_idle_since(now)`, so that a compiled statement (opscore_site/statements.py) can take it."""
+    return ExpressionWrapper(_free_since(lost_since, via=via), output_field=BooleanField())
 
 
 # --------------------------------------------------------------------------- routing

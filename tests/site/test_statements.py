@@ -1,0 +1,123 @@
+"""opscore_site.statements: a read compiled once gives what its queryset gives, for every value."""
+
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection, transaction
+from django.db.models import Exists, F, OuterRef
+from django.utils import timezone
+
+from agents.models import Agent
+from opscore_site.statements import Statement
+from sessions.models import Task
+from tests.agents.factories import AgentFactory
+from tests.sessions.factories import TaskFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _locked(task_id, since):
+    """The shape of the dispatch claim: three tables, an annotation, a locking clause, one row."""
+    return (Task.objects.select_related("agent", "session")
+            .select_for_update(no_key=True, of=("agent", "self", "session"))
+            .annotate(recent=Exists(Task.objects.filter(agent_id=OuterRef("agent_id"), created_at__gte=since)),
+                      next_sequence=F("sequence") + 1)
+            .filter(pk=task_id, status=Task.Status.QUEUED).order_by("pk")[:1])
+
+
+def _same_task(got: Task, want: Task) -> None:
+    fields = [f.attname for f in Task._meta.concrete_fields]
+    assert [getattr(got, f) for f in fields] == [getattr(want, f) for f in fields]
+    assert got.agent.__dict__.keys() == want.agent.__dict__.keys()
+    assert [getattr(got.agent, f.attname) for f in Agent._meta.concrete_fields] == [
+        getattr(want.agent, f.attname) for f in Agent._meta.concrete_fields]
+    assert got.session.pk == want.session.pk and got.session.status == want.session.status
+    assert (got.recent, got.next_sequence) == (want.recent, want.next_sequence)
+
+
+def test_a_statement_gives_what_its_queryset_gives_for_each_value(django_assert_num_queries):
+    statement = Statement(_locked)
+    tasks = [TaskFactory(), TaskFactory(), TaskFactory(status=Task.Status.COMPLETED)]
+    now = timezone.now()
+    with transaction.atomic():
+        for task in tasks:
+            for since in (now - timedelta(hours=1), now + timedelta(hours=1)):
+                want = _locked(task.pk, since).first()
+                with django_assert_num_queries(1) as captured:
+                    got = statement.first(task_id=task.pk, since=since)
+                assert captured.captured_queries[0]["sql"].endswith(
+                    'FOR NO KEY UPDATE OF "agents_agent", "opscore_sessions_task", "opscore_sessions_session"')
+                if want is None:
+                    assert got is None  # the completed task
+                else:
+                    _same_task(got, want)
+                    assert got.recent is (since < now)
+    assert statement.first(task_id=tasks[0].pk, since=now - timedelta(hours=1)).agent.state == Agent.State.IDLE
+
+
+def test_values_list_rows_come_back_as_the_queryset_gives_them():
+    def build(agent_id):
+        return Agent.objects.filter(pk=agent_id).annotate(
+            busy=Exists(Task.objects.filter(agent_id=agent_id, status__in=Task.IN_FLIGHT))).values_list("pk", "busy")
+
+    statement = Statement(build)
+    idle, busy = AgentFactory(), AgentFactory()
+    TaskFactory(agent=busy, session__agent=busy, status=Task.Status.DISPATCHED)
+    for agent in (idle, busy, idle):
+        assert statement.rows(agent_id=agent.pk) == list(build(agent.pk))
+    assert statement.rows(agent_id="nobody") == []
+    assert statement.rows(agent_id=busy.pk) == [(busy.pk, True)]
+
+
+def test_the_queryset_is_built_and_compiled_once():
+    built = []
+
+    def build(agent_id):
+        built.append(agent_id)
+        return Agent.objects.filter(pk=agent_id).values_list("name", flat=True)
+
+    statement = Statement(build)
+    agents = AgentFactory.create_batch(3)
+    assert [statement.first(agent_id=a.pk) for a in agents] == [a.name for a in agents]
+    assert len(built) == 1 and built[0] not in {a.pk for a in agents}  # built once, with the sentinel
+
+
+def test_a_value_transformed_on_its_way_to_sql_is_refused_on_the_first_call():
+    contains = Statement(lambda name: Agent.objects.filter(name__contains=name))  # becomes '%name%'
+    with pytest.raises(ImproperlyConfigured, match=r"\['name'\]"):
+        contains.rows(name="Agent")
+    computed = Statement(lambda since: Agent.objects.filter(state_received_at__gte=since - timedelta(seconds=5)))
+    with pytest.raises(ImproperlyConfigured, match=r"\['since'\]"):
+        computed.rows(since=timezone.now())
+
+
+def test_none_is_refused_because_it_would_compile_to_is_null():
+    statement = Statement(lambda since: Agent.objects.filter(state_received_at__gte=since))
+    with pytest.raises(ValueError, match="'since' is None"):
+        statement.rows(since=None)
+
+
+def test_off_postgresql_every_call_runs_the_queryset_itself(monkeypatch):
+    built = []
+
+    def build(agent_id):
+        built.append(agent_id)
+        return Agent.objects.filter(pk=agent_id).values_list("pk", flat=True)
+
+    statement = Statement(build)
+    agent = AgentFactory()
+    monkeypatch.setattr(connection, "vendor", "sqlite")
+    assert statement.rows(agent_id=agent.pk) == [agent.pk]
+    assert statement.rows(agent_id=agent.pk) == [agent.pk]
+    assert built == [agent.pk, agent.pk]
+
+
+@pytest.mark.django_db(transaction=True)  # not inside the test's own transaction
+def test_a_locking_statement_outside_a_transaction_is_refused_as_django_refuses_it():
+    statement = Statement(lambda agent_id: Agent.objects.filter(pk=agent_id).select_for_update())
+    agent = AgentFactory()
+    with transaction.atomic():
+        assert [a.pk for a in statement.rows(agent_id=agent.pk)] == [agent.pk]  # compiled in a transaction
+    with pytest.raises(transaction.TransactionManagementError, match="outside of a transaction"):
+        statement.rows(agent_id=agent.pk)
