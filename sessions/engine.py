@@ -356,8 +356,13 @@ def _waits_its_turn(*, agent: Agent, step: StepSpec) -> bool:
         return False
     if step.agentCapability and not step.pinToSessionAgent:
         return False
-    return (Task.objects.filter(agent_id=agent.pk, status__in=(*Task.IN_FLIGHT, S.QUEUED), waiting_since__isnull=True)
-            .exclude(session__status__in=Session.NOT_DISPATCHING).exists())
+    return _HAS_WORK.first(agent_id=agent.pk) is not None
+
+
+# `_waits_its_turn`'s read, compiled once per process (opscore_site/statements.py).
+_HAS_WORK = Statement(lambda agent_id: (
+    Task.objects.filter(agent_id=agent_id, status__in=(*Task.IN_FLIGHT, S.QUEUED), waiting_since__isnull=True)
+    .exclude(session__status__in=Session.NOT_DISPATCHING).values_list("pk", flat=True)[:1]))
 
 
 def _send_job(*, task: Task, now: datetime) -> None:

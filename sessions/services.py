@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from agents.models import Agent
 from opscore_site.errors import ApplicationError
+from opscore_site.statements import Statement
 from sessions.engine import By, session_start
 from sessions.models import Session
 from workflows.models import WorkflowDefinition
@@ -56,6 +57,11 @@ def _session_for_key(*, key: str, fingerprint: str, now: datetime) -> Session | 
     return existing
 
 
+# The trigger's primary-key reads, compiled once per process (opscore_site/statements.py).
+_AGENT = Statement(lambda agent_id: Agent.objects.filter(pk=agent_id)[:1])
+_DEFINITION = Statement(lambda definition_id: WorkflowDefinition.objects.filter(pk=definition_id)[:1])
+
+
 def session_trigger(
     *,
     agent_id: str,
@@ -77,7 +83,7 @@ def session_trigger(
         existing = _session_for_key(key=idempotency_key, fingerprint=fingerprint, now=now)
         if existing is not None:
             return existing, True
-    agent = Agent.objects.filter(pk=agent_id).first()
+    agent = _AGENT.first(agent_id=agent_id)
     if agent is None:
         raise Agent.DoesNotExist(f"agent '{agent_id}' not found")
     try:
@@ -85,7 +91,7 @@ def session_trigger(
             if inline_spec is not None:
                 definition, _ = workflow_save(spec=inline_spec, by=by.user, allow_update=False)
             else:
-                definition = WorkflowDefinition.objects.filter(pk=definition_id).first()
+                definition = _DEFINITION.first(definition_id=definition_id) if definition_id else None
                 if definition is None:
                     raise WorkflowDefinition.DoesNotExist(f"workflow definition '{definition_id}' not found")
             session = session_start(

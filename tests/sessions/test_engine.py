@@ -131,6 +131,16 @@ def test_a_job_for_a_task_that_no_longer_exists_does_nothing(q_sync, agentkit_st
     assert not agentkit_stub.requests
 
 
+def test_a_job_takes_its_task_id_as_text_and_a_malformed_one_is_skipped_with_the_reason(q_sync, agentkit_stub):
+    session = start()
+    second = dispatch.task_dispatch(task_id="not-a-uuid")
+    assert (second.outcome, second.detail) == ("skipped", "no such queued task: 'not-a-uuid' is not a task id")
+    report(session.agent_id, "idle")  # step 2 queued; the job (synchronous here) took its id as text
+    assert task_of(session, 2).status == S.DISPATCHED
+    assert [body["opscore_task_id"] for body in agentkit_stub.bodies] == [
+        str(task_of(session).pk), str(task_of(session, 2).pk)]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_attempt_is_fenced_and_committed_before_the_post(agentkit_stub):
     """While AgentKit is being called, the attempt row and `dispatched` are already visible."""
