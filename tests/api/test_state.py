@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from agents.models import Agent, AgentState
 from tests.agents.factories import AgentFactory
 from tests.api.conftest import assert_error
+from tests.sql import sql_of
 
 pytestmark = pytest.mark.django_db
 
@@ -329,7 +330,7 @@ def test_a_completing_idle_is_pinned(api, agentkit_stub, monkeypatch, django_ass
     api.get(url(agent_id))  # key verified and cached
     with django_assert_num_queries(10) as captured:
         assert api.post(url(agent_id), report(agent_id, "idle"), format="json").status_code == 202
-    locks = [q["sql"] for q in captured.captured_queries if "FOR NO KEY UPDATE" in q["sql"]]
+    locks = [sql_of(q) for q in captured.captured_queries if "FOR NO KEY UPDATE" in q["sql"]]
     assert len(locks) == 1 and locks[0].endswith('FOR NO KEY UPDATE OF "opscore_sessions_task", "opscore_sessions_session"')
     assert list(Task.objects.filter(agent_id=agent_id).order_by("sequence").values_list("status", flat=True)) == [
         "completed", "queued"]

@@ -19,6 +19,7 @@ from sessions.engine import By, InvalidTransition
 from sessions.models import Actor, Session, Task, TaskAttempt, TaskEvent
 from tests.agents.factories import AgentFactory
 from tests.workflows.factories import WorkflowDefinitionFactory, two_step_spec
+from tests.sql import sql_of
 
 pytestmark = pytest.mark.django_db
 
@@ -175,7 +176,7 @@ def test_a_dispatch_is_pinned_to_its_statements(agentkit_stub, django_assert_num
     task = task_of(session)
     with django_assert_num_queries(10) as captured:  # in the test's transaction, begin and commit are a savepoint pair
         assert dispatch.task_dispatch(task_id=task.pk).outcome == "dispatched"
-    lock = captured.captured_queries[1]["sql"]
+    lock = sql_of(captured.captured_queries[1])
     assert lock.endswith('FOR NO KEY UPDATE OF "agents_agent", "opscore_sessions_task", "opscore_sessions_session"')
     report(session.agent_id, "idle")  # completes step 1, queues step 2 (its job waits in the queue)
     second = task_of(session, 2)

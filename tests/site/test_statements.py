@@ -13,6 +13,7 @@ from opscore_site.statements import Statement
 from sessions.models import Task
 from tests.agents.factories import AgentFactory
 from tests.sessions.factories import TaskFactory
+from tests.sql import sql_of
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +47,7 @@ def test_a_statement_gives_what_its_queryset_gives_for_each_value(django_assert_
                 want = _locked(task.pk, since).first()
                 with django_assert_num_queries(1) as captured:
                     got = statement.first(task_id=task.pk, since=since)
-                assert captured.captured_queries[0]["sql"].endswith(
+                assert sql_of(captured.captured_queries[0]).endswith(
                     'FOR NO KEY UPDATE OF "agents_agent", "opscore_sessions_task", "opscore_sessions_session"')
                 if want is None:
                     assert got is None  # the completed task
@@ -80,7 +81,7 @@ def test_the_queryset_is_built_and_compiled_once():
     statement = Statement(build)
     agents = AgentFactory.create_batch(3)
     assert [statement.first(agent_id=a.pk) for a in agents] == [a.name for a in agents]
-    assert len(built) == 1 and built[0] not in {a.pk for a in agents}  # built once, with the sentinel
+    assert len(built) == 2 and not set(built) & {a.pk for a in agents}  # by the first call, with sentinels
 
 
 def test_a_value_transformed_on_its_way_to_sql_is_refused_on_the_first_call():
@@ -90,6 +91,9 @@ def test_a_value_transformed_on_its_way_to_sql_is_refused_on_the_first_call():
     computed = Statement(lambda since: Agent.objects.filter(state_received_at__gte=since - timedelta(seconds=5)))
     with pytest.raises(ImproperlyConfigured, match=r"\['since'\]"):
         computed.rows(since=timezone.now())
+    inlined = Statement(lambda count: Agent.objects.order_by("pk")[:count])  # LIMIT is written into the SQL
+    with pytest.raises(ImproperlyConfigured, match="SQL depends on the values"):
+        inlined.rows(count=3)
 
 
 def test_none_is_refused_because_it_would_compile_to_is_null():
@@ -121,3 +125,31 @@ def test_a_locking_statement_outside_a_transaction_is_refused_as_django_refuses_
         assert [a.pk for a in statement.rows(agent_id=agent.pk)] == [agent.pk]  # compiled in a transaction
     with pytest.raises(transaction.TransactionManagementError, match="outside of a transaction"):
         statement.rows(agent_id=agent.pk)
+
+
+def test_the_statement_is_prepared_once_per_connection_and_takes_each_values_types():
+    def build(agent_id, since, task_id):
+        return Task.objects.filter(agent_id=agent_id, created_at__gte=since, pk=task_id).values_list("pk", flat=True)
+
+    statement = Statement(build)
+    task = TaskFactory()
+    since = task.created_at - timedelta(seconds=1)
+    for _ in range(3):
+        assert statement.rows(agent_id=task.agent_id, since=since, task_id=task.pk) == [task.pk]
+    assert statement.rows(agent_id=task.agent_id, since=task.created_at + timedelta(seconds=1), task_id=task.pk) == []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+                       ['%"opscore_sessions_task"."created_at" >= $%'])
+        assert cursor.fetchone()[0] == 1
+
+
+def test_an_integer_value_goes_wrapped_as_django_wraps_it():
+    def build(task_id, number):
+        return Task.objects.filter(pk=task_id, attempt__gte=number).values_list("attempt", flat=True)
+
+    statement = Statement(build)
+    task = TaskFactory(attempt=3)
+    assert [statement.rows(task_id=task.pk, number=n) for n in (2, 3, 4)] == [[3], [3], []]
+    # Past the field's range Django compiles the lookup to "nothing matches": the queryset runs itself.
+    assert statement.rows(task_id=task.pk, number=2**40) == list(build(task.pk, 2**40)) == []
+    assert statement.rows(task_id=task.pk, number=-(2**40)) == list(build(task.pk, -(2**40))) == [3]
