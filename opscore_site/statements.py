@@ -40,9 +40,10 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.transaction import TransactionManagementError
 from django.db.models import QuerySet
+from django.db.models.sql import UpdateQuery
 
 
 class _Slot:
@@ -97,6 +98,31 @@ def _holds(param: Any, sentinel: Any) -> bool:
     return isinstance(param, type(sentinel)) and param == sentinel
 
 
+def _sentinel_pair(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two sentinels a name: SQL compiled with each shows which positions are the name's."""
+    return ({name: _sentinel(name, value) for name, value in values.items()},
+            {name: _sentinel(name, value) for name, value in values.items()})
+
+
+def _slots(params: tuple, other_params: tuple, sentinels: dict[str, Any], others: dict[str, Any]) -> list:
+    """The parameters compiled with `sentinels` and with `others`: a position is a name's when it
+    holds that name's sentinel both times (a constant that happens to equal one is not)."""
+    slots: list = []
+    found = set()
+    for param, other in zip(params, other_params):
+        name = next((n for n in sentinels if _holds(param, sentinels[n]) and _holds(other, others[n])), None)
+        if name is None:
+            slots.append(param)
+        else:
+            slots.append(_Slot(name, None if type(param) is type(sentinels[name]) else type(param)))
+            found.add(name)
+    if missing := sorted(sentinels.keys() - found):
+        raise ImproperlyConfigured(
+            f"statement values {missing} do not reach the SQL as given (transformed or computed on "
+            f"the way); pass the value the SQL uses")
+    return slots
+
+
 class Statement:
     """A read built by `build(**values)`, compiled once per database; see the module docstring."""
 
@@ -131,29 +157,14 @@ class Statement:
         with self._lock:
             if db in self._compiled:
                 return self._compiled[db]
-            # Compiled twice, with two sentinels a name: a position is the name's when it holds the
-            # name's sentinel both times (a constant that happens to equal one sentinel is not).
-            sentinels, others = ({name: _sentinel(name, value) for name, value in values.items()} for _ in "ab")
+            sentinels, others = _sentinel_pair(values)
             queryset = self._build(**sentinels)
             compiler = queryset.query.get_compiler(using=db)
             sql, params = compiler.as_sql()
             other_sql, other_params = self._build(**others).query.get_compiler(using=db).as_sql()
             if other_sql != sql or len(other_params) != len(params):
                 raise ImproperlyConfigured("statement: its SQL depends on the values; give each shape a statement")
-            slots: list = []
-            found = set()
-            for param, other in zip(params, other_params):
-                name = next((n for n in sentinels if _holds(param, sentinels[n]) and _holds(other, others[n])), None)
-                if name is None:
-                    slots.append(param)
-                else:
-                    slots.append(_Slot(name, None if type(param) is type(sentinels[name]) else type(param)))
-                    found.add(name)
-            if missing := sorted(sentinels.keys() - found):
-                raise ImproperlyConfigured(
-                    f"statement values {missing} do not reach the SQL as given (transformed or computed on "
-                    f"the way); pass the value the SQL uses")
-            compiled = _Compiled(queryset, compiler, sql, slots)
+            compiled = _Compiled(queryset, compiler, sql, _slots(params, other_params, sentinels, others))
             self._compiled[db] = compiled
             return compiled
 
@@ -198,3 +209,74 @@ class _BoundQuery:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._query, name)
+
+
+class Update:
+    """An UPDATE of the rows `build(**where)` selects (a Statement's builder), compiled once per
+    database and tuple of changed fields, as `queryset.update(**changes)` compiles it.
+
+        MOVE = Update(lambda pk, old: Task.objects.filter(pk=pk, status=old))
+        changed = MOVE.run(where={"pk": task.pk, "old": "queued"}, changes={"status": "dispatched"})
+
+    The first call of a shape compiles the UPDATE query that `update()` would run (nothing is
+    sent), with two sentinels a `where` value as a Statement does.
+    Each change is then sent as Django sends it (`field.get_db_prep_save`), None included;
+    an expression or a model instance among the changes goes through `update()` itself.
+    Returns the number of rows changed.
+    """
+
+    def __init__(self, build: Callable[..., QuerySet], *, using: str = DEFAULT_DB_ALIAS) -> None:
+        self._build = build
+        self._using = using
+        self._compiled: dict[tuple, tuple[str, list, list]] = {}
+        self._lock = threading.Lock()
+
+    def run(self, *, where: dict[str, Any], changes: dict[str, Any]) -> int:
+        for name, value in where.items():
+            if value is None:
+                raise ValueError(f"statement value {name!r} is None: use a statement that filters on NULL")
+        connection = connections[self._using]
+        if connection.vendor != "postgresql" or any(
+                hasattr(v, "resolve_expression") or hasattr(v, "prepare_database_save") for v in changes.values()):
+            return self._build(**where).update(**changes)
+        shape = tuple(changes)
+        compiled = self._compiled.get(shape) or self._compile(shape, where, changes)
+        sql, fields, slots = compiled
+        try:
+            params = (*(field.get_db_prep_save(changes[name], connection=connection) for name, field in fields),
+                      *(slot.value(where) if isinstance(slot, _Slot) else slot for slot in slots))
+        except _Unbound:
+            return self._build(**where).update(**changes)
+        cursor_of = getattr(connection, "prepared_cursor", connection.cursor)
+        with transaction.mark_for_rollback_on_error(using=self._using), cursor_of() as cursor:
+            cursor.execute(sql, params)
+            return cursor.rowcount
+
+    def _compile(self, shape: tuple, where: dict[str, Any], changes: dict[str, Any]) -> tuple[str, list, list]:
+        with self._lock:
+            if shape in self._compiled:
+                return self._compiled[shape]
+            sentinels, others = _sentinel_pair(where)
+            (sql, params), (other_sql, other_params) = (self._caught(w, changes) for w in (sentinels, others))
+            if other_sql != sql or len(other_params) != len(params):
+                raise ImproperlyConfigured("statement: its SQL depends on the values; give each shape a statement")
+            model = self._build(**sentinels).model
+            connection = connections[self._using]
+            fields = [(name, model._meta.get_field(name)) for name in shape]
+            setting = ", ".join(f"{connection.ops.quote_name(field.column)} = %s" for _, field in fields)
+            if not sql.startswith(f"UPDATE {connection.ops.quote_name(model._meta.db_table)} SET {setting} WHERE "):
+                raise ImproperlyConfigured(f"statement: an UPDATE not of the expected shape: {sql[:200]}")
+            n = len(fields)
+            compiled = (sql, fields, _slots(params[n:], other_params[n:], sentinels, others))
+            self._compiled[shape] = compiled
+            return compiled
+
+    def _caught(self, where: dict[str, Any], changes: dict[str, Any]) -> tuple[str, tuple]:
+        """The SQL and parameters `queryset.update(**changes)` would send for these values (its
+        query, compiled; nothing reaches the database or its query log)."""
+        query = self._build(**where).query.chain(UpdateQuery)
+        query.add_update_values(changes)
+        if query.related_updates or query.order_by:
+            raise ImproperlyConfigured("statement: an UPDATE of parent tables or with an ordering is not cached")
+        query.clear_select_clause()
+        return query.get_compiler(self._using).as_sql()

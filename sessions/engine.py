@@ -50,7 +50,7 @@ from agents.signals import ReceiverFailed
 from opscore_site import metrics
 from opscore_site.dbdown import DATABASE_ERRORS
 from opscore_site.errors import ApplicationError
-from opscore_site.statements import Statement
+from opscore_site.statements import Statement, Update
 from sessions.models import Actor, ControlEvent, FleetDispatch, QuarantineEvent, Session, Task, TaskAttempt, TaskEvent
 from workflows.models import WorkflowDefinition
 from workflows.schema import StepSpec, WorkflowSpec, validate_definition
@@ -222,7 +222,7 @@ def task_transition(*, task: Task, to: str, by: By, reason: str = "", **changes:
     now = timezone.now()
     if to == S.QUEUED:
         changes["enqueued_at"] = now
-    changed = Task.objects.filter(pk=task.pk, status=old).update(status=to, updated_at=now, **changes)
+    changed = _TASK_MOVE.run(where={"pk": task.pk, "old": old}, changes={"status": to, "updated_at": now, **changes})
     if changed != 1:
         raise InvalidTransition(f"task {task.pk} changed underneath us (was {old})")
     for name, value in changes.items():
@@ -262,7 +262,8 @@ def session_transition(*, session: Session, to: str, by: By, reason: str = "", *
         changes.setdefault("paused_at", now)
     elif old == SS.PAUSED:
         changes.setdefault("paused_at", None)
-    changed = Session.objects.filter(pk=session.pk, status=old).update(status=to, updated_at=now, **changes)
+    changed = _SESSION_MOVE.run(where={"pk": session.pk, "old": old},
+                                changes={"status": to, "updated_at": now, **changes})
     if changed != 1:
         raise InvalidTransition(f"session {session.pk} changed underneath us (was {old})")
     for name, value in changes.items():
@@ -280,12 +281,21 @@ def attempt_transition(*, task_id, number: int, to: str, **changes: Any) -> bool
     move to `to`: a report, a timeout, a cancel or AgentKit's answer closed it first. The
     attempt row is its own history (no TaskEvent).
     """
-    sources = [old for old, allowed in ATTEMPT_ALLOWED.items() if to in allowed]
-    if not sources:
-        raise InvalidTransition(f"no attempt outcome moves to {to}")
-    changed = (TaskAttempt.objects.filter(task_id=task_id, number=number, outcome__in=sources)
-               .update(outcome=to, **changes))
-    return changed == 1
+    move = _ATTEMPT_MOVES.get(to)
+    if move is None:
+        sources = [old for old, allowed in ATTEMPT_ALLOWED.items() if to in allowed]
+        if not sources:
+            raise InvalidTransition(f"no attempt outcome moves to {to}")
+        move = _ATTEMPT_MOVES.setdefault(to, Update(lambda task_id, number: TaskAttempt.objects.filter(
+            task_id=task_id, number=number, outcome__in=sources)))
+    return move.run(where={"task_id": task_id, "number": number}, changes={"outcome": to, **changes}) == 1
+
+
+# The transitions' compare-and-set UPDATEs, compiled once per process and set of changed fields
+# (opscore_site/statements.py); an attempt's, once per outcome it moves to.
+_TASK_MOVE = Update(lambda pk, old: Task.objects.filter(pk=pk, status=old))
+_SESSION_MOVE = Update(lambda pk, old: Session.objects.filter(pk=pk, status=old))
+_ATTEMPT_MOVES: dict[str, Update] = {}
 
 
 def quarantine_transition(*, agent: Agent, to: str, by: By, reason: str, failures: list | None = None,

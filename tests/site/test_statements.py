@@ -153,3 +153,38 @@ def test_an_integer_value_goes_wrapped_as_django_wraps_it():
     # Past the field's range Django compiles the lookup to "nothing matches": the queryset runs itself.
     assert statement.rows(task_id=task.pk, number=2**40) == list(build(task.pk, 2**40)) == []
     assert statement.rows(task_id=task.pk, number=-(2**40)) == list(build(task.pk, -(2**40))) == [3]
+
+
+def test_an_update_changes_what_queryset_update_changes(django_assert_num_queries):
+    from opscore_site.statements import Update
+
+    move = Update(lambda pk, old: Task.objects.filter(pk=pk, status=old))
+    tasks = TaskFactory.create_batch(3)
+    now = timezone.now()
+    with django_assert_num_queries(1):  # the first call compiles, and sends only the UPDATE
+        assert move.run(where={"pk": tasks[0].pk, "old": "queued"},
+                        changes={"status": "dispatched", "updated_at": now, "result": {"a": [1]}, "timeout_at": None}) == 1
+    assert move.run(where={"pk": tasks[0].pk, "old": "queued"},
+                    changes={"status": "dispatched", "updated_at": now, "result": {}, "timeout_at": None}) == 0
+    assert move.run(where={"pk": tasks[1].pk, "old": "queued"},
+                    changes={"status": "running", "updated_at": now, "result": None, "timeout_at": now}) == 1
+    first, second, third = (Task.objects.get(pk=t.pk) for t in tasks)
+    assert (first.status, first.result, first.timeout_at, first.updated_at) == ("dispatched", {"a": [1]}, None, now)
+    assert (second.status, second.result, second.timeout_at) == ("running", None, now)
+    assert third.status == "queued"
+    # Another set of fields is another shape; an expression goes through update() itself.
+    assert move.run(where={"pk": tasks[2].pk, "old": "queued"}, changes={"attempt": F("attempt") + 2}) == 1
+    assert move.run(where={"pk": tasks[2].pk, "old": "queued"}, changes={"step_id": "other"}) == 1
+    third.refresh_from_db()
+    assert (third.attempt, third.step_id) == (2, "other")
+
+
+def test_an_update_refuses_none_in_its_where_and_a_transformed_value():
+    from opscore_site.statements import Update
+
+    with pytest.raises(ValueError, match="'old' is None"):
+        Update(lambda pk, old: Task.objects.filter(pk=pk, status=old)).run(
+            where={"pk": TaskFactory().pk, "old": None}, changes={"status": "queued"})
+    with pytest.raises(ImproperlyConfigured, match=r"\['name'\]"):
+        Update(lambda name: Agent.objects.filter(name__startswith=name)).run(where={"name": "A"},
+                                                                            changes={"version": "2"})
