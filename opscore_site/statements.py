@@ -1,4 +1,4 @@
-"""ORM reads compiled to SQL once per process, for the engine's hot paths.
+"""ORM reads and UPDATEs compiled to SQL once per process, for the engine's hot paths.
 
 Building and compiling a queryset costs Django 0.5-2 ms of CPU (a three-table locking read
 with an annotation is the dear end), several times per workflow step, while PostgreSQL runs
@@ -24,7 +24,13 @@ What cannot be cached this way fails on the first call, never runs wrong:
   instance for its key, a value the builder computes from another) is not found among the
   parameters: `ImproperlyConfigured`, naming it. Pass the computed value itself instead;
 - None is refused (`ValueError`): a filter on None compiles to IS NULL, which another value
-  cannot take the place of. A caller with an optional value keeps two statements.
+  cannot take the place of. A caller with an optional value keeps two statements;
+- a builder whose SQL changes with its values (a slice's LIMIT is written into the SQL);
+- an integer beyond its field's range (Django compiles such a lookup to "all" or "none") runs
+  the queryset itself.
+
+`Update` does the same for the compare-and-set UPDATEs of the engine's transitions: the rows
+a builder selects, the changed fields named at each call (a statement per set of names).
 
 Only on PostgreSQL (the demo's SQLite adapts values on their way, and is not a hot path): on
 another database every call builds and runs the queryset itself.
@@ -41,7 +47,6 @@ from typing import Any, Callable
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
-from django.db.transaction import TransactionManagementError
 from django.db.models import QuerySet
 from django.db.models.sql import UpdateQuery
 
@@ -141,7 +146,8 @@ class Statement:
             return list(self._build(**values))
         compiled = self._compiled.get(self._using) or self._compile(self._using, values)
         if compiled.locks and not connections[self._using].in_atomic_block:  # as Django's own check
-            raise TransactionManagementError("select_for_update cannot be used outside of a transaction.")
+            raise transaction.TransactionManagementError(
+                "select_for_update cannot be used outside of a transaction.")
         try:
             bound = self._bound(compiled, self._using, values)
         except _Unbound:

@@ -11,8 +11,9 @@ server lost in the middle of a request.
 
 `prepared_cursor()` gives a cursor with server-side parameters whose statements are
 prepared once per connection (parsed and planned once, then executed by name): for the one
-statement of a state report. Django's own cursors stay client-side, as configured. (A
-pooler in transaction mode in front of PostgreSQL would need `prepared_cursor` unused.)
+statement of a state report, the throttle's, and the engine's statements compiled once per
+process (opscore_site/statements.py). Django's own cursors stay client-side, as configured.
+(A pooler in transaction mode in front of PostgreSQL would need `prepared_cursor` unused.)
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def prepared_cursor(self):
         """Like `cursor()` (health check, query logging, error wrapping), but a PreparedCursor.
 
-        Its SQL must type every parameter (`%(x)s::text`): they are sent untyped.
+        Strings are sent untyped: PostgreSQL types a parameter from its context (`col = %s`), and
+        one it cannot (a bare `%s` in a select list) must be cast in the SQL (`%(x)s::text`).
         """
         self.close_if_health_check_failed()
         self.ensure_connection()

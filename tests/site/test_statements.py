@@ -162,8 +162,9 @@ def test_an_update_changes_what_queryset_update_changes(django_assert_num_querie
     tasks = TaskFactory.create_batch(3)
     now = timezone.now()
     with django_assert_num_queries(1):  # the first call compiles, and sends only the UPDATE
-        assert move.run(where={"pk": tasks[0].pk, "old": "queued"},
-                        changes={"status": "dispatched", "updated_at": now, "result": {"a": [1]}, "timeout_at": None}) == 1
+        changed = move.run(where={"pk": tasks[0].pk, "old": "queued"},
+                           changes={"status": "dispatched", "updated_at": now, "result": {"a": [1]}, "timeout_at": None})
+    assert changed == 1
     assert move.run(where={"pk": tasks[0].pk, "old": "queued"},
                     changes={"status": "dispatched", "updated_at": now, "result": {}, "timeout_at": None}) == 0
     assert move.run(where={"pk": tasks[1].pk, "old": "queued"},
