@@ -1227,10 +1227,15 @@ def dispatch_hold(*, session: Session) -> str | None:
     """
     if session.status == SS.PAUSED:
         return "session is paused"
-    if session.status == SS.PENDING and WorkflowDefinition.objects.filter(
-            pk=session.definition_id, paused_at__isnull=False).exists():
+    if (session.status == SS.PENDING and session.definition_id is not None  # None: the definition was deleted
+            and _DEFINITION_PAUSED.first(definition_id=session.definition_id) is not None):
         return f"workflow definition '{session.workflow_id}' is paused"
     return None
+
+
+# `dispatch_hold`'s read, compiled once per process (opscore_site/statements.py).
+_DEFINITION_PAUSED = Statement(lambda definition_id: WorkflowDefinition.objects.filter(
+    pk=definition_id, paused_at__isnull=False).values_list("pk", flat=True)[:1])
 
 
 def fleet_dispatch_off() -> str | None:

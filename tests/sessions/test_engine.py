@@ -132,6 +132,16 @@ def test_a_job_for_a_task_that_no_longer_exists_does_nothing(q_sync, agentkit_st
     assert not agentkit_stub.requests
 
 
+def test_a_pending_session_whose_definition_was_deleted_is_dispatched(agentkit_stub):
+    session = start()
+    session.definition.delete()  # the session keeps its snapshot; its definition_id becomes NULL
+    session.refresh_from_db()
+    assert session.definition_id is None and session.status == SS.PENDING
+    assert dispatch.task_dispatch(task_id=task_of(session).pk).outcome == "dispatched"
+    session.refresh_from_db()
+    assert session.status == SS.RUNNING
+
+
 def test_a_job_takes_its_task_id_as_text_and_a_malformed_one_is_skipped_with_the_reason(q_sync, agentkit_stub):
     session = start()
     second = dispatch.task_dispatch(task_id="not-a-uuid")
