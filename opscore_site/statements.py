@@ -263,7 +263,7 @@ class Update:
             if shape in self._compiled:
                 return self._compiled[shape]
             sentinels, others = _sentinel_pair(where)
-            (sql, params), (other_sql, other_params) = (self._caught(w, changes) for w in (sentinels, others))
+            (sql, params), (other_sql, other_params) = (self._sql_of(w, changes) for w in (sentinels, others))
             if other_sql != sql or len(other_params) != len(params):
                 raise ImproperlyConfigured("statement: its SQL depends on the values; give each shape a statement")
             model = self._build(**sentinels).model
@@ -277,7 +277,7 @@ class Update:
             self._compiled[shape] = compiled
             return compiled
 
-    def _caught(self, where: dict[str, Any], changes: dict[str, Any]) -> tuple[str, tuple]:
+    def _sql_of(self, where: dict[str, Any], changes: dict[str, Any]) -> tuple[str, tuple]:
         """The SQL and parameters `queryset.update(**changes)` would send for these values (its
         query, compiled; nothing reaches the database or its query log)."""
         query = self._build(**where).query.chain(UpdateQuery)
