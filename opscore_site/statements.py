@@ -64,7 +64,7 @@ class _Slot:
         value = values[self.name]
         if self.wrap is None:
             return value
-        if not -_INT_LIMITS.get(self.wrap.__name__, 0) <= value < _INT_LIMITS.get(self.wrap.__name__, 0):
+        if not -_INT_LIMITS[self.wrap.__name__] <= value < _INT_LIMITS[self.wrap.__name__]:
             raise _Unbound  # beyond the field's range, where Django's lookup compiles to something else
         return self.wrap(value)
 
@@ -109,18 +109,31 @@ def _sentinel_pair(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
             {name: _sentinel(name, value) for name, value in values.items()})
 
 
-def _slots(params: tuple, other_params: tuple, sentinels: dict[str, Any], others: dict[str, Any]) -> list:
-    """The parameters compiled with `sentinels` and with `others`: a position is a name's when it
-    holds that name's sentinel both times (a constant that happens to equal one is not)."""
+def _refuse_none(values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        if value is None:
+            raise ValueError(f"statement value {name!r} is None: use a statement that filters on NULL")
+
+
+def _slots(compiled: tuple[str, tuple], other: tuple[str, tuple], sentinels: dict[str, Any],
+           others: dict[str, Any]) -> list:
+    """The (SQL, parameters) compiled with `sentinels` and with `others`: a position is a name's
+    when it holds that name's sentinel both times (a constant that happens to equal one is not)."""
+    (sql, params), (other_sql, other_params) = compiled, other
+    if other_sql != sql or len(other_params) != len(params):
+        raise ImproperlyConfigured("statement: its SQL depends on the values; give each shape a statement")
     slots: list = []
     found = set()
-    for param, other in zip(params, other_params):
-        name = next((n for n in sentinels if _holds(param, sentinels[n]) and _holds(other, others[n])), None)
+    for param, other_param in zip(params, other_params):
+        name = next((n for n in sentinels if _holds(param, sentinels[n]) and _holds(other_param, others[n])), None)
         if name is None:
             slots.append(param)
-        else:
-            slots.append(_Slot(name, None if type(param) is type(sentinels[name]) else type(param)))
-            found.add(name)
+            continue
+        wrap = None if type(param) is type(sentinels[name]) else type(param)
+        if wrap is not None and wrap.__name__ not in _INT_LIMITS:
+            raise ImproperlyConfigured(f"statement value {name!r} reaches the SQL as a {wrap.__name__}")
+        slots.append(_Slot(name, wrap))
+        found.add(name)
     if missing := sorted(sentinels.keys() - found):
         raise ImproperlyConfigured(
             f"statement values {missing} do not reach the SQL as given (transformed or computed on "
@@ -129,22 +142,20 @@ def _slots(params: tuple, other_params: tuple, sentinels: dict[str, Any], others
 
 
 class Statement:
-    """A read built by `build(**values)`, compiled once per database; see the module docstring."""
+    """A read built by `build(**values)` on database `using`, compiled once; see the module docstring."""
 
     def __init__(self, build: Callable[..., QuerySet], *, using: str = DEFAULT_DB_ALIAS) -> None:
         self._build = build
         self._using = using
-        self._compiled: dict[str, _Compiled] = {}
+        self._compiled: _Compiled | None = None
         self._lock = threading.Lock()
 
     def rows(self, **values: Any) -> list:
         """What `list(queryset)` gives for these values."""
-        for name, value in values.items():
-            if value is None:
-                raise ValueError(f"statement value {name!r} is None: use a statement that filters on NULL")
+        _refuse_none(values)
         if connections[self._using].vendor != "postgresql":
             return list(self._build(**values))
-        compiled = self._compiled.get(self._using) or self._compile(self._using, values)
+        compiled = self._compiled or self._compile(values)
         if compiled.locks and not connections[self._using].in_atomic_block:  # as Django's own check
             raise transaction.TransactionManagementError(
                 "select_for_update cannot be used outside of a transaction.")
@@ -159,20 +170,17 @@ class Statement:
         rows = self.rows(**values)
         return rows[0] if rows else None
 
-    def _compile(self, db: str, values: dict[str, Any]) -> _Compiled:
+    def _compile(self, values: dict[str, Any]) -> _Compiled:
         with self._lock:
-            if db in self._compiled:
-                return self._compiled[db]
+            if self._compiled is not None:
+                return self._compiled
             sentinels, others = _sentinel_pair(values)
             queryset = self._build(**sentinels)
-            compiler = queryset.query.get_compiler(using=db)
+            compiler = queryset.query.get_compiler(using=self._using)
             sql, params = compiler.as_sql()
-            other_sql, other_params = self._build(**others).query.get_compiler(using=db).as_sql()
-            if other_sql != sql or len(other_params) != len(params):
-                raise ImproperlyConfigured("statement: its SQL depends on the values; give each shape a statement")
-            compiled = _Compiled(queryset, compiler, sql, _slots(params, other_params, sentinels, others))
-            self._compiled[db] = compiled
-            return compiled
+            other = self._build(**others).query.get_compiler(using=self._using).as_sql()
+            self._compiled = _Compiled(queryset, compiler, sql, _slots((sql, params), other, sentinels, others))
+            return self._compiled
 
     @staticmethod
     def _bound(compiled: _Compiled, db: str, values: dict[str, Any]) -> QuerySet:
@@ -219,7 +227,7 @@ class _BoundQuery:
 
 class Update:
     """An UPDATE of the rows `build(**where)` selects (a Statement's builder), compiled once per
-    database and tuple of changed fields, as `queryset.update(**changes)` compiles it.
+    tuple of changed fields, as `queryset.update(**changes)` compiles it.
 
         MOVE = Update(lambda pk, old: Task.objects.filter(pk=pk, status=old))
         changed = MOVE.run(where={"pk": task.pk, "old": "queued"}, changes={"status": "dispatched"})
@@ -238,9 +246,7 @@ class Update:
         self._lock = threading.Lock()
 
     def run(self, *, where: dict[str, Any], changes: dict[str, Any]) -> int:
-        for name, value in where.items():
-            if value is None:
-                raise ValueError(f"statement value {name!r} is None: use a statement that filters on NULL")
+        _refuse_none(where)
         connection = connections[self._using]
         if connection.vendor != "postgresql" or any(
                 hasattr(v, "resolve_expression") or hasattr(v, "prepare_database_save") for v in changes.values()):
@@ -263,9 +269,8 @@ class Update:
             if shape in self._compiled:
                 return self._compiled[shape]
             sentinels, others = _sentinel_pair(where)
-            (sql, params), (other_sql, other_params) = (self._sql_of(w, changes) for w in (sentinels, others))
-            if other_sql != sql or len(other_params) != len(params):
-                raise ImproperlyConfigured("statement: its SQL depends on the values; give each shape a statement")
+            sql, params = self._sql_of(sentinels, changes)
+            other_sql, other_params = self._sql_of(others, changes)
             model = self._build(**sentinels).model
             connection = connections[self._using]
             fields = [(name, model._meta.get_field(name)) for name in shape]
@@ -273,7 +278,7 @@ class Update:
             if not sql.startswith(f"UPDATE {connection.ops.quote_name(model._meta.db_table)} SET {setting} WHERE "):
                 raise ImproperlyConfigured(f"statement: an UPDATE not of the expected shape: {sql[:200]}")
             n = len(fields)
-            compiled = (sql, fields, _slots(params[n:], other_params[n:], sentinels, others))
+            compiled = (sql, fields, _slots((sql, params[n:]), (other_sql, other_params[n:]), sentinels, others))
             self._compiled[shape] = compiled
             return compiled
 
