@@ -1,4 +1,4 @@
-"""ORM reads and UPDATEs compiled to SQL once per process, for the engine's hot paths.
+"""ORM reads, UPDATEs and INSERTs compiled to SQL once per process, for the engine's hot paths.
 
 Building and compiling a queryset costs Django 0.5-2 ms of CPU (a three-table locking read
 with an annotation is the dear end), several times per workflow step, while PostgreSQL runs
@@ -31,6 +31,8 @@ What cannot be cached this way fails on the first call, never runs wrong:
 
 `Update` does the same for the compare-and-set UPDATEs of the engine's transitions: the rows
 a builder selects, the changed fields named at each call (a statement per set of names).
+`Insert` does it for the rows a step creates (its task, attempt and events; a trigger's
+session): Django's own INSERT, compiled once per number of rows.
 
 Only on PostgreSQL (the demo's SQLite adapts values on their way, and is not a hot path): on
 another database every call builds and runs the queryset itself.
@@ -39,6 +41,7 @@ another database every call builds and runs the queryset itself.
 from __future__ import annotations
 
 import copy
+import itertools
 import random
 import threading
 import uuid
@@ -47,8 +50,8 @@ from typing import Any, Callable
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
-from django.db.models import QuerySet
-from django.db.models.sql import UpdateQuery
+from django.db.models import QuerySet, signals
+from django.db.models.sql import InsertQuery, UpdateQuery
 
 
 class _Slot:
@@ -77,11 +80,15 @@ class _Unbound(Exception):
 
 
 class _Compiled:
-    __slots__ = ("queryset", "compiler", "sql", "slots", "locks")
+    __slots__ = ("queryset", "compiler", "sql", "slots", "locks", "converters")
 
     def __init__(self, queryset: QuerySet, compiler: Any, sql: str, slots: list) -> None:
         self.queryset, self.compiler, self.sql, self.slots = queryset, compiler, sql, slots
         self.locks = queryset.query.select_for_update
+        # The row converters of the select list (a JSON field's loads, say), which the compiler would
+        # work out again at every call. PostgreSQL has no backend converters: a field's own do not
+        # depend on the connection they were found with.
+        self.converters = compiler.get_converters([s[0] for s in compiler.select[0:compiler.col_count]])
 
 
 def _sentinel(name: str, value: Any) -> Any:
@@ -190,8 +197,10 @@ class Statement:
         compiler = copy.copy(compiled.compiler)  # select, klass_info, col_count: set by the first compile
         connection = connections[db]  # this thread's connection
         compiler.connection = _Prepared(connection) if hasattr(connection, "prepared_cursor") else connection
-        sql = compiled.sql
+        sql, converters, count = compiled.sql, compiled.converters, compiled.compiler.col_count
         compiler.as_sql = lambda *args, **kwargs: (sql, params)
+        compiler.get_converters = lambda expressions: (
+            converters if len(expressions) == count else type(compiler).get_converters(compiler, expressions))
         queryset = object.__new__(type(compiled.queryset))
         queryset.__dict__.update(compiled.queryset.__dict__, _result_cache=None,
                                  _query=_BoundQuery(compiled.queryset.query, compiler))
@@ -291,3 +300,115 @@ class Update:
             raise ImproperlyConfigured("statement: an UPDATE of parent tables or with an ordering is not cached")
         query.clear_select_clause()
         return query.get_compiler(self._using).as_sql()
+
+
+class Insert:
+    """INSERTs of new rows of `model`, compiled once per number of rows, as `Model.save()` and
+    `bulk_create()` compile them: the SQL is Django's own, only its building is cached.
+
+        EVENTS = Insert(TaskEvent)
+        EVENTS.save(*events)  # instances built by the caller: pk and returned fields assigned
+
+    `save(*objs)` does what `obj.save(force_insert=True)` does for each (related fields checked,
+    `pre_save` run: a default or auto_now is taken then, the primary key or returned fields set on
+    the instance, `_state` marked saved), in one statement on the prepared cursor. Each value is
+    sent as Django sends it (`field.get_db_prep_save`); the first call of a shape checks that the
+    parameters it builds are those of Django's compiler, and refuses (`ImproperlyConfigured`) a
+    model it cannot compile this way (parents, database defaults, generated fields).
+    An expression or a database default among the values, a pre_save or post_save receiver
+    connected for the model, or another database than PostgreSQL: each instance is saved by
+    `save(force_insert=True)` itself.
+    """
+
+    def __init__(self, model: type, *, using: str = DEFAULT_DB_ALIAS) -> None:
+        meta = model._meta
+        if meta.parents or any(f.generated or f.has_db_default() for f in meta.local_concrete_fields):
+            raise ImproperlyConfigured(f"Insert({model.__name__}): parents, database defaults or generated "
+                                       f"fields are not compiled; use save()")
+        self._model = model
+        self._using = using
+        self._compiled: dict[tuple, tuple] = {}
+        self._lock = threading.Lock()
+
+    def save(self, *objs: Any) -> None:
+        if not objs:
+            return
+        connection = connections[self._using]
+        meta = self._model._meta
+        if connection.vendor != "postgresql" or signals.pre_save.has_listeners(self._model) or \
+                signals.post_save.has_listeners(self._model):
+            return self._saved_one_by_one(objs)
+        pk_set = [obj._is_pk_set(meta) for obj in objs]
+        if any(pk_set) and not all(pk_set):
+            return self._saved_one_by_one(objs)
+        shape = (len(objs), pk_set[0])
+        for obj in objs:
+            obj._prepare_related_fields_for_save(operation_name="save")
+        compiled = self._compiled.get(shape)
+        fields = compiled[1] if compiled else self._fields(pk_set[0])
+        rows = [[field.pre_save(obj, add=True) for field in fields] for obj in objs]
+        if any(hasattr(value, "resolve_expression") for row in rows for value in row):
+            return self._saved_one_by_one(objs)  # an expression (a DatabaseDefault among them)
+        rows = [[field.get_db_prep_save(value, connection=connection) for field, value in zip(fields, row)]
+                for row in rows]
+        if compiled is None:
+            compiled = self._compile(shape, objs, fields, rows)
+        sql, fields, unnest, returning, converters, compiler = compiled
+        params = _insert_params(rows, unnest)
+        cursor_of = getattr(connection, "prepared_cursor", connection.cursor)
+        with transaction.mark_for_rollback_on_error(using=self._using), cursor_of() as cursor:
+            cursor.execute(sql, params)
+            returned = cursor.fetchall() if returning else ()
+        if converters:
+            returned = compiler.apply_converters(returned, converters)
+        for obj, values in itertools.zip_longest(objs, returned, fillvalue=()):
+            for field, value in zip(returning, values):
+                setattr(obj, field.attname, value)
+            obj._state.adding, obj._state.db = False, self._using
+
+    def _saved_one_by_one(self, objs: tuple) -> None:
+        for obj in objs:
+            obj.save(force_insert=True, using=self._using)
+
+    def _fields(self, pk_set: bool) -> list:
+        meta = self._model._meta
+        return [f for f in meta.local_concrete_fields if pk_set or f is not meta.auto_field]
+
+    def _compile(self, shape: tuple, objs: tuple, fields: list, rows: list) -> tuple:
+        """Django's compiler, run once for this shape: its SQL, and the check that the parameters
+        built at each call are the ones it builds."""
+        with self._lock:
+            if shape in self._compiled:
+                return self._compiled[shape]
+            meta = self._model._meta
+            returning = list(meta.db_returning_fields)
+            query = InsertQuery(self._model)
+            query.insert_values(fields, objs, raw=True)  # the values pre_save gave (an auto_now: once)
+            compiler = query.get_compiler(using=self._using)
+            compiler.returning_fields = returning
+            [(sql, django_params)] = compiler.as_sql()
+            unnest = "UNNEST(" in sql and len(objs) > 1
+            params = _insert_params(rows, unnest)
+            if compiler.returning_params or not _same_params(params, django_params):
+                raise ImproperlyConfigured(f"Insert({self._model.__name__}): Django compiles its parameters "
+                                           f"otherwise: {sql[:200]}")
+            converters = compiler.get_converters([f.get_col(meta.db_table) for f in returning])
+            compiled = (sql, fields, unnest, returning, converters, compiler)
+            self._compiled[shape] = compiled
+            return compiled
+
+
+def _insert_params(rows: list, unnest: bool) -> tuple:
+    """An INSERT's parameters as Django's compiler lays them out: row after row in VALUES, or one
+    array a column for its UNNEST form (several rows on PostgreSQL)."""
+    return tuple(map(list, zip(*rows))) if unnest else tuple(value for row in rows for value in row)
+
+
+def _same_params(mine: Any, django: Any) -> bool:
+    """The same parameters, adapter wrappers (psycopg's Jsonb) compared by what they wrap."""
+    if isinstance(mine, (list, tuple)):
+        return (type(mine) is type(django) or isinstance(django, (list, tuple))) and len(mine) == len(django) and \
+            all(_same_params(a, b) for a, b in zip(mine, django))
+    if type(mine) is not type(django):
+        return False
+    return mine == django or (hasattr(mine, "obj") and mine.obj == django.obj)

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from agents import agentkit
 from agents.models import Agent
-from opscore_site.statements import Statement
+from opscore_site.statements import Insert, Statement
 from sessions import engine
 from sessions.engine import By
 from sessions.models import Session, Task, TaskAttempt
@@ -100,6 +100,7 @@ def _checks(agent_id: str, since: datetime | None = None):
 
 _CHECKS = Statement(lambda agent_id: _checks(agent_id))  # an agent that never reported
 _CHECKS_SINCE = Statement(lambda agent_id, since: _checks(agent_id, since))
+_ATTEMPT = Insert(TaskAttempt)
 
 
 def _claim_locked(task_id: uuid.UUID) -> tuple[Task, TaskAttempt] | DispatchResult:
@@ -137,7 +138,8 @@ def _claim_locked(task_id: uuid.UUID) -> tuple[Task, TaskAttempt] | DispatchResu
         return _left_queued(task, "busy", f"agent may still be working on cancelled task {held.pk}")
     number = task.attempt + 1
     probe = engine.probe_claim(agent=agent, task=task)
-    attempt = TaskAttempt.objects.create(task=task, number=number, reference_at=now, agent=agent)
+    attempt = TaskAttempt(task=task, number=number, reference_at=now, agent=agent)
+    _ATTEMPT.save(attempt)
     engine.task_transition(
         task=task, to=S.DISPATCHED, by=By.system(),
         reason=f"attempt {number} sent to AgentKit" + (" (probe after quarantine)" if probe else ""),

@@ -50,7 +50,7 @@ from agents.signals import ReceiverFailed
 from opscore_site import metrics
 from opscore_site.dbdown import DATABASE_ERRORS
 from opscore_site.errors import ApplicationError
-from opscore_site.statements import Statement, Update
+from opscore_site.statements import Insert, Statement, Update
 from sessions.models import Actor, ControlEvent, FleetDispatch, QuarantineEvent, Session, Task, TaskAttempt, TaskEvent
 from workflows.models import WorkflowDefinition
 from workflows.schema import StepSpec, WorkflowSpec, validate_definition
@@ -178,6 +178,8 @@ class By:
 # The events of one step (a task completed and the next one queued; a session started and its first
 # task queued) go to the database in one INSERT at the end of the step (`events_in_one_insert`).
 _event_batch: contextvars.ContextVar[list[TaskEvent] | None] = contextvars.ContextVar("event_batch", default=None)
+# The INSERTs of every step, compiled once per process (opscore_site/statements.py).
+_EVENTS, _TASKS, _SESSIONS, _ATTEMPTS = Insert(TaskEvent), Insert(Task), Insert(Session), Insert(TaskAttempt)
 
 
 @contextmanager
@@ -189,7 +191,7 @@ def events_in_one_insert():
     finally:
         _event_batch.reset(token)
     if batch:  # only when the step did not raise: its transaction goes on, and so must its events
-        TaskEvent.objects.bulk_create(batch)
+        _EVENTS.save(*batch)
 
 
 def _event(*, session_id, task_id=None, old: str, new: str, by: By, reason: str, attempt=None) -> None:
@@ -206,7 +208,7 @@ def _event(*, session_id, task_id=None, old: str, new: str, by: By, reason: str,
     )
     batch = _event_batch.get()
     if batch is None:
-        event.save(force_insert=True)
+        _EVENTS.save(event)
     else:
         batch.append(event)
 
@@ -416,7 +418,7 @@ def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: 
     send = status == S.QUEUED and session.status != SS.PAUSED
     if send and behind and _waits_its_turn(agent=session.agent, step=step):
         send = False
-    task = Task.objects.create(
+    task = Task(
         session=session,
         agent_id=session.agent_id,
         step_id=step.taskId,
@@ -436,6 +438,7 @@ def _new_task(*, session: Session, step: StepSpec, payload: dict[str, Any], by: 
         pinned=step.pinToSessionAgent,
         queue_timeout_seconds=step.queueTimeoutSeconds,
     )
+    _TASKS.save(task)
     # The history reads as before: created (pending) and queued at once.
     if status != S.PENDING:
         _event(session_id=session.pk, task_id=task.pk, old=S.PENDING, new=status, by=by, reason=reason)
@@ -487,7 +490,7 @@ def session_start(
     spec = validate_definition(definition.spec)
     # No savepoint inside a caller's transaction (the trigger's): an error here ends it anyway.
     with transaction.atomic(savepoint=False), events_in_one_insert():
-        session = Session.objects.create(
+        session = Session(
             definition=definition,
             workflow_id=definition.pk,
             definition_revision=definition.revision,
@@ -499,6 +502,7 @@ def session_start(
             request_fingerprint=request_fingerprint,
             created_by=by.user if by.actor == Actor.OPERATOR else None,
         )
+        _SESSIONS.save(session)
         _event(session_id=session.pk, old="", new=SS.PENDING, by=by, reason="session started")
         _new_task(session=session, step=spec.first_step, payload=_payload_for(
             spec.first_step, base=initial_payload, previous_result=None), by=by, after=None, reason="first step",
@@ -929,7 +933,7 @@ def task_queue_timeout(*, task: Task) -> Task:
     waited = int((now - task.waiting_since).total_seconds()) if task.waiting_since else 0
     error = f"no agent could take the task within {waited}s: {task.routing_note or 'waiting for an agent'}"
     number = task.attempt + 1
-    TaskAttempt.objects.create(task=task, number=number, reference_at=now, started_at=now)
+    _ATTEMPTS.save(TaskAttempt(task=task, number=number, reference_at=now, started_at=now))
     attempt_transition(task_id=task.pk, number=number, to=Outcome.FAILED, error=error[:5000], ended_at=now)
     task_transition(task=task, to=S.FAILED, by=By.system(), reason=error, attempt=number, last_error=error[:5000],
                     waiting_since=None, queue_deadline_at=None, finished_at=now)

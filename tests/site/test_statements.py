@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef
@@ -10,9 +11,9 @@ from django.utils import timezone
 
 from agents.models import Agent
 from opscore_site.statements import Statement
-from sessions.models import Task
+from sessions.models import Task, TaskEvent
 from tests.agents.factories import AgentFactory
-from tests.sessions.factories import TaskFactory
+from tests.sessions.factories import SessionFactory, TaskFactory
 from tests.sql import sql_of
 
 pytestmark = pytest.mark.django_db
@@ -189,3 +190,97 @@ def test_an_update_refuses_none_in_its_where_and_a_transformed_value():
     with pytest.raises(ImproperlyConfigured, match=r"\['name'\]"):
         Update(lambda name: Agent.objects.filter(name__startswith=name)).run(where={"name": "A"},
                                                                             changes={"version": "2"})
+
+
+def _columns(obj) -> list:
+    return [getattr(obj, f.attname) for f in type(obj)._meta.concrete_fields]
+
+
+def _events(session, n: int, **extra) -> list:
+    extra.setdefault("created_at", timezone.now())
+    return [TaskEvent(session=session, task=None, old_status="", new_status=f"s{i}", actor="system",
+                      reason=f"event {i}", attempt=i or None, **extra) for i in range(n)]
+
+
+def test_an_insert_stores_what_save_stores_and_sets_the_returned_key(django_assert_num_queries):
+    from opscore_site.statements import Insert
+
+    insert = Insert(TaskEvent)
+    session = SessionFactory()
+    for n in (1, 3, 1, 3):  # a single row (VALUES) and several (Django's UNNEST), each compiled once
+        at = timezone.now()
+        mine, theirs = _events(session, n, created_at=at), _events(session, n, created_at=at)
+        with django_assert_num_queries(1) as captured:
+            insert.save(*mine)
+        [query] = captured.captured_queries
+        assert query["sql"].startswith("QUERY = ")  # the prepared cursor's
+        assert sql_of(query).startswith('INSERT INTO "opscore_sessions_taskevent"')
+        for event in theirs:
+            event.save(force_insert=True)
+        for got, want in zip(mine, theirs):
+            assert got.pk is not None and not got._state.adding and got._state.db == "default"
+            stored, expected = TaskEvent.objects.get(pk=got.pk), TaskEvent.objects.get(pk=want.pk)
+            assert _columns(stored)[1:] == _columns(expected)[1:] == _columns(got)[1:]
+    assert len({e.pk for e in TaskEvent.objects.all()}) == TaskEvent.objects.count() == 16
+
+
+def test_an_insert_of_a_model_with_its_own_key_takes_json_and_none_as_save_does():
+    from opscore_site.statements import Insert
+
+    insert = Insert(Task)
+    session = SessionFactory()
+    tasks = [Task(session=session, agent=session.agent, step_id="a", name="A", sequence=1,
+                  payload={"x": [1, "two", None]}, result=None),
+             Task(session=session, agent=session.agent, step_id="b", name="B", sequence=2, payload={}, result=[])]
+    pks = [t.pk for t in tasks]
+    insert.save(*tasks)
+    stored = [Task.objects.get(pk=pk) for pk in pks]
+    assert [t.pk for t in tasks] == pks  # the key was the instance's own
+    assert [(t.payload, t.result) for t in stored] == [({"x": [1, "two", None]}, None), ({}, [])]
+    assert [_columns(s) for s in stored] == [_columns(t) for t in tasks]
+
+
+def test_an_expression_or_a_receiver_sends_each_row_through_save():
+    from django.db.models import signals
+    from django.db.models.functions import Now
+
+    from opscore_site.statements import Insert
+
+    insert = Insert(TaskEvent)
+    session = SessionFactory()
+    [event] = _events(session, 1, created_at=Now())
+    insert.save(event)
+    assert TaskEvent.objects.get(pk=event.pk).created_at is not None
+    seen = []
+
+    def receiver(sender, instance, created, **_):
+        seen.append((instance.new_status, created))
+
+    signals.post_save.connect(receiver, sender=TaskEvent)
+    try:
+        insert.save(*_events(session, 2))
+    finally:
+        signals.post_save.disconnect(receiver, sender=TaskEvent)
+    assert seen == [("s0", True), ("s1", True)]
+
+
+def test_an_insert_refuses_what_save_refuses_and_what_it_cannot_compile():
+    from opscore_site.statements import Insert
+
+    with pytest.raises(ValueError, match="unsaved related object 'actor_user'"):
+        Insert(TaskEvent).save(*_events(SessionFactory(), 1, actor_user=get_user_model()(username="new")))
+    with pytest.raises(ImproperlyConfigured, match="database defaults"):
+        Insert(Agent)  # quarantine_state has a db_default
+
+
+def test_off_postgresql_an_insert_is_save_itself(monkeypatch, django_assert_num_queries):
+    from opscore_site.statements import Insert
+
+    session = SessionFactory()
+    monkeypatch.setattr(connection, "vendor", "sqlite")
+    events = _events(session, 2)
+    with django_assert_num_queries(2):  # one save() each
+        Insert(TaskEvent).save(*events)
+    monkeypatch.undo()
+    assert sorted(TaskEvent.objects.filter(pk__in=[e.pk for e in events]).values_list("new_status", flat=True)) == [
+        "s0", "s1"]
