@@ -20,8 +20,10 @@ open (default): the engine's throughput. A stored two-step workflow is triggered
   3. (--apart, the default) --sessions more with the fleet's dispatch off (engine.fleet_pause): the
      trigger API with nothing else running (rate, p50/p99, CPU per trigger); then dispatch on
      (engine.fleet_resume): the engine with nothing else running, steps/s from the resume and its
-     ratio, CPU per step, enqueue->dispatch and resume->session end. The machine is CPU-bound in
-     phase 2, so its steps/s is the two halves' CPU shared out; phase 3 shows each on its own.
+     ratio, CPU per step, enqueue->dispatch and resume->session end, and the ratio's ceiling on
+     this machine (a step's own job, at a no-op job's CPU, plus the stand-in's CPU per step, with
+     no other work). The machine is CPU-bound in phase 2, so its steps/s is the two halves' CPU
+     shared out; phase 3 shows each on its own.
 closed: the latency loop kept from before: each agent triggers a session through the API,
   waits for it to complete (polling the API), and triggers the next; prints steps/s and
   trigger->dispatch p50/p99.
@@ -148,7 +150,7 @@ def wal_lsn() -> int:
         return cursor.fetchone()[0]
 
 
-def open_loop(args, stack, agents: list[str], noop: float) -> None:
+def open_loop(args, stack, agents: list[str], noop: float, noop_ms: float) -> None:
     from django.db.models import Max, Min
 
     from sessions.models import Session, Task
@@ -202,7 +204,7 @@ def open_loop(args, stack, agents: list[str], noop: float) -> None:
     if errors:
         print("first errors:", errors[:3])
     if args.apart:
-        apart(args, stack, agents, noop)
+        apart(args, stack, agents, noop, noop_ms)
 
 
 def trigger_all(args, stack, agents: list[str]) -> tuple[list[str], list[float], float, list[str]]:
@@ -234,7 +236,7 @@ def trigger_all(args, stack, agents: list[str]) -> tuple[list[str], list[float],
     return ids, calls, seconds, errors
 
 
-def apart(args, stack, agents: list[str], noop: float) -> None:
+def apart(args, stack, agents: list[str], noop: float, noop_ms: float) -> None:
     """3. The two halves apart: --sessions more triggered with the fleet's dispatch off (the trigger
     API with nothing else running), then dispatch turned on (the engine with nothing else running)."""
     from django.db.models import Max
@@ -274,6 +276,10 @@ def apart(args, stack, agents: list[str], noop: float) -> None:
     print(f"  engine alone: {steps} steps in {seconds:.2f}s from the resume = {steps / seconds:.1f} steps/s; "
           f"ratio to no-op jobs/s: {steps / seconds / noop:.2f}")
     print(cpu_line("  per step", engine_cpu, max(steps, 1)))
+    standin_ms = engine_cpu.get("agentkit", 0.0) * 1000 / max(steps, 1)
+    print(f"  ceiling while CPU-bound: a step costs at least its own job ({noop_ms:.1f} ms, as a no-op's) and the "
+          f"stand-in's share ({standin_ms:.1f} ms) on the same cores: ratio <= {noop_ms / (noop_ms + standin_ms):.2f} "
+          f"with no other work at all")
     print(spread("  enqueue->dispatch (every task)", figures["enqueue_dispatch"]))
     print(spread("  resume->session end", ends))
     print(f"  stand-in: duplicate attempts {len(stats['duplicate_attempts'])}, overlaps {len(stats['overlaps'])}")
@@ -372,7 +378,7 @@ def main() -> None:
         print(f"raw django-q2 no-op jobs: {args.noop_jobs} in {noop_seconds:.2f}s = {noop:.1f} jobs/s")
         print(cpu_line("  per no-op job, enqueue to end", noop_cpu, args.noop_jobs))
         if args.mode == "open":
-            open_loop(args, stack, agents, noop)
+            open_loop(args, stack, agents, noop, sum(noop_cpu.values()) * 1000 / args.noop_jobs)
         else:
             closed_loop(args, stack, agents)
     finally:
