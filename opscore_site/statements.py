@@ -346,11 +346,15 @@ class Insert:
             obj._prepare_related_fields_for_save(operation_name="save")
         compiled = self._compiled.get(shape)
         fields = compiled[1] if compiled else self._fields(pk_set[0])
-        rows = [[field.pre_save(obj, add=True) for field in fields] for obj in objs]
-        if any(hasattr(value, "resolve_expression") for row in rows for value in row):
-            return self._saved_one_by_one(objs)  # an expression (a DatabaseDefault among them)
-        rows = [[field.get_db_prep_save(value, connection=connection) for field, value in zip(fields, row)]
-                for row in rows]
+        rows = []
+        for obj in objs:
+            row = []
+            for field in fields:
+                value = field.pre_save(obj, add=True)
+                if hasattr(value, "resolve_expression"):  # an expression (a DatabaseDefault among them)
+                    return self._saved_one_by_one(objs)
+                row.append(field.get_db_prep_save(value, connection=connection))
+            rows.append(row)
         if compiled is None:
             compiled = self._compile(shape, objs, fields, rows)
         sql, fields, unnest, returning, converters, compiler = compiled
