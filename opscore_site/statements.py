@@ -314,7 +314,8 @@ class Insert:
     the instance, `_state` marked saved), in one statement on the prepared cursor. Each value is
     sent as Django sends it (`field.get_db_prep_save`); the first call of a shape checks that the
     parameters it builds are those of Django's compiler, and refuses (`ImproperlyConfigured`) a
-    model it cannot compile this way (parents, database defaults, generated fields).
+    model it cannot compile this way (parents, database defaults, generated fields, a returned
+    field that Django converts on its way back).
     An expression or a database default among the values, a pre_save or post_save receiver
     connected for the model, or another database than PostgreSQL: each instance is saved by
     `save(force_insert=True)` itself.
@@ -357,14 +358,12 @@ class Insert:
             rows.append(row)
         if compiled is None:
             compiled = self._compile(shape, objs, fields, rows)
-        sql, fields, unnest, returning, converters, compiler = compiled
+        sql, fields, unnest, returning = compiled
         params = _insert_params(rows, unnest)
         cursor_of = getattr(connection, "prepared_cursor", connection.cursor)
         with transaction.mark_for_rollback_on_error(using=self._using), cursor_of() as cursor:
             cursor.execute(sql, params)
             returned = cursor.fetchall() if returning else ()
-        if converters:
-            returned = compiler.apply_converters(returned, converters)
         for obj, values in itertools.zip_longest(objs, returned, fillvalue=()):
             for field, value in zip(returning, values):
                 setattr(obj, field.attname, value)
@@ -396,8 +395,10 @@ class Insert:
             if compiler.returning_params or not _same_params(params, django_params):
                 raise ImproperlyConfigured(f"Insert({self._model.__name__}): Django compiles its parameters "
                                            f"otherwise: {sql[:200]}")
-            converters = compiler.get_converters([f.get_col(meta.db_table) for f in returning])
-            compiled = (sql, fields, unnest, returning, converters, compiler)
+            if compiler.get_converters([f.get_col(meta.db_table) for f in returning]):
+                raise ImproperlyConfigured(f"Insert({self._model.__name__}): a returned field is converted on "
+                                           f"its way back; use save()")
+            compiled = (sql, fields, unnest, returning)
             self._compiled[shape] = compiled
             return compiled
 
