@@ -3,6 +3,8 @@
 Enqueueing is the ORM broker's: one `django_q_ormq` row (a plain INSERT, as `delete` is a plain
 DELETE: no model machinery on the path of every step), written on the caller's connection
 inside the caller's transaction (the job exists if and only if the caller's rows commit).
+The INSERT, the DELETE and the claim go on opscore_site.postgresql's prepared cursor: each is
+parsed and planned once per connection.
 A trigger on that table (migration `0003_job_notify_trigger`, PostgreSQL only) sends
 `pg_notify(CHANNEL, key)` for every inserted row in the inserting transaction, so PostgreSQL
 delivers it at commit, exactly when the job becomes visible, and never for a rolled-back
@@ -46,6 +48,12 @@ logger = logging.getLogger(__name__)
 CHANNEL = "django_q_ormq"
 
 
+def _cursor(connection):
+    """The prepared cursor of opscore_site.postgresql (each of the broker's three statements parsed
+    and planned once per connection: they run at every job), else Django's own."""
+    return getattr(connection, "prepared_cursor", connection.cursor)()
+
+
 class ListenNotifyBroker(ORM):
     """The ORM broker that claims with SKIP LOCKED and waits for a NOTIFY instead of sleeping."""
 
@@ -72,7 +80,7 @@ class ListenNotifyBroker(ORM):
         """The ORM broker's `enqueue` in one plain INSERT (no model save: every step enqueues one)."""
         self.get_connection()  # as the ORM broker: stale-connection cleanup outside a transaction
         connection = connections[Conf.ORM]
-        with connection.cursor() as cursor:
+        with _cursor(connection) as cursor:
             cursor.execute(
                 f"INSERT INTO {self._table(connection)} (key, payload, lock) VALUES (%s, %s, %s) RETURNING id",  # noqa: S608
                 [self.list_key or Conf.CLUSTER_NAME, task, timezone.now()],
@@ -83,7 +91,7 @@ class ListenNotifyBroker(ORM):
         """The ORM broker's `delete` (`acknowledge`, `fail`) in one plain DELETE (no deletion collector)."""
         self.get_connection()  # as the ORM broker: a connection broken by a database restart is replaced
         connection = connections[Conf.ORM]
-        with connection.cursor() as cursor:
+        with _cursor(connection) as cursor:
             cursor.execute(f"DELETE FROM {self._table(connection)} WHERE id = %s", [task_id])  # noqa: S608
 
     @staticmethod
@@ -131,7 +139,7 @@ class ListenNotifyBroker(ORM):
             self.get_connection()
         connection = connections[Conf.ORM]
         table = self._table(connection)
-        with connection.cursor() as cursor:
+        with _cursor(connection) as cursor:
             cursor.execute(
                 f"UPDATE {table} SET lock = %s WHERE id IN ("  # noqa: S608 (the table name is ours)
                 f"SELECT id FROM {table} WHERE key = %s AND lock < %s ORDER BY id LIMIT %s "

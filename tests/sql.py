@@ -13,3 +13,12 @@ def sql_of(query: dict) -> str:
         return text
     quoted, _, _ = text[len(_PREPARED):].rpartition(" - PARAMS = ")
     return ast.literal_eval(quoted)
+
+
+def unprepared(queries: list[dict]) -> list[str]:
+    """The captured statements that did not go through the prepared cursor, transaction control
+    (savepoints, BEGIN and COMMIT) aside: an engine statement compiled once per process
+    (opscore_site/statements.py) that fell back to the ORM shows up here."""
+    control = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT", "BEGIN", "COMMIT")
+    return [q["sql"][:120] for q in queries
+            if not q["sql"].startswith(_PREPARED) and not q["sql"].lstrip().upper().startswith(control)]

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from agents.models import Agent, AgentState
 from tests.agents.factories import AgentFactory
 from tests.api.conftest import assert_error
-from tests.sql import sql_of
+from tests.sql import sql_of, unprepared
 
 pytestmark = pytest.mark.django_db
 
@@ -332,6 +332,7 @@ def test_a_completing_idle_is_pinned(api, agentkit_stub, monkeypatch, django_ass
         assert api.post(url(agent_id), report(agent_id, "idle"), format="json").status_code == 202
     locks = [sql_of(q) for q in captured.captured_queries if "FOR NO KEY UPDATE" in q["sql"]]
     assert len(locks) == 1 and locks[0].endswith('FOR NO KEY UPDATE OF "opscore_sessions_task", "opscore_sessions_session"')
+    assert unprepared(captured.captured_queries) == []  # the engine's statements compiled once, the CTE prepared
     assert list(Task.objects.filter(agent_id=agent_id).order_by("sequence").values_list("status", flat=True)) == [
         "completed", "queued"]
     assert AgentState.objects.filter(agent_id=agent_id).count() == 1

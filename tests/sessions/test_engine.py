@@ -19,7 +19,7 @@ from sessions.engine import By, InvalidTransition
 from sessions.models import Actor, Session, Task, TaskAttempt, TaskEvent
 from tests.agents.factories import AgentFactory
 from tests.workflows.factories import WorkflowDefinitionFactory, two_step_spec
-from tests.sql import sql_of
+from tests.sql import sql_of, unprepared
 
 pytestmark = pytest.mark.django_db
 
@@ -188,6 +188,7 @@ def test_a_dispatch_is_pinned_to_its_statements(agentkit_stub, django_assert_num
         assert dispatch.task_dispatch(task_id=task.pk).outcome == "dispatched"
     lock = sql_of(captured.captured_queries[1])
     assert lock.endswith('FOR NO KEY UPDATE OF "agents_agent", "opscore_sessions_task", "opscore_sessions_session"')
+    assert unprepared(captured.captured_queries) == []  # every read, UPDATE and INSERT compiled once
     report(session.agent_id, "idle")  # completes step 1, queues step 2 (its job waits in the queue)
     second = task_of(session, 2)
     with django_assert_num_queries(8):  # a running session: no definition read, no session update
