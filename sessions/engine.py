@@ -648,7 +648,8 @@ def _named_task_id(details: Any) -> str | None:
     return None
 
 
-def on_agent_state(*, agent_id: str, state: str, details: Any, received_at: datetime, **_: Any) -> None:
+def on_agent_state(*, agent_id: str, state: str, details: Any, received_at: datetime,
+                   timestamp: datetime | None = None, **_: Any) -> None:
     """React to a recorded state report (receiver of agents.signals.agent_state_reported).
 
     Runs inside the report's transaction, with no savepoint of its own (two round trips less
@@ -661,7 +662,8 @@ def on_agent_state(*, agent_id: str, state: str, details: Any, received_at: date
     """
     try:
         with transaction.atomic(savepoint=False), events_in_one_insert():
-            _apply_report(agent_id=agent_id, state=state, details=details, received_at=received_at)
+            _apply_report(agent_id=agent_id, state=state, details=details, received_at=received_at,
+                          timestamp=timestamp)
     except DATABASE_ERRORS:
         raise
     except Exception as exc:
@@ -681,14 +683,27 @@ _IN_FLIGHT = Statement(lambda agent_id: (
     .order_by("pk")[:1]))
 
 
-def _apply_report(*, agent_id: str, state: str, details: Any, received_at: datetime) -> None:
-    """A report counts for the task in flight only when it was received after that
-    attempt's reference time and, if it names a task id, names this task."""
+def _predates(*, state: str, task: Task, timestamp: datetime | None) -> bool:
+    """An `idle` stamped by the agent before the attempt went out, for a task the agent has not
+    reported `active` for: the `idle` an agent sends when it registers (AgentKit restarting), not
+    the end of the task. Every run ends `active` then `idle`, both stamped after the agent got the
+    task (AGENTKIT.md section 4), so a completing `idle` fails this only when its `active` was lost
+    too and the agent's clock lags the server's by more than the run took: the step timeout then
+    decides, where taking it would complete a task still running and send the agent the next."""
+    return (state == Agent.State.IDLE and task.status == S.DISPATCHED and timestamp is not None
+            and timestamp < task.reference_at)
+
+
+def _apply_report(*, agent_id: str, state: str, details: Any, received_at: datetime,
+                  timestamp: datetime | None = None) -> None:
+    """A report counts for the task in flight only when it was received after that attempt's
+    reference time and, if it names a task id, names this task; one that names none must not be
+    an `idle` the agent stamped before the attempt went out (`_predates`)."""
     task = (_IN_FLIGHT_FOR_IDLE if state == Agent.State.IDLE else _IN_FLIGHT).first(agent_id=agent_id)
     by = By.agent(agent_id)
     if task is not None and task.reference_at is not None and received_at > task.reference_at:
         named = _named_task_id(details)
-        if named is None or named == str(task.pk):
+        if named == str(task.pk) or (named is None and not _predates(state=state, task=task, timestamp=timestamp)):
             if state == Agent.State.ACTIVE and task.status == S.DISPATCHED:
                 task_transition(task=task, to=S.RUNNING, by=by, reason="agent reported active",
                                 started_at=received_at)

@@ -333,6 +333,47 @@ def test_a_report_received_before_the_attempt_does_not_count(q_sync, agentkit_st
     assert task.status == S.DISPATCHED
 
 
+def _stamped(agent_id: str, state: str, *, stamped, details=None):
+    """A report the agent stamped at `stamped` (its own clock), received now."""
+    return agent_state_record(agent_id=agent_id, state=state, details=details, timestamp=stamped,
+                              received_at=timezone.now())
+
+
+def test_an_idle_stamped_before_the_attempt_went_out_does_not_complete_it(q_sync, agentkit_stub):
+    """AgentKit restarting re-registers its agents, and each sends an `idle` as it registers. One
+    that reaches us after a dispatch to that agent was fenced is not the task's end: completing it
+    would send the agent its next task while it still works on this one."""
+    session = start()
+    task = task_of(session)
+    _stamped(session.agent_id, "idle", stamped=task.reference_at - timedelta(milliseconds=5))
+    task.refresh_from_db()
+    assert task.status == S.DISPATCHED
+    assert len(agentkit_stub.requests) == 1  # nothing more was sent to the agent
+    assert not Task.objects.filter(session=session, sequence=2).exists()
+    # The run's own reports, stamped after the attempt went out, complete it.
+    report(session.agent_id, "active")
+    report(session.agent_id, "idle")
+    assert task_of(session).status == S.COMPLETED
+    assert task_of(session, 2).status == S.DISPATCHED
+
+
+def test_an_idle_stamped_early_still_counts_after_its_active_or_when_it_names_the_task(q_sync, agentkit_stub):
+    """Once the agent reported `active` for the attempt, its `idle` ends it whatever the agent's clock
+    says; so does an `idle` naming the task."""
+    session = start()
+    task = task_of(session)
+    early = task.reference_at - timedelta(seconds=1)  # an agent clock a second behind ours
+    report(session.agent_id, "active")
+    _stamped(session.agent_id, "idle", stamped=early)
+    assert task_of(session).status == S.COMPLETED
+    other = start()
+    task = task_of(other)
+    _stamped(other.agent_id, "idle", stamped=task.reference_at - timedelta(seconds=1),
+             details={"taskId": str(task.pk), "result": 2})
+    task.refresh_from_db()
+    assert (task.status, task.result) == (S.COMPLETED, 2)
+
+
 def test_a_report_naming_another_task_changes_nothing(q_sync, agentkit_stub):
     session = start()
     report(session.agent_id, "idle", {"taskId": "not-this-one"})
