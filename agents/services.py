@@ -19,6 +19,7 @@ from agents import signals
 from agents.models import Agent, AgentState, ApiKey, WebhookReceipt
 from opscore_site import metrics, throttle
 from opscore_site.errors import ApplicationError
+from opscore_site.statements import prepared_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -311,8 +312,7 @@ def agent_state_record(
     if connection.vendor == "postgresql":
         sql = _report_cte(interest)
         # opscore_site.postgresql prepares it; Django's stock backend sends it as text.
-        prepared = getattr(connection, "prepared_cursor", connection.cursor)
-        with prepared() as cursor:
+        with prepared_cursor(connection) as cursor:
             if agent_id not in _ENGAGED:
                 cursor.execute(sql, {**params, "force": False})
                 matched, history_id = cursor.fetchone()

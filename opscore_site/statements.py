@@ -54,6 +54,12 @@ from django.db.models import QuerySet, signals
 from django.db.models.sql import InsertQuery, UpdateQuery
 
 
+def prepared_cursor(connection: Any) -> Any:
+    """The connection's prepared cursor (opscore_site.postgresql: each statement parsed and
+    planned once per connection), else its own cursor (Django's stock backends, SQLite)."""
+    return getattr(connection, "prepared_cursor", connection.cursor)()
+
+
 class _Slot:
     """A parameter position filled from the named value at each call, wrapped as Django wrapped
     it (an integer field's value goes as psycopg's Int4 or Int8, say: `wrap`, else None)."""
@@ -268,8 +274,7 @@ class Update:
                       *(slot.value(where) if isinstance(slot, _Slot) else slot for slot in slots))
         except _Unbound:
             return self._build(**where).update(**changes)
-        cursor_of = getattr(connection, "prepared_cursor", connection.cursor)
-        with transaction.mark_for_rollback_on_error(using=self._using), cursor_of() as cursor:
+        with transaction.mark_for_rollback_on_error(using=self._using), prepared_cursor(connection) as cursor:
             cursor.execute(sql, params)
             return cursor.rowcount
 
@@ -360,8 +365,7 @@ class Insert:
             compiled = self._compile(shape, objs, fields, rows)
         sql, fields, unnest, returning = compiled
         params = _insert_params(rows, unnest)
-        cursor_of = getattr(connection, "prepared_cursor", connection.cursor)
-        with transaction.mark_for_rollback_on_error(using=self._using), cursor_of() as cursor:
+        with transaction.mark_for_rollback_on_error(using=self._using), prepared_cursor(connection) as cursor:
             cursor.execute(sql, params)
             returned = cursor.fetchall() if returning else ()
         for obj, values in itertools.zip_longest(objs, returned, fillvalue=()):
@@ -412,7 +416,7 @@ def _insert_params(rows: list, unnest: bool) -> tuple:
 def _same_params(mine: Any, django: Any) -> bool:
     """The same parameters, adapter wrappers (psycopg's Jsonb) compared by what they wrap."""
     if isinstance(mine, (list, tuple)):
-        return (type(mine) is type(django) or isinstance(django, (list, tuple))) and len(mine) == len(django) and \
+        return isinstance(django, (list, tuple)) and len(mine) == len(django) and \
             all(_same_params(a, b) for a, b in zip(mine, django))
     if type(mine) is not type(django):
         return False

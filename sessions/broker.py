@@ -42,16 +42,11 @@ from django_q.conf import Conf
 from django_q.models import OrmQ
 
 from opscore_site.dbdown import DATABASE_ERRORS, LOG_INTERVAL_SECONDS
+from opscore_site.statements import prepared_cursor
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "django_q_ormq"
-
-
-def _cursor(connection):
-    """The prepared cursor of opscore_site.postgresql (each of the broker's three statements parsed
-    and planned once per connection: they run at every job), else Django's own."""
-    return getattr(connection, "prepared_cursor", connection.cursor)()
 
 
 class ListenNotifyBroker(ORM):
@@ -80,7 +75,7 @@ class ListenNotifyBroker(ORM):
         """The ORM broker's `enqueue` in one plain INSERT (no model save: every step enqueues one)."""
         self.get_connection()  # as the ORM broker: stale-connection cleanup outside a transaction
         connection = connections[Conf.ORM]
-        with _cursor(connection) as cursor:
+        with prepared_cursor(connection) as cursor:
             cursor.execute(
                 f"INSERT INTO {self._table(connection)} (key, payload, lock) VALUES (%s, %s, %s) RETURNING id",  # noqa: S608
                 [self.list_key or Conf.CLUSTER_NAME, task, timezone.now()],
@@ -91,7 +86,7 @@ class ListenNotifyBroker(ORM):
         """The ORM broker's `delete` (`acknowledge`, `fail`) in one plain DELETE (no deletion collector)."""
         self.get_connection()  # as the ORM broker: a connection broken by a database restart is replaced
         connection = connections[Conf.ORM]
-        with _cursor(connection) as cursor:
+        with prepared_cursor(connection) as cursor:
             cursor.execute(f"DELETE FROM {self._table(connection)} WHERE id = %s", [task_id])  # noqa: S608
 
     @staticmethod
@@ -139,7 +134,7 @@ class ListenNotifyBroker(ORM):
             self.get_connection()
         connection = connections[Conf.ORM]
         table = self._table(connection)
-        with _cursor(connection) as cursor:
+        with prepared_cursor(connection) as cursor:
             cursor.execute(
                 f"UPDATE {table} SET lock = %s WHERE id IN ("  # noqa: S608 (the table name is ours)
                 f"SELECT id FROM {table} WHERE key = %s AND lock < %s ORDER BY id LIMIT %s "

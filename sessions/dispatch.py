@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from agents import agentkit
 from agents.models import Agent
-from opscore_site.statements import Insert, Statement
+from opscore_site.statements import Statement
 from sessions import engine
 from sessions.engine import By
 from sessions.models import Session, Task, TaskAttempt
@@ -100,7 +100,6 @@ def _checks(agent_id: str, since: datetime | None = None):
 
 _CHECKS = Statement(lambda agent_id: _checks(agent_id))  # an agent that never reported
 _CHECKS_SINCE = Statement(lambda agent_id, since: _checks(agent_id, since))
-_ATTEMPT = Insert(TaskAttempt)
 
 
 def _claim_locked(task_id: uuid.UUID) -> tuple[Task, TaskAttempt] | DispatchResult:
@@ -139,7 +138,7 @@ def _claim_locked(task_id: uuid.UUID) -> tuple[Task, TaskAttempt] | DispatchResu
     number = task.attempt + 1
     probe = engine.probe_claim(agent=agent, task=task)
     attempt = TaskAttempt(task=task, number=number, reference_at=now, agent=agent)
-    _ATTEMPT.save(attempt)
+    engine.ATTEMPTS.save(attempt)
     engine.task_transition(
         task=task, to=S.DISPATCHED, by=By.system(),
         reason=f"attempt {number} sent to AgentKit" + (" (probe after quarantine)" if probe else ""),

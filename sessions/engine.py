@@ -178,8 +178,9 @@ class By:
 # The events of one step (a task completed and the next one queued; a session started and its first
 # task queued) go to the database in one INSERT at the end of the step (`events_in_one_insert`).
 _event_batch: contextvars.ContextVar[list[TaskEvent] | None] = contextvars.ContextVar("event_batch", default=None)
-# The INSERTs of every step, compiled once per process (opscore_site/statements.py).
-_EVENTS, _TASKS, _SESSIONS, _ATTEMPTS = Insert(TaskEvent), Insert(Task), Insert(Session), Insert(TaskAttempt)
+# The INSERTs of every step, compiled once per process (opscore_site/statements.py). ATTEMPTS is the
+# dispatch claim's fence too (sessions/dispatch.py).
+_EVENTS, _TASKS, _SESSIONS, ATTEMPTS = Insert(TaskEvent), Insert(Task), Insert(Session), Insert(TaskAttempt)
 
 
 @contextmanager
@@ -948,7 +949,7 @@ def task_queue_timeout(*, task: Task) -> Task:
     waited = int((now - task.waiting_since).total_seconds()) if task.waiting_since else 0
     error = f"no agent could take the task within {waited}s: {task.routing_note or 'waiting for an agent'}"
     number = task.attempt + 1
-    _ATTEMPTS.save(TaskAttempt(task=task, number=number, reference_at=now, started_at=now))
+    ATTEMPTS.save(TaskAttempt(task=task, number=number, reference_at=now, started_at=now))
     attempt_transition(task_id=task.pk, number=number, to=Outcome.FAILED, error=error[:5000], ended_at=now)
     task_transition(task=task, to=S.FAILED, by=By.system(), reason=error, attempt=number, last_error=error[:5000],
                     waiting_since=None, queue_deadline_at=None, finished_at=now)

@@ -11,8 +11,10 @@ server lost in the middle of a request.
 
 `prepared_cursor()` gives a cursor with server-side parameters whose statements are
 prepared once per connection (parsed and planned once, then executed by name): for the one
-statement of a state report, the throttle's, and the engine's statements compiled once per
-process (opscore_site/statements.py). Django's own cursors stay client-side, as configured.
+statement of a state report, the throttle's, the job queue's (sessions/broker.py), and the
+engine's reads, UPDATEs and INSERTs compiled once per process (opscore_site/statements.py,
+whose `prepared_cursor(connection)` falls back to Django's own cursor on other backends).
+Django's own cursors stay client-side, as configured.
 (A pooler in transaction mode in front of PostgreSQL would need `prepared_cursor` unused.)
 """
 
